@@ -1,0 +1,65 @@
+//! A tiered cache for Rust services: an in-process memory tier (L1, [mini-moka]), a shared Redis
+//! tier (L2, [fred]) and your own loader as the source of truth (L3).
+//!
+//! [`TieredCache`] is the multi-level cache as a plain library: look a key up in memory, then in
+//! Redis (promoting a Redis hit into memory with its remaining lifetime), then call the loader —
+//! once, however many callers ask for the same missing key at the same time.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_tiered_cache::{CacheConfig, CachedEntry, TieredCache};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Memory only; set `l2.url` (or REDIS_URL with `CacheConfig::from_env`) to add Redis.
+//! let config = CacheConfig::builder().l1_size(64 * 1024 * 1024).build()?;
+//! let cache = TieredCache::new(config)?;
+//!
+//! let user = cache
+//!     .get_or_set("user:42", || async {
+//!         // The loader runs on a miss only: a database query, an HTTP call...
+//!         Ok::<_, std::io::Error>(CachedEntry::new("Ada Lovelace", Duration::from_secs(60)))
+//!     })
+//!     .await?;
+//! assert_eq!(user.body(), "Ada Lovelace");
+//!
+//! // The second call is answered from memory; the loader is not called.
+//! let again = cache.get("user:42").await.expect("cached");
+//! assert_eq!(again.body(), "Ada Lovelace");
+//! assert_eq!(cache.stats().memory_hits, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - An entry is never returned as fresh after its own time to live, in either tier; the memory tier
+//!   additionally caps every entry's stay at `l1.max_ttl`.
+//! - Redis is an optimisation, never a dependency: when it is refused, killed or slower than
+//!   `l2.timeout`, reads degrade to misses (the loader answers), writes to it are skipped, and the
+//!   failures are counted in [`Stats::l2_errors`] and logged with `tracing`.
+//! - Bytes under a cache key that do not decode (foreign, truncated, from a future format) are a
+//!   miss: the key is deleted and [`Stats::l2_decode_errors`] counts it. Decoding never panics.
+//! - Concurrent [`TieredCache::get_or_set`] calls for one key share one loader call; a loader error
+//!   is returned to every caller waiting on it, and nothing is stored.
+//!
+//! [mini-moka]: https://docs.rs/mini-moka
+//! [fred]: https://docs.rs/fred
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod error;
+mod stats;
+mod store;
+
+#[doc(inline)]
+pub use config::{CacheConfig, CacheConfigBuilder, ConfigError};
+#[doc(inline)]
+pub use error::Error;
+#[doc(inline)]
+pub use stats::Stats;
+#[doc(inline)]
+pub use store::{
+    CachedEntry, DecodeError, EncodeError, Lookup, Purged, Source, TierError, TieredCache,
+};

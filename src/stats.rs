@@ -1,0 +1,126 @@
+//! Counters kept by the cache and the [`Stats`] snapshot read from them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// A snapshot of the cache's counters, from [`TieredCache::stats`](crate::TieredCache::stats).
+///
+/// Counters are monotonic since the cache was created; `memory_entries` and `memory_bytes` are the
+/// memory tier's current size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Fresh entries answered from memory.
+    pub memory_hits: u64,
+    /// Fresh entries answered from Redis (and promoted into memory).
+    pub redis_hits: u64,
+    /// Lookups that found only an entry past its time to live (kept for stale serving).
+    pub stale_hits: u64,
+    /// Lookups that found no fresh entry in any tier.
+    pub misses: u64,
+    /// Loader calls made by [`get_or_set`](crate::TieredCache::get_or_set).
+    pub loader_calls: u64,
+    /// Loader calls that returned an error.
+    pub loader_errors: u64,
+    /// Callers that waited for another caller's load of the same key instead of loading.
+    pub coalesced_waits: u64,
+    /// Entries stored.
+    pub stores: u64,
+    /// Entries not stored because they were larger than `http.max_entry_size` or already expired.
+    pub store_skips: u64,
+    /// Memory entries dropped by the capacity bound or by `l1.max_ttl` (approximate).
+    pub memory_evictions: u64,
+    /// Memory entries found past their own lifetime and removed on read.
+    pub memory_expirations: u64,
+    /// Entries in memory now.
+    pub memory_entries: u64,
+    /// Weighted bytes in memory now (never more than `l1.size`).
+    pub memory_bytes: u64,
+    /// Redis commands that failed or timed out; each one degraded to a miss or a skipped write.
+    pub l2_errors: u64,
+    /// Redis values that did not decode as entries; each was treated as a miss and deleted.
+    pub l2_decode_errors: u64,
+}
+
+impl Stats {
+    /// Fresh hits (both tiers) over all lookups, 0.0 when there were none.
+    pub fn hit_ratio(&self) -> f64 {
+        let hits = self.memory_hits + self.redis_hits;
+        let lookups = hits + self.misses;
+        if lookups == 0 {
+            0.0
+        } else {
+            hits as f64 / lookups as f64
+        }
+    }
+}
+
+/// One monotonic counter of [`Counters`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Counter {
+    MemoryHits,
+    RedisHits,
+    StaleHits,
+    Misses,
+    LoaderCalls,
+    LoaderErrors,
+    CoalescedWaits,
+    Stores,
+    StoreSkips,
+    MemoryExpirations,
+    L2Errors,
+    L2DecodeErrors,
+}
+
+const COUNTERS: usize = Counter::L2DecodeErrors as usize + 1;
+
+/// Lock-free counters shared by every clone of a cache.
+#[derive(Debug, Default)]
+pub(crate) struct Counters([AtomicU64; COUNTERS]);
+
+impl Counters {
+    pub(crate) fn incr(&self, counter: Counter) {
+        self.0[counter as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize].load(Ordering::Relaxed)
+    }
+
+    /// The counters as a [`Stats`]; the memory tier fills in its own figures.
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            memory_hits: self.get(Counter::MemoryHits),
+            redis_hits: self.get(Counter::RedisHits),
+            stale_hits: self.get(Counter::StaleHits),
+            misses: self.get(Counter::Misses),
+            loader_calls: self.get(Counter::LoaderCalls),
+            loader_errors: self.get(Counter::LoaderErrors),
+            coalesced_waits: self.get(Counter::CoalescedWaits),
+            stores: self.get(Counter::Stores),
+            store_skips: self.get(Counter::StoreSkips),
+            memory_expirations: self.get(Counter::MemoryExpirations),
+            l2_errors: self.get(Counter::L2Errors),
+            l2_decode_errors: self.get(Counter::L2DecodeErrors),
+            ..Stats::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hit_ratio_counts_both_tiers() {
+        let stats = Stats {
+            memory_hits: 2,
+            redis_hits: 1,
+            misses: 1,
+            ..Stats::default()
+        };
+        assert_eq!(stats.hit_ratio(), 0.75);
+        assert_eq!(Stats::default().hit_ratio(), 0.0);
+    }
+}

@@ -1,0 +1,433 @@
+//! The entry codec: how a [`CachedEntry`] is written into a shared tier.
+//!
+//! ```text
+//! [format version u8][flags u8][meta length u32 LE][bincode(meta)][body, brotli when flagged]
+//! ```
+//!
+//! bincode is confined to this module (it carries advisory RUSTSEC-2025-0141, unmaintained; its
+//! format is frozen): swapping it for another format touches this file and bumps
+//! [`FORMAT_VERSION`]. Decoding treats its input as hostile: every length is checked before it is
+//! used, metadata decoding is bounded, decompression stops one byte past the size the metadata
+//! claims, and any failure is a [`DecodeError`], never a panic.
+
+use std::io::{Read, Write};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::entry::{CachedEntry, EntryMeta};
+use crate::config::CacheConfig;
+
+/// Bumped on any change to the layout or the metadata fields.
+pub(crate) const FORMAT_VERSION: u8 = 1;
+const FLAG_BROTLI: u8 = 0b0000_0001;
+const KNOWN_FLAGS: u8 = FLAG_BROTLI;
+const HEADER_LEN: usize = 6;
+/// Upper bound on encoded metadata (headers, trailers, tags).
+const META_LIMIT: usize = 1 << 20;
+const BROTLI_WINDOW: u32 = 22;
+const BROTLI_BUFFER: usize = 4096;
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<META_LIMIT>()
+}
+
+/// Why bytes under a cache key are not an entry.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Shorter than the fixed header or than the lengths it announces.
+    #[error("truncated entry")]
+    Truncated,
+    /// Written by another format version (or not by this crate at all).
+    #[error("unsupported entry format version {0}")]
+    UnsupportedVersion(u8),
+    /// Flags this version does not know.
+    #[error("unknown entry flags {0:#010b}")]
+    UnknownFlags(u8),
+    /// The metadata does not decode.
+    #[error("invalid entry metadata: {0}")]
+    Meta(String),
+    /// The body is not the size the metadata says, or exceeds `http.max_entry_size`.
+    #[error("entry body has {actual} bytes, expected {expected} (limit {limit})")]
+    BodyLength {
+        /// Size announced by the metadata.
+        expected: u64,
+        /// Size found (for compressed bodies: decompressed, stopped one past the limit).
+        actual: u64,
+        /// `http.max_entry_size`.
+        limit: u64,
+    },
+    /// The compressed body does not decompress.
+    #[error("entry body does not decompress: {0}")]
+    Decompress(String),
+}
+
+/// Why an entry cannot be encoded.
+#[derive(Debug, thiserror::Error)]
+#[error("entry metadata cannot be encoded: {0}")]
+pub struct EncodeError(String);
+
+/// Metadata as written: plain types only, so the encoding does not depend on `http`'s.
+#[derive(Serialize, Deserialize)]
+struct WireMeta {
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    trailers: Vec<(String, Vec<u8>)>,
+    stored_at_ms: u64,
+    ttl_ms: u64,
+    stale_ttl_ms: u64,
+    tags: Vec<String>,
+    body_len: u64,
+}
+
+/// Encoder/decoder with the configured compression and size limit.
+#[derive(Clone, Debug)]
+pub(crate) struct Codec {
+    compress: bool,
+    min_compress_size: u64,
+    quality: u32,
+    max_body: u64,
+}
+
+impl Codec {
+    pub(crate) fn new(config: &CacheConfig) -> Self {
+        Self {
+            compress: config.compression.enabled,
+            min_compress_size: config.compression.min_size,
+            quality: config.compression.quality,
+            max_body: config.http.max_entry_size,
+        }
+    }
+
+    pub(crate) fn encode(&self, entry: &CachedEntry) -> Result<Vec<u8>, EncodeError> {
+        let meta = entry.meta();
+        let body = entry.body();
+        let wire = WireMeta {
+            status: meta.status.as_u16(),
+            headers: fields_to_wire(&meta.headers),
+            trailers: fields_to_wire(&meta.trailers),
+            stored_at_ms: meta.stored_at_ms,
+            ttl_ms: meta.ttl_ms,
+            stale_ttl_ms: meta.stale_ttl_ms,
+            tags: meta.tags.clone(),
+            body_len: body.len() as u64,
+        };
+        let meta_bytes = bincode::serde::encode_to_vec(&wire, bincode_config())
+            .map_err(|err| EncodeError(err.to_string()))?;
+        let meta_len =
+            u32::try_from(meta_bytes.len()).map_err(|err| EncodeError(err.to_string()))?;
+        let compressed = self.compress_if_worth_it(body);
+        let stored_body = compressed.as_deref().unwrap_or(body);
+        let flags = if compressed.is_some() { FLAG_BROTLI } else { 0 };
+
+        let mut out = Vec::with_capacity(HEADER_LEN + meta_bytes.len() + stored_body.len());
+        out.push(FORMAT_VERSION);
+        out.push(flags);
+        out.extend_from_slice(&meta_len.to_le_bytes());
+        out.extend_from_slice(&meta_bytes);
+        out.extend_from_slice(stored_body);
+        Ok(out)
+    }
+
+    /// Brotli output, when compression is on, the body is big enough and it saves ≥ 10 %.
+    fn compress_if_worth_it(&self, body: &[u8]) -> Option<Vec<u8>> {
+        if !self.compress || (body.len() as u64) < self.min_compress_size {
+            return None;
+        }
+        let mut writer = brotli::CompressorWriter::new(
+            Vec::with_capacity(body.len() / 2),
+            BROTLI_BUFFER,
+            self.quality,
+            BROTLI_WINDOW,
+        );
+        // Writing into a Vec cannot fail.
+        writer.write_all(body).ok()?;
+        let compressed = writer.into_inner();
+        (compressed.len() * 10 <= body.len() * 9).then_some(compressed)
+    }
+
+    pub(crate) fn decode(&self, bytes: &Bytes) -> Result<CachedEntry, DecodeError> {
+        let header = bytes.get(..HEADER_LEN).ok_or(DecodeError::Truncated)?;
+        if header[0] != FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedVersion(header[0]));
+        }
+        let flags = header[1];
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(DecodeError::UnknownFlags(flags));
+        }
+        let meta_len = u32::from_le_bytes([header[2], header[3], header[4], header[5]]) as usize;
+        if meta_len > META_LIMIT {
+            return Err(DecodeError::Meta(format!(
+                "{meta_len} bytes exceed the limit"
+            )));
+        }
+        let meta_end = HEADER_LEN
+            .checked_add(meta_len)
+            .filter(|end| *end <= bytes.len())
+            .ok_or(DecodeError::Truncated)?;
+        let (wire, read): (WireMeta, usize) =
+            bincode::serde::decode_from_slice(&bytes[HEADER_LEN..meta_end], bincode_config())
+                .map_err(|err| DecodeError::Meta(err.to_string()))?;
+        if read != meta_len {
+            return Err(DecodeError::Meta(format!(
+                "{} trailing bytes",
+                meta_len - read
+            )));
+        }
+        let stored_body = bytes.slice(meta_end..);
+        let body = if flags & FLAG_BROTLI != 0 {
+            self.decompress(&stored_body, wire.body_len)?
+        } else {
+            stored_body
+        };
+        self.check_body_len(wire.body_len, body.len() as u64)?;
+        let meta = EntryMeta {
+            status: StatusCode::from_u16(wire.status)
+                .map_err(|_| DecodeError::Meta(format!("invalid status {}", wire.status)))?,
+            headers: fields_from_wire(wire.headers)?,
+            trailers: fields_from_wire(wire.trailers)?,
+            stored_at_ms: wire.stored_at_ms,
+            ttl_ms: wire.ttl_ms,
+            stale_ttl_ms: wire.stale_ttl_ms,
+            tags: wire.tags,
+        };
+        Ok(CachedEntry::from_parts(meta, body))
+    }
+
+    fn decompress(&self, compressed: &[u8], expected: u64) -> Result<Bytes, DecodeError> {
+        let limit = expected.min(self.max_body);
+        let capacity = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut body = Vec::with_capacity(capacity);
+        brotli::Decompressor::new(compressed, BROTLI_BUFFER)
+            .take(limit + 1)
+            .read_to_end(&mut body)
+            .map_err(|err| DecodeError::Decompress(err.to_string()))?;
+        Ok(Bytes::from(body))
+    }
+
+    fn check_body_len(&self, expected: u64, actual: u64) -> Result<(), DecodeError> {
+        if expected == actual && actual <= self.max_body {
+            Ok(())
+        } else {
+            Err(DecodeError::BodyLength {
+                expected,
+                actual,
+                limit: self.max_body,
+            })
+        }
+    }
+}
+
+fn fields_to_wire(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    map.iter()
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+        .collect()
+}
+
+fn fields_from_wire(fields: Vec<(String, Vec<u8>)>) -> Result<HeaderMap, DecodeError> {
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for (name, value) in fields {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| DecodeError::Meta(format!("invalid header name {name:?}")))?;
+        let value = HeaderValue::from_bytes(&value)
+            .map_err(|_| DecodeError::Meta(format!("invalid value for header {name}")))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn codec() -> Codec {
+        Codec::new(&CacheConfig::default())
+    }
+
+    fn entry(body: Vec<u8>) -> CachedEntry {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        headers.append("vary", HeaderValue::from_static("accept"));
+        headers.append("vary", HeaderValue::from_static("accept-encoding"));
+        CachedEntry::new(body, Duration::from_secs(60))
+            .with_headers(headers)
+            .with_tags(["a", "b"])
+    }
+
+    #[test]
+    fn compressible_bodies_above_the_threshold_are_compressed() {
+        let body = b"hello world ".repeat(1000);
+        let bytes = codec().encode(&entry(body.clone())).unwrap();
+        assert_eq!(bytes[1] & FLAG_BROTLI, FLAG_BROTLI);
+        assert!(bytes.len() < body.len() / 10);
+        assert_eq!(
+            codec().decode(&Bytes::from(bytes)).unwrap().body(),
+            &body[..]
+        );
+    }
+
+    #[test]
+    fn small_or_incompressible_bodies_are_stored_plain() {
+        let small = codec().encode(&entry(b"tiny".to_vec())).unwrap();
+        assert_eq!(small[1], 0);
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let noisy = codec().encode(&entry(noise)).unwrap();
+        assert_eq!(noisy[1], 0, "compression that saves under 10 % is not kept");
+    }
+
+    #[test]
+    fn compression_can_be_disabled() {
+        let config = CacheConfig::builder().compression(false).build().unwrap();
+        let bytes = Codec::new(&config)
+            .encode(&entry(vec![b'a'; 10_000]))
+            .unwrap();
+        assert_eq!(bytes[1], 0);
+    }
+
+    #[test]
+    fn future_versions_and_unknown_flags_are_rejected() {
+        let mut bytes = codec().encode(&entry(b"x".to_vec())).unwrap();
+        bytes[0] = FORMAT_VERSION + 1;
+        assert_eq!(
+            codec().decode(&Bytes::from(bytes.clone())),
+            Err(DecodeError::UnsupportedVersion(FORMAT_VERSION + 1))
+        );
+        bytes[0] = FORMAT_VERSION;
+        bytes[1] = 0b1000_0000;
+        assert_eq!(
+            codec().decode(&Bytes::from(bytes)),
+            Err(DecodeError::UnknownFlags(0b1000_0000))
+        );
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = codec().encode(&entry(b"hello world ".repeat(200))).unwrap();
+        for len in 0..bytes.len() {
+            assert!(
+                codec()
+                    .decode(&Bytes::copy_from_slice(&bytes[..len]))
+                    .is_err(),
+                "len {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn decompression_stops_past_the_size_limit() {
+        let writer_config = CacheConfig::builder()
+            .max_entry_size(1 << 24)
+            .build()
+            .unwrap();
+        let bytes = Codec::new(&writer_config)
+            .encode(&entry(vec![0; 1 << 22]))
+            .unwrap();
+        let reader_config = CacheConfig::builder()
+            .max_entry_size(1 << 20)
+            .build()
+            .unwrap();
+        let err = Codec::new(&reader_config)
+            .decode(&Bytes::from(bytes))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::BodyLength {
+                expected: 1 << 22,
+                actual: (1 << 20) + 1,
+                limit: 1 << 20
+            }
+        );
+    }
+
+    fn arb_entry() -> impl Strategy<Value = CachedEntry> {
+        let field = (
+            "[a-z][a-z0-9-]{0,20}",
+            proptest::collection::vec(0x20u8..0x7f, 0..40),
+        );
+        (
+            proptest::collection::vec(any::<u8>(), 0..3000),
+            prop_oneof![Just(b'a'), any::<u8>()],
+            100u16..1000,
+            proptest::collection::vec(field.clone(), 0..8),
+            proptest::collection::vec(field, 0..3),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            proptest::collection::vec(".{0,12}", 0..4),
+        )
+            .prop_map(
+                |(mut body, fill, status, headers, trailers, at, ttl, stale, tags)| {
+                    if fill == b'a' {
+                        body.iter_mut().for_each(|byte| *byte = fill);
+                    }
+                    let to_map = |fields: Vec<(String, Vec<u8>)>| {
+                        let mut map = HeaderMap::new();
+                        for (name, value) in fields {
+                            map.append(
+                                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                                HeaderValue::from_bytes(&value).unwrap(),
+                            );
+                        }
+                        map
+                    };
+                    CachedEntry::new(body, Duration::from_millis(ttl.into()))
+                        .with_status(StatusCode::from_u16(status).unwrap())
+                        .with_headers(to_map(headers))
+                        .with_trailers(to_map(trailers))
+                        .with_stale_ttl(Duration::from_millis(stale.into()))
+                        .with_stored_at(UNIX_EPOCH + Duration::from_millis(at.into()))
+                        .with_tags(tags)
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_preserves_every_field(entry in arb_entry()) {
+            let codec = codec();
+            let bytes = codec.encode(&entry).unwrap();
+            prop_assert_eq!(codec.decode(&Bytes::from(bytes)).unwrap(), entry);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = codec().decode(&Bytes::from(bytes));
+        }
+
+        #[test]
+        fn corrupted_entries_never_panic(
+            entry in arb_entry(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        ) {
+            let mut bytes = codec().encode(&entry).unwrap();
+            for (index, value) in flips {
+                let at = index.index(bytes.len());
+                bytes[at] ^= value;
+            }
+            let _ = codec().decode(&Bytes::from(bytes));
+        }
+
+        #[test]
+        fn version_byte_prefixed_garbage_never_panics(
+            rest in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let mut bytes = vec![FORMAT_VERSION, 0];
+            bytes.extend(rest);
+            let _ = codec().decode(&Bytes::from(bytes));
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Storage: the tiers, the entry and its codec, coalescing, and [`TieredCache`] over them.
+
+// Only the shared tiers encode entries.
+mod coalesce;
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+mod codec;
+mod entry;
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+mod tier;
+mod tiered;
+
+pub use codec::{DecodeError, EncodeError};
+pub use entry::CachedEntry;
+pub use tier::TierError;
+pub use tiered::{Lookup, Purged, Source, TieredCache};
+
+#[cfg(feature = "redis")]
+use redis::RedisTier as SharedTier;
+#[cfg(not(feature = "redis"))]
+use without_redis::NoSharedTier as SharedTier;
+
+#[cfg(not(feature = "redis"))]
+mod without_redis {
+    //! Stands in for the Redis tier in builds without the `redis` feature; never constructed
+    //! (configuration validation rejects `l2.url` first).
+
+    use std::time::Duration;
+
+    use super::codec::Codec;
+    use super::tier::{Tier, TierError};
+    use super::CachedEntry;
+    use crate::config::{CacheConfig, ConfigError};
+    use crate::Error;
+
+    pub(crate) enum NoSharedTier {}
+
+    impl NoSharedTier {
+        pub(crate) fn connect(_: &CacheConfig, _: &str, _: Codec) -> Result<Self, Error> {
+            Err(ConfigError::invalid("l2.url", "this build has no `redis` feature").into())
+        }
+
+        pub(crate) async fn wait_connected(&self, _: Duration) -> bool {
+            match *self {}
+        }
+    }
+
+    impl Tier for NoSharedTier {
+        async fn get(&self, _: &str) -> Result<Option<CachedEntry>, TierError> {
+            match *self {}
+        }
+        async fn set(&self, _: &str, _: &CachedEntry) -> Result<(), TierError> {
+            match *self {}
+        }
+        async fn remove(&self, _: &str) -> Result<(), TierError> {
+            match *self {}
+        }
+        async fn remove_prefix(&self, _: &str) -> Result<u64, TierError> {
+            match *self {}
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! [`TieredCache`]: memory, then Redis, then the loader.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::coalesce::{Coalescer, Role};
+use super::codec::Codec;
+use super::memory::MemoryTier;
+use super::tier::{Tier, TierError};
+use super::{CachedEntry, SharedTier};
+use crate::config::CacheConfig;
+use crate::stats::{Counter, Counters, Stats};
+use crate::Error;
+
+/// The tier an entry was found in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Source {
+    /// The in-process memory tier (L1).
+    Memory,
+    /// The shared Redis tier (L2).
+    Redis,
+}
+
+/// An entry found by [`TieredCache::lookup`], fresh or stale, and where it was found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lookup {
+    /// The entry.
+    pub entry: CachedEntry,
+    /// The tier that had it.
+    pub source: Source,
+}
+
+impl Lookup {
+    /// Whether the entry is fresh now.
+    pub fn is_fresh(&self) -> bool {
+        self.entry.is_fresh()
+    }
+}
+
+/// What [`TieredCache::invalidate_prefix`] removed from each tier.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Purged {
+    /// Entries removed from memory.
+    pub memory: u64,
+    /// Keys removed from Redis.
+    pub redis: u64,
+}
+
+/// A multi-level cache: in-process memory (L1), optionally Redis (L2), and a loader on misses.
+///
+/// Cheap to clone; clones share the tiers, the in-flight loads and the counters. See the
+/// [crate documentation](crate) for an example and the guarantees.
+#[derive(Clone)]
+pub struct TieredCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    memory: MemoryTier,
+    shared: Option<SharedTier>,
+    flights: Coalescer<CachedEntry>,
+    counters: Counters,
+    max_entry_size: u64,
+    l2_warnings: LogThrottle,
+}
+
+impl std::fmt::Debug for TieredCache {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("TieredCache")
+            .field("redis", &self.inner.shared.is_some())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl TieredCache {
+    /// Creates the cache. With `l2.url` set, the Redis connection is made in the background: the
+    /// cache works (from memory and the loader) until Redis answers, and whenever it does not.
+    ///
+    /// Errors: an invalid configuration; [`Error::NoRuntime`] when Redis is configured and this is
+    /// not called inside a Tokio runtime.
+    pub fn new(config: CacheConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let codec = Codec::new(&config);
+        let shared = match &config.l2.url {
+            Some(url) => Some(SharedTier::connect(&config, url, codec)?),
+            None => None,
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                memory: MemoryTier::new(&config.l1),
+                shared,
+                flights: Coalescer::new(),
+                counters: Counters::default(),
+                max_entry_size: config.http.max_entry_size,
+                l2_warnings: LogThrottle::new(Duration::from_secs(10)),
+            }),
+        })
+    }
+
+    /// Waits up to `timeout` for the Redis connection. Returns `true` once connected, `false` on
+    /// timeout or when no Redis is configured. Optional: the cache works while disconnected.
+    pub async fn wait_for_redis(&self, timeout: Duration) -> bool {
+        match &self.inner.shared {
+            Some(shared) => shared.wait_connected(timeout).await,
+            None => false,
+        }
+    }
+
+    /// The fresh entry under `key`, from memory or Redis (a Redis hit is copied into memory with
+    /// its remaining lifetime), or `None`.
+    pub async fn get(&self, key: &str) -> Option<CachedEntry> {
+        self.lookup(key)
+            .await
+            .filter(Lookup::is_fresh)
+            .map(|found| found.entry)
+    }
+
+    /// Like [`get`](Self::get), but also returns an entry past its time to live that is still
+    /// kept (its stale window), for callers that serve stale data while they refresh it.
+    pub async fn lookup(&self, key: &str) -> Option<Lookup> {
+        let found = self.find(key).await;
+        self.count_lookup(found.as_ref());
+        found
+    }
+
+    /// Stores `entry` in memory and in Redis, for its remaining lifetime. Entries larger than
+    /// `http.max_entry_size` or already past their lifetime are not stored. A Redis failure is
+    /// counted and logged, not returned: the entry is then cached in memory only.
+    pub async fn set(&self, key: &str, entry: CachedEntry) {
+        self.store(key, &entry).await;
+    }
+
+    /// Cache-aside: the fresh entry under `key`, or the loader's entry, stored in both tiers.
+    ///
+    /// Concurrent calls for the same key share one loader call. A loader error is returned to
+    /// every caller that waited for it, and nothing is stored. If the calling future is dropped
+    /// while its loader runs, a waiting caller takes over with its own loader.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_tiered_cache::{CacheConfig, CachedEntry, TieredCache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_tiered_cache::Error> {
+    /// let cache = TieredCache::new(CacheConfig::default())?;
+    /// let failed = cache
+    ///     .get_or_set("flaky", || async { Err::<CachedEntry, _>("database down") })
+    ///     .await;
+    /// assert_eq!(*failed.unwrap_err(), "database down");
+    /// assert!(cache.get("flaky").await.is_none(), "errors are not cached");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get_or_set<F, Fut, E>(&self, key: &str, loader: F) -> Result<CachedEntry, Arc<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<CachedEntry, E>>,
+        E: Send + Sync + 'static,
+    {
+        if let Some(entry) = self.read_memory(key).await.filter(CachedEntry::is_fresh) {
+            self.inner.counters.incr(Counter::MemoryHits);
+            return Ok(entry);
+        }
+        let (result, role) = self
+            .inner
+            .flights
+            .run(key, || async {
+                // Another flight may have filled the tiers since the check above.
+                let found = self.find(key).await;
+                self.count_lookup(found.as_ref());
+                if let Some(found) = found.filter(Lookup::is_fresh) {
+                    return Ok(found.entry);
+                }
+                self.inner.counters.incr(Counter::LoaderCalls);
+                let entry = loader().await.inspect_err(|_| {
+                    self.inner.counters.incr(Counter::LoaderErrors);
+                })?;
+                self.store(key, &entry).await;
+                Ok(entry)
+            })
+            .await;
+        if role == Role::Follower {
+            self.inner.counters.incr(Counter::CoalescedWaits);
+        }
+        result
+    }
+
+    /// Removes `key` from memory, then from Redis. The error reports a Redis failure: the entry
+    /// may then still be served from Redis (by this or another instance) until it expires.
+    pub async fn invalidate(&self, key: &str) -> Result<(), Error> {
+        self.inner.memory.remove(key).await.ok();
+        if let Some(shared) = &self.inner.shared {
+            shared
+                .remove(key)
+                .await
+                .map_err(|err| self.l2_failed("invalidate", err))?;
+        }
+        Ok(())
+    }
+
+    /// Removes every key starting with `prefix` from memory and from Redis (by `SCAN` and
+    /// `UNLINK` in batches, never `KEYS`, so Redis keeps serving meanwhile).
+    pub async fn invalidate_prefix(&self, prefix: &str) -> Result<Purged, Error> {
+        let memory = self.inner.memory.remove_prefix(prefix).await.unwrap_or(0);
+        let redis = match &self.inner.shared {
+            Some(shared) => shared
+                .remove_prefix(prefix)
+                .await
+                .map_err(|err| self.l2_failed("invalidate_prefix", err))?,
+            None => 0,
+        };
+        Ok(Purged { memory, redis })
+    }
+
+    /// A snapshot of the counters and the memory tier's size.
+    pub fn stats(&self) -> Stats {
+        let memory = self.inner.memory.usage();
+        Stats {
+            memory_entries: memory.entries,
+            memory_bytes: memory.bytes,
+            memory_evictions: memory.evictions,
+            memory_expirations: memory.expirations,
+            ..self.inner.counters.snapshot()
+        }
+    }
+
+    async fn read_memory(&self, key: &str) -> Option<CachedEntry> {
+        // The memory tier cannot fail.
+        self.inner.memory.get(key).await.ok().flatten()
+    }
+
+    /// Memory first; Redis when memory has nothing fresh. Whatever Redis returns is promoted.
+    /// Of two stale entries, the one fresh until later wins.
+    async fn find(&self, key: &str) -> Option<Lookup> {
+        let memory = self.read_memory(key).await;
+        if memory.as_ref().is_some_and(CachedEntry::is_fresh) {
+            return memory.map(|entry| Lookup {
+                entry,
+                source: Source::Memory,
+            });
+        }
+        let shared = self.read_shared(key).await;
+        if let Some(entry) = &shared {
+            self.inner.memory.set(key, entry).await.ok();
+        }
+        let now = SystemTime::now();
+        let fresh_until = |entry: &CachedEntry| entry.stored_at() + entry.ttl();
+        let shared_is_better = match (&memory, &shared) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(memory), Some(shared)) => {
+                shared.is_fresh_at(now) || fresh_until(shared) > fresh_until(memory)
+            }
+        };
+        if shared_is_better {
+            shared.map(|entry| Lookup {
+                entry,
+                source: Source::Redis,
+            })
+        } else {
+            memory.map(|entry| Lookup {
+                entry,
+                source: Source::Memory,
+            })
+        }
+    }
+
+    async fn read_shared(&self, key: &str) -> Option<CachedEntry> {
+        let shared = self.inner.shared.as_ref()?;
+        shared.get(key).await.unwrap_or_else(|err| {
+            self.l2_failed("get", err);
+            None
+        })
+    }
+
+    fn count_lookup(&self, found: Option<&Lookup>) {
+        let counter = match found {
+            Some(found) if found.is_fresh() => match found.source {
+                Source::Memory => Counter::MemoryHits,
+                Source::Redis => Counter::RedisHits,
+            },
+            Some(_) => {
+                self.inner.counters.incr(Counter::StaleHits);
+                Counter::Misses
+            }
+            None => Counter::Misses,
+        };
+        self.inner.counters.incr(counter);
+    }
+
+    async fn store(&self, key: &str, entry: &CachedEntry) {
+        let too_large = entry.body().len() as u64 > self.inner.max_entry_size;
+        if too_large || entry.remaining_lifetime_at(SystemTime::now()).is_zero() {
+            self.inner.counters.incr(Counter::StoreSkips);
+            return;
+        }
+        self.inner.memory.set(key, entry).await.ok();
+        if let Some(shared) = &self.inner.shared {
+            if let Err(err) = shared.set(key, entry).await {
+                self.l2_failed("set", err);
+            }
+        }
+        self.inner.counters.incr(Counter::Stores);
+    }
+
+    /// Counts and logs an L2 failure (at most one warning per interval; the rest at debug).
+    fn l2_failed(&self, operation: &'static str, source: TierError) -> Error {
+        let counter = match source {
+            TierError::Decode(_) => Counter::L2DecodeErrors,
+            _ => Counter::L2Errors,
+        };
+        self.inner.counters.incr(counter);
+        if self.inner.l2_warnings.allow() {
+            tracing::warn!(operation, error = %source, "redis tier failed; serving without it");
+        } else {
+            tracing::debug!(operation, error = %source, "redis tier failed");
+        }
+        Error::L2 { operation, source }
+    }
+}
+
+/// Lets one event through per interval.
+struct LogThrottle {
+    interval_ms: u64,
+    last_ms: AtomicU64,
+}
+
+impl LogThrottle {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn allow(&self) -> bool {
+        let now = super::entry::unix_ms(SystemTime::now());
+        let last = self.last_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= self.interval_ms
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_allows_one_event_per_interval() {
+        let throttle = LogThrottle::new(Duration::from_secs(3600));
+        assert!(throttle.allow());
+        assert!(!throttle.allow());
+    }
+
+    #[tokio::test]
+    async fn oversized_and_expired_entries_are_not_stored() {
+        let config = CacheConfig::builder().max_entry_size(4).build().unwrap();
+        let cache = TieredCache::new(config).unwrap();
+        cache
+            .set("big", CachedEntry::new("12345", Duration::from_secs(60)))
+            .await;
+        let expired = CachedEntry::new("1", Duration::from_secs(1))
+            .with_stored_at(SystemTime::now() - Duration::from_secs(5));
+        cache.set("old", expired).await;
+        assert!(cache.get("big").await.is_none());
+        assert!(cache.get("old").await.is_none());
+        assert_eq!(cache.stats().store_skips, 2);
+        assert_eq!(cache.stats().stores, 0);
+    }
+}
