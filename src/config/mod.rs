@@ -218,6 +218,12 @@ impl CacheConfig {
 
 #[cfg(feature = "redis")]
 fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
+    if !url.starts_with("redis://") {
+        return Err(ConfigError::invalid(
+            "l2.url",
+            format!("invalid Redis URL {url:?}: use redis://[user:password@]host:port[/db]"),
+        ));
+    }
     fred::types::config::Config::from_url(url)
         .map(drop)
         .map_err(|err| {

@@ -17,6 +17,9 @@ use crate::config::L1Config;
 /// The memory tier; `size = 0` makes every operation a no-op.
 pub(crate) struct MemoryTier {
     cache: Option<Cache<String, CachedEntry>>,
+    capacity: u64,
+    /// Weight inserted since mini-moka last applied its pending writes (and so its evictions).
+    unsynced: AtomicU64,
     /// Keys inserted that were not present before.
     admitted: AtomicU64,
     /// Keys removed by `remove`, `remove_prefix` or expiry on read.
@@ -39,14 +42,14 @@ impl MemoryTier {
         let cache = (config.size > 0).then(|| {
             Cache::builder()
                 .max_capacity(config.size)
-                .weigher(|key: &String, entry: &CachedEntry| {
-                    u32::try_from(entry.weight() + key.len() as u64).unwrap_or(u32::MAX)
-                })
+                .weigher(|key: &String, entry: &CachedEntry| weigh(key, entry))
                 .time_to_live(config.max_ttl)
                 .build()
         });
         Self {
             cache,
+            capacity: config.size,
+            unsynced: AtomicU64::new(0),
             admitted: AtomicU64::new(0),
             removed: AtomicU64::new(0),
             expired: AtomicU64::new(0),
@@ -69,11 +72,25 @@ impl MemoryTier {
 
     fn write(&self, key: &str, entry: &CachedEntry) {
         let Some(cache) = &self.cache else { return };
+        let weight = weigh(key, entry);
+        if u64::from(weight) > self.capacity {
+            // mini-moka would hold it until its next maintenance, then evict it.
+            return;
+        }
         let key = key.to_owned();
         if !cache.contains_key(&key) {
             self.admitted.fetch_add(1, Ordering::Relaxed);
         }
         cache.insert(key, entry.clone());
+        // mini-moka evicts when it applies its write log, which can hold hundreds of pending
+        // inserts; applying it once 1/16 of the budget is pending bounds the overshoot.
+        let unsynced = self
+            .unsynced
+            .fetch_add(u64::from(weight), Ordering::Relaxed);
+        if unsynced + u64::from(weight) > self.capacity / 16 {
+            self.unsynced.store(0, Ordering::Relaxed);
+            cache.sync();
+        }
     }
 
     fn delete(&self, key: &str) -> bool {
@@ -115,6 +132,10 @@ impl MemoryTier {
             expirations: self.expired.load(Ordering::Relaxed),
         }
     }
+}
+
+fn weigh(key: &str, entry: &CachedEntry) -> u32 {
+    u32::try_from(entry.weight() + key.len() as u64).unwrap_or(u32::MAX)
 }
 
 /// Every operation completes at once; the futures are ready when created.

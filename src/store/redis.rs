@@ -86,7 +86,7 @@ impl RedisTier {
     /// Waits until every pooled connection is up, or `timeout` passes.
     pub(crate) async fn wait_connected(&self, timeout: Duration) -> bool {
         let connected = async {
-            while !self.pool.is_connected() {
+            while !self.pool.clients().iter().all(ClientLike::is_connected) {
                 // Resolves with the outcome of the next connection attempt.
                 let _ = self.pool.wait_for_connect().await;
             }
