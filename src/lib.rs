@@ -48,10 +48,24 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod body;
 pub mod config;
 mod error;
+mod future;
+mod http;
+mod layer;
+mod service;
 mod stats;
 mod store;
+
+#[doc(inline)]
+pub use body::{BoxError, CacheBody};
+#[doc(inline)]
+pub use future::ResponseFuture;
+#[doc(inline)]
+pub use layer::CacheLayer;
+#[doc(inline)]
+pub use service::CacheService;
 
 #[doc(inline)]
 pub use config::{CacheConfig, CacheConfigBuilder, ConfigError};

@@ -25,6 +25,13 @@ pub(super) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Dur
     ))
 }
 
+/// An optional duration (see [`duration`]).
+pub(super) fn optional_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    duration(deserializer).map(Some)
+}
+
 /// A boolean, or one of the strings true/false, yes/no, on/off, 1/0.
 pub(super) fn flag<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
     deserializer.deserialize_any(Parsed::<bool>(parse_flag, "true or false", PhantomData))

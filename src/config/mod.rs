@@ -13,7 +13,15 @@
 //! | `compression.enabled` | `CACHE_COMPRESSION` | `true` | brotli for bodies stored in Redis |
 //! | `compression.min_size` | | `1KiB` | smallest body worth compressing |
 //! | `compression.quality` | | `4` | brotli quality, 0–11 (11 is ~100× slower) |
-//! | `http.max_entry_size` | | `8MB` | largest body stored; larger ones are not cached |
+//! | `http.max_entry_size` | | `8MB` | largest body stored; larger ones stream through uncached |
+//! | `http.default_ttl` | | `0s` | freshness for storable responses without their own; `0s` = RFC 9111 only |
+//! | `http.keep_stale` | | `10m` | how long stale entries are kept for revalidation |
+//! | `http.status_header` | | `tiered-cache` | the cache's name in `Cache-Status` |
+//! | `http.key_headers` | | `[]` | request headers added to every cache key |
+//! | `[[route]] path` | | | glob on the request path (`*` within a segment, `**` across) |
+//! | `[[route]] ttl` | | | freshness used instead of the origin's on this route |
+//! | `[[route]] bypass` | | `false` | requests on this route pass straight through |
+//! | `[[route]] key_headers` | | `[]` | request headers added to the key on this route |
 //!
 //! Sizes take `bytesize` units: `MB` = 10⁶ bytes, `MiB` = 2²⁰ bytes, plain numbers are bytes.
 //! Durations take `humantime` units: `50ms`, `60s`, `5m`, `1h 30m`.
@@ -61,8 +69,10 @@ pub struct CacheConfig {
     pub l2: L2Config,
     /// Compression of entries stored in Redis.
     pub compression: CompressionConfig,
-    /// Limits on what is stored.
+    /// What the HTTP layer stores and how it labels responses.
     pub http: HttpConfig,
+    /// Per-route rules, first match wins.
+    pub route: Vec<RouteConfig>,
 }
 
 /// `[l1]`: the in-process memory tier.
@@ -142,21 +152,87 @@ impl Default for CompressionConfig {
     }
 }
 
-/// `[http]`: limits on what is stored.
+/// `[http]`: what the HTTP layer stores and how it labels responses.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct HttpConfig {
-    /// Largest body stored, in bytes; larger entries are passed on but not cached.
+    /// Largest body stored, in bytes; larger responses stream through and are not cached.
     #[serde(deserialize_with = "de::size")]
     pub max_entry_size: u64,
+    /// Freshness given to storable responses that carry no explicit freshness (no `max-age`,
+    /// `s-maxage` or `Expires`) and get none from the heuristic; `0s` keeps to RFC 9111.
+    #[serde(deserialize_with = "de::duration")]
+    pub default_ttl: Duration,
+    /// How long a stale entry is kept for revalidation (and, later, stale serving).
+    #[serde(deserialize_with = "de::duration")]
+    pub keep_stale: Duration,
+    /// The cache's name in `Cache-Status` (RFC 9211).
+    pub status_header: String,
+    /// Request headers added to every cache key (e.g. a tenant header).
+    pub key_headers: Vec<String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             max_entry_size: 8_000_000,
+            default_ttl: Duration::ZERO,
+            keep_stale: Duration::from_secs(600),
+            status_header: "tiered-cache".to_owned(),
+            key_headers: Vec::new(),
         }
+    }
+}
+
+/// `[[route]]`: rules for request paths matching a glob, first match wins.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RouteConfig {
+    /// Glob on the request path: `*` stays within one segment, `**` crosses segments.
+    pub path: String,
+    /// Freshness lifetime used instead of the origin's for storable responses.
+    #[serde(default, deserialize_with = "de::optional_duration")]
+    pub ttl: Option<Duration>,
+    /// Never look up or store: requests pass straight through.
+    #[serde(default, deserialize_with = "de::flag")]
+    pub bypass: bool,
+    /// Request headers added to the cache key on this route.
+    #[serde(default)]
+    pub key_headers: Vec<String>,
+}
+
+impl RouteConfig {
+    /// A rule for paths matching `path`, changing nothing until its fields are set.
+    pub fn new(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            ttl: None,
+            bypass: false,
+            key_headers: Vec::new(),
+        }
+    }
+
+    /// Sets the freshness lifetime used on this route.
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Makes the route bypass the cache.
+    #[must_use]
+    pub fn bypass(mut self) -> Self {
+        self.bypass = true;
+        self
+    }
+
+    /// Adds request headers to the cache key on this route.
+    #[must_use]
+    pub fn key_headers<I: IntoIterator<Item = S>, S: Into<String>>(mut self, headers: I) -> Self {
+        self.key_headers.extend(headers.into_iter().map(Into::into));
+        self
     }
 }
 
@@ -203,6 +279,8 @@ impl CacheConfig {
                 format!("must be between 0 and 11, got {}", self.compression.quality),
             ));
         }
+        validate_token("http.status_header", &self.http.status_header)?;
+        crate::http::Routes::new(self)?;
         if self.http.max_entry_size == 0 || self.http.max_entry_size > MAX_ENTRY_SIZE_LIMIT {
             return Err(ConfigError::invalid(
                 "http.max_entry_size",
@@ -213,6 +291,23 @@ impl CacheConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// RFC 9211 names the cache with an sf-token (or sf-string; a token is enough here).
+fn validate_token(key: &str, value: &str) -> Result<(), ConfigError> {
+    let mut chars = value.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '*');
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~:/".contains(c));
+    if first_ok && rest_ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("{value:?} is not a token (letters, digits and -._:/ starting with a letter)"),
+        ))
     }
 }
 
@@ -320,6 +415,36 @@ impl CacheConfigBuilder {
     /// `http.max_entry_size`: largest body stored, in bytes.
     pub fn max_entry_size(mut self, bytes: u64) -> Self {
         self.config.http.max_entry_size = bytes;
+        self
+    }
+
+    /// `http.default_ttl`: freshness for storable responses without any of their own.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.config.http.default_ttl = ttl;
+        self
+    }
+
+    /// `http.keep_stale`: how long stale entries are kept for revalidation.
+    pub fn keep_stale(mut self, keep: Duration) -> Self {
+        self.config.http.keep_stale = keep;
+        self
+    }
+
+    /// `http.status_header`: the cache's name in `Cache-Status`.
+    pub fn status_name(mut self, name: impl Into<String>) -> Self {
+        self.config.http.status_header = name.into();
+        self
+    }
+
+    /// `http.key_headers`: request headers added to every cache key.
+    pub fn key_header(mut self, name: impl Into<String>) -> Self {
+        self.config.http.key_headers.push(name.into());
+        self
+    }
+
+    /// Appends a `[[route]]` rule.
+    pub fn route(mut self, route: RouteConfig) -> Self {
+        self.config.route.push(route);
         self
     }
 

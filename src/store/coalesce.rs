@@ -12,6 +12,7 @@
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
@@ -54,36 +55,44 @@ impl<V: Clone + Send + Sync + 'static> Coalescer<V> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
+        match self.turn::<E>(key).await {
+            Turn::Lead(guard) => {
+                let result = work().await.map_err(Arc::new);
+                guard.finish(result.clone());
+                (result, Role::Leader)
+            }
+            Turn::Follow(result) => (result, Role::Follower),
+        }
+    }
+
+    /// Waits for a running flight of `key` and returns its result, or, when there is none (or
+    /// it was abandoned), makes the caller the leader of a new one.
+    pub(crate) async fn turn<E: Send + Sync + 'static>(&self, key: &str) -> Turn<'_, V, E> {
         let flight_key = (key.to_owned(), TypeId::of::<E>());
-        let mut role = Role::Leader;
-        let guard = loop {
-            let mut receiver = match self.join(&flight_key) {
-                Joined::Leader(guard) => break guard,
+        loop {
+            let mut receiver = match self.join::<E>(&flight_key) {
+                Joined::Leader(guard) => return Turn::Lead(guard),
                 Joined::Follower(receiver) => receiver,
             };
-            role = Role::Follower;
             let outcome = receiver
                 .wait_for(|state| !matches!(state, State::Running))
                 .await
                 .map(|state| state.clone());
             match outcome {
-                Ok(State::Done(Ok(value))) => return (Ok(value), role),
+                Ok(State::Done(Ok(value))) => return Turn::Follow(Ok(value)),
                 Ok(State::Done(Err(err))) => {
                     // The flight key includes E's TypeId, so the downcast holds.
                     if let Ok(err) = err.downcast::<E>() {
-                        return (Err(err), role);
+                        return Turn::Follow(Err(err));
                     }
                 }
                 // Abandoned (or the sender vanished): try to lead a new flight.
                 Ok(State::Abandoned | State::Running) | Err(_) => {}
             }
-        };
-        let result = work().await.map_err(Arc::new);
-        guard.finish(result.clone().map_err(|err| err as SharedError));
-        (result, role)
+        }
     }
 
-    fn join(&self, key: &FlightKey) -> Joined<'_, V> {
+    fn join<E>(&self, key: &FlightKey) -> Joined<'_, V, E> {
         let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(sender) = flights.get(key) {
             return Joined::Follower(sender.subscribe());
@@ -92,6 +101,7 @@ impl<V: Clone + Send + Sync + 'static> Coalescer<V> {
         flights.insert(key.clone(), sender.clone());
         Joined::Leader(FlightGuard {
             coalescer: self,
+            error_type: PhantomData,
             key: key.clone(),
             sender,
             finished: false,
@@ -113,25 +123,38 @@ impl<V: Clone + Send + Sync + 'static> Coalescer<V> {
     }
 }
 
-enum Joined<'a, V: Clone + Send + Sync + 'static> {
-    Leader(FlightGuard<'a, V>),
+/// A caller's part in a flight, from [`Coalescer::turn`].
+pub(crate) enum Turn<'a, V: Clone + Send + Sync + 'static, E> {
+    /// Do the work, then [`FlightGuard::finish`] with its result.
+    Lead(FlightGuard<'a, V, E>),
+    /// Another caller's result.
+    Follow(Result<V, Arc<E>>),
+}
+
+enum Joined<'a, V: Clone + Send + Sync + 'static, E> {
+    Leader(FlightGuard<'a, V, E>),
     Follower(watch::Receiver<State<V>>),
 }
 
 /// Held by the leader; publishes the result, or `Abandoned` if dropped first.
-struct FlightGuard<'a, V: Clone + Send + Sync + 'static> {
+pub(crate) struct FlightGuard<'a, V: Clone + Send + Sync + 'static, E> {
     coalescer: &'a Coalescer<V>,
+    error_type: PhantomData<fn() -> E>,
     key: FlightKey,
     sender: watch::Sender<State<V>>,
     finished: bool,
 }
 
-impl<V: Clone + Send + Sync + 'static> FlightGuard<'_, V> {
-    fn finish(mut self, result: Result<V, SharedError>) {
+impl<V: Clone + Send + Sync + 'static, E: Send + Sync + 'static> FlightGuard<'_, V, E> {
+    /// Publishes the result to the followers.
+    pub(crate) fn finish(mut self, result: Result<V, Arc<E>>) {
+        let result = result.map_err(|err| err as SharedError);
         self.finished = true;
         self.close(State::Done(result));
     }
+}
 
+impl<V: Clone + Send + Sync + 'static, E> FlightGuard<'_, V, E> {
     /// Unregisters the flight (so later callers start afresh) and wakes the followers.
     fn close(&self, state: State<V>) {
         let mut flights = self
@@ -150,7 +173,7 @@ impl<V: Clone + Send + Sync + 'static> FlightGuard<'_, V> {
     }
 }
 
-impl<V: Clone + Send + Sync + 'static> Drop for FlightGuard<'_, V> {
+impl<V: Clone + Send + Sync + 'static, E> Drop for FlightGuard<'_, V, E> {
     fn drop(&mut self) {
         if !self.finished {
             self.close(State::Abandoned);

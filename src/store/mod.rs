@@ -1,7 +1,7 @@
 //! Storage: the tiers, the entry and its codec, coalescing, and [`TieredCache`] over them.
 
 // Only the shared tiers encode entries.
-mod coalesce;
+pub(crate) mod coalesce;
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 mod codec;
 mod entry;

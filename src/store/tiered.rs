@@ -235,8 +235,8 @@ impl TieredCache {
     }
 
     /// Memory first; Redis when memory has nothing fresh. Whatever Redis returns is promoted.
-    /// Of two stale entries, the one fresh until later wins.
-    async fn find(&self, key: &str) -> Option<Lookup> {
+    /// Of two stale entries, the one fresh until later wins. Not counted in the stats.
+    pub(crate) async fn find(&self, key: &str) -> Option<Lookup> {
         let memory = self.read_memory(key).await;
         if memory.as_ref().is_some_and(CachedEntry::is_fresh) {
             return memory.map(|entry| Lookup {
@@ -278,7 +278,7 @@ impl TieredCache {
         })
     }
 
-    fn count_lookup(&self, found: Option<&Lookup>) {
+    pub(crate) fn count_lookup(&self, found: Option<&Lookup>) {
         let counter = match found {
             Some(found) if found.is_fresh() => match found.source {
                 Source::Memory => Counter::MemoryHits,
@@ -293,7 +293,7 @@ impl TieredCache {
         self.inner.counters.incr(counter);
     }
 
-    async fn store(&self, key: &str, entry: &CachedEntry) {
+    pub(crate) async fn store(&self, key: &str, entry: &CachedEntry) {
         let too_large = entry.body().len() as u64 > self.inner.max_entry_size;
         if too_large || entry.remaining_lifetime_at(SystemTime::now()).is_zero() {
             self.inner.counters.incr(Counter::StoreSkips);

@@ -1,0 +1,84 @@
+//! [`ResponseFuture`]: the future of [`CacheService`](crate::CacheService).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::Response;
+use pin_project_lite::pin_project;
+
+use crate::body::CacheBody;
+use crate::http::cache_status::{Forward, Status};
+use crate::http::response;
+use crate::service::State;
+
+type CachedFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
+
+pin_project! {
+    /// The response future of [`CacheService`](crate::CacheService): the inner service's future
+    /// for requests that bypass the cache (no allocation), a boxed future for cached requests.
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        kind: Kind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B, E> {
+        Bypass {
+            #[pin]
+            future: F,
+            state: Arc<State>,
+        },
+        Cached {
+            future: CachedFuture<B, E>,
+        },
+    }
+}
+
+impl<F, B, E> ResponseFuture<F, B, E> {
+    pub(crate) fn bypass(future: F, state: Arc<State>) -> Self {
+        Self {
+            kind: Kind::Bypass { future, state },
+        }
+    }
+
+    pub(crate) fn cached(future: CachedFuture<B, E>) -> Self {
+        Self {
+            kind: Kind::Cached { future },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<CacheBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Bypass { future, state } => {
+                let (parts, body) = ready!(future.poll(cx))?.into_parts();
+                let status = Status::forward(Forward::Bypass);
+                Poll::Ready(Ok(response::from_origin(
+                    parts,
+                    CacheBody::streaming(body),
+                    status,
+                    &state.cache_name,
+                )))
+            }
+            KindProj::Cached { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F, B, E> std::fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ResponseFuture")
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,288 @@
+//! `Cache-Control` parsing (RFC 9111 §5.2), for requests and responses.
+//!
+//! Tolerant by design: directive names are case-insensitive, values may be tokens or quoted
+//! strings, all field lines are combined, and anything that does not parse is ignored rather than
+//! failing the message. Numeric values that are not valid delta-seconds are kept as
+//! [`Delta::Invalid`] so the policy can treat them conservatively.
+
+use http::header::{HeaderMap, CACHE_CONTROL};
+
+/// RFC 9111 §1.2.2: delta-seconds too large to represent are 2^31.
+const DELTA_SECONDS_CAP: u64 = 2_147_483_648;
+
+/// A delta-seconds directive value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Delta {
+    Seconds(u64),
+    /// Present but not a non-negative integer (`max-age=-1`, `max-age=ab`, `max-age`).
+    Invalid,
+}
+
+impl Delta {
+    fn parse(value: Option<&str>) -> Self {
+        match value {
+            Some(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+                Self::Seconds(
+                    text.parse()
+                        .unwrap_or(DELTA_SECONDS_CAP)
+                        .min(DELTA_SECONDS_CAP),
+                )
+            }
+            _ => Self::Invalid,
+        }
+    }
+
+    pub(crate) fn parse_str(text: &str) -> Self {
+        Self::parse(Some(text))
+    }
+
+    pub(crate) fn seconds(self) -> Option<u64> {
+        match self {
+            Self::Seconds(seconds) => Some(seconds),
+            Self::Invalid => None,
+        }
+    }
+}
+
+/// `no-cache` and `private` may list field names (RFC 9111 §5.2.2.4, §5.2.2.7).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Qualified {
+    #[default]
+    Absent,
+    /// Without field names: applies to the whole response.
+    All,
+    /// With field names (lowercased): applies to those fields only.
+    Fields(Vec<String>),
+}
+
+impl Qualified {
+    pub(crate) fn is_all(&self) -> bool {
+        matches!(self, Self::All)
+    }
+
+    fn merge(&mut self, value: Option<&str>) {
+        let fields: Vec<String> = value
+            .map(|list| {
+                list.split(',')
+                    .map(|name| name.trim().to_ascii_lowercase())
+                    .filter(|name| !name.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        *self = match (std::mem::take(self), fields.is_empty()) {
+            (Self::All, _) | (_, true) => Self::All,
+            (Self::Fields(mut existing), false) => {
+                existing.extend(fields);
+                Self::Fields(existing)
+            }
+            (Self::Absent, false) => Self::Fields(fields),
+        };
+    }
+}
+
+/// Directives of one message. For a directive repeated with different values, the first wins.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CacheControl {
+    pub(crate) max_age: Option<Delta>,
+    pub(crate) s_maxage: Option<Delta>,
+    pub(crate) stale_while_revalidate: Option<Delta>,
+    pub(crate) stale_if_error: Option<Delta>,
+    pub(crate) max_stale: Option<MaxStale>,
+    pub(crate) min_fresh: Option<Delta>,
+    pub(crate) no_cache: Qualified,
+    pub(crate) private: Qualified,
+    pub(crate) no_store: bool,
+    pub(crate) public: bool,
+    pub(crate) must_revalidate: bool,
+    pub(crate) proxy_revalidate: bool,
+    pub(crate) must_understand: bool,
+    pub(crate) only_if_cached: bool,
+    pub(crate) immutable: bool,
+    /// Whether any `Cache-Control` field line was present.
+    pub(crate) present: bool,
+}
+
+/// Request `max-stale` (RFC 9111 §5.2.1.2): without a value, any staleness is accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MaxStale {
+    Any,
+    Seconds(u64),
+}
+
+impl CacheControl {
+    pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
+        let mut parsed = Self::default();
+        for line in headers.get_all(CACHE_CONTROL) {
+            parsed.present = true;
+            // Non-ASCII bytes cannot be part of a directive; the rest of the line still counts.
+            let text = String::from_utf8_lossy(line.as_bytes());
+            for (name, value) in directives(&text) {
+                parsed.apply(&name, value.as_deref());
+            }
+        }
+        parsed
+    }
+
+    fn apply(&mut self, name: &str, value: Option<&str>) {
+        let first = |slot: &mut Option<Delta>| {
+            slot.get_or_insert(Delta::parse(value));
+        };
+        match name {
+            "max-age" => first(&mut self.max_age),
+            "s-maxage" => first(&mut self.s_maxage),
+            "stale-while-revalidate" => first(&mut self.stale_while_revalidate),
+            "stale-if-error" => first(&mut self.stale_if_error),
+            "min-fresh" => first(&mut self.min_fresh),
+            "max-stale" => {
+                self.max_stale.get_or_insert(match value {
+                    None => MaxStale::Any,
+                    Some(_) => match Delta::parse(value) {
+                        Delta::Seconds(seconds) => MaxStale::Seconds(seconds),
+                        // An unusable max-stale accepts no extra staleness.
+                        Delta::Invalid => MaxStale::Seconds(0),
+                    },
+                });
+            }
+            "no-cache" => self.no_cache.merge(value),
+            "private" => self.private.merge(value),
+            "no-store" => self.no_store = true,
+            "public" => self.public = true,
+            "must-revalidate" => self.must_revalidate = true,
+            "proxy-revalidate" => self.proxy_revalidate = true,
+            "must-understand" => self.must_understand = true,
+            "only-if-cached" => self.only_if_cached = true,
+            "immutable" => self.immutable = true,
+            _ => {}
+        }
+    }
+}
+
+/// Splits a field line into (lowercased name, unquoted value) pairs, honouring quoted strings.
+fn directives(line: &str) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        // Skip separators and whitespace before a directive.
+        while chars.next_if(|c| *c == ',' || c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return out;
+        }
+        let mut name = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && *c != ',') {
+            name.push(c);
+        }
+        let name = name.trim().to_ascii_lowercase();
+        let value = if chars.next_if_eq(&'=').is_some() {
+            while chars.next_if(|c| *c == ' ' || *c == '\t').is_some() {}
+            Some(if chars.next_if_eq(&'"').is_some() {
+                quoted(&mut chars)
+            } else {
+                let mut token = String::new();
+                while let Some(c) = chars.next_if(|c| *c != ',') {
+                    token.push(c);
+                }
+                token.trim().to_owned()
+            })
+        } else {
+            None
+        };
+        // Text after a quoted value up to the next comma is garbage; skip it.
+        while chars.next_if(|c| *c != ',').is_some() {}
+        if !name.is_empty() && !name.contains(char::is_whitespace) {
+            out.push((name, value));
+        }
+    }
+}
+
+/// Reads a quoted-string body after the opening quote, unescaping `\x`.
+fn quoted(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> String {
+    let mut value = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => break,
+            '\\' => value.extend(chars.next()),
+            other => value.push(other),
+        }
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn parse(lines: &[&str]) -> CacheControl {
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            headers.append(CACHE_CONTROL, HeaderValue::from_str(line).unwrap());
+        }
+        CacheControl::from_headers(&headers)
+    }
+
+    #[test]
+    fn names_are_case_insensitive_and_lines_combine() {
+        let cc = parse(&["Max-Age=60, PUBLIC", "s-maxage=10"]);
+        assert_eq!(cc.max_age, Some(Delta::Seconds(60)));
+        assert_eq!(cc.s_maxage, Some(Delta::Seconds(10)));
+        assert!(cc.public && cc.present);
+    }
+
+    #[test]
+    fn quoted_values_are_accepted() {
+        let cc = parse(&["max-age=\"3600\", no-cache=\"Set-Cookie, X-Foo\""]);
+        assert_eq!(cc.max_age, Some(Delta::Seconds(3600)));
+        assert_eq!(
+            cc.no_cache,
+            Qualified::Fields(vec!["set-cookie".into(), "x-foo".into()])
+        );
+    }
+
+    #[test]
+    fn quoted_commas_do_not_split_directives() {
+        let cc = parse(&["private=\"a, b\", max-age=5"]);
+        assert_eq!(cc.private, Qualified::Fields(vec!["a".into(), "b".into()]));
+        assert_eq!(cc.max_age, Some(Delta::Seconds(5)));
+    }
+
+    #[test]
+    fn invalid_numbers_are_marked_invalid() {
+        for value in ["-1", "1.5", "abc", "", "10 20"] {
+            let cc = parse(&[&format!("max-age={value}")]);
+            assert_eq!(cc.max_age, Some(Delta::Invalid), "{value}");
+        }
+        assert_eq!(parse(&["max-age"]).max_age, Some(Delta::Invalid));
+    }
+
+    #[test]
+    fn huge_numbers_are_capped() {
+        let cc = parse(&["max-age=99999999999999999999999"]);
+        assert_eq!(cc.max_age, Some(Delta::Seconds(DELTA_SECONDS_CAP)));
+    }
+
+    #[test]
+    fn first_of_duplicates_wins() {
+        assert_eq!(
+            parse(&["max-age=10, max-age=20"]).max_age,
+            Some(Delta::Seconds(10))
+        );
+    }
+
+    #[test]
+    fn garbage_is_ignored_without_losing_the_rest() {
+        let cc = parse(&[",,, =x, \"junk\", max-age=7 trailing, no-store"]);
+        assert!(cc.no_store);
+        assert_eq!(cc.max_age, Some(Delta::Invalid));
+        assert_eq!(parse(&["no-cache, , private"]).private, Qualified::All);
+    }
+
+    #[test]
+    fn max_stale_without_value_accepts_any() {
+        assert_eq!(parse(&["max-stale"]).max_stale, Some(MaxStale::Any));
+        assert_eq!(
+            parse(&["max-stale=5"]).max_stale,
+            Some(MaxStale::Seconds(5))
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! Cache keys: the primary key of a request, and the variant key selected by `Vary`.
+//!
+//! The primary key is the absolute URI, `scheme://host/path?query`, with the host lowercased and
+//! nothing else normalised (so `/a.css` and `/a;.css` stay distinct), followed by any configured
+//! key headers. It is readable, so prefix invalidation works on URLs. Headers that are not part of
+//! the key (`X-Forwarded-Host`, `X-Original-URL`, ...) never influence which entry is used.
+
+use http::header::HOST;
+use http::request::Parts;
+use http::{HeaderMap, HeaderName};
+
+/// Separates the parts of a key; cannot occur in a URI or a header value.
+const SEPARATOR: char = '\u{1f}';
+
+/// The primary key of a request. HEAD and GET share it: HEAD is answered from GET entries.
+pub(crate) fn primary_key(parts: &Parts, key_headers: &[HeaderName]) -> String {
+    let scheme = parts.uri.scheme_str().unwrap_or("http");
+    let host = parts
+        .uri
+        .authority()
+        .map(|authority| authority.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(HOST)
+                .map(|host| String::from_utf8_lossy(host.as_bytes()).into_owned())
+        })
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |path_and_query| path_and_query.as_str());
+    let mut key = format!("{scheme}://{host}{path}");
+    for name in key_headers {
+        append_field(&mut key, name.as_str(), &parts.headers);
+    }
+    key
+}
+
+/// The key of one variant of `primary`: the request's values of the `Vary` fields, under the
+/// generation of the variant list so that variants stored before an invalidation are unreachable.
+pub(crate) fn variant_key(
+    primary: &str,
+    generation: &str,
+    vary: &[String],
+    headers: &HeaderMap,
+) -> String {
+    let mut key = format!("{primary}{SEPARATOR}v{generation}");
+    for name in vary {
+        append_field(&mut key, name, headers);
+    }
+    key
+}
+
+/// Appends `␟name=value` (all field lines combined, whitespace around commas normalised), or
+/// `␟name` when the request lacks the field: an absent field differs from an empty one.
+fn append_field(key: &mut String, name: &str, headers: &HeaderMap) {
+    key.push(SEPARATOR);
+    key.push_str(name);
+    let mut lines = headers.get_all(name).iter().peekable();
+    if lines.peek().is_none() {
+        return;
+    }
+    key.push('=');
+    let values = lines
+        .flat_map(|line| {
+            String::from_utf8_lossy(line.as_bytes())
+                .split(',')
+                .map(|v| v.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    key.push_str(&values);
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Request;
+
+    use super::*;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut builder = Request::get(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn host_comes_from_the_authority_or_the_host_header() {
+        assert_eq!(
+            primary_key(&parts("http://Example.COM/a?b=1", &[]), &[]),
+            "http://example.com/a?b=1"
+        );
+        assert_eq!(
+            primary_key(&parts("/a", &[("host", "Shop.Example")]), &[]),
+            "http://shop.example/a"
+        );
+    }
+
+    #[test]
+    fn unkeyed_headers_do_not_change_the_key() {
+        let plain = primary_key(&parts("/a", &[("host", "h")]), &[]);
+        let forwarded = primary_key(
+            &parts(
+                "/a",
+                &[
+                    ("host", "h"),
+                    ("x-forwarded-host", "evil"),
+                    ("x-original-url", "/admin"),
+                ],
+            ),
+            &[],
+        );
+        assert_eq!(plain, forwarded);
+    }
+
+    #[test]
+    fn paths_are_not_normalised() {
+        let a = primary_key(&parts("/a.css", &[("host", "h")]), &[]);
+        let b = primary_key(&parts("/a;.css", &[("host", "h")]), &[]);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn key_headers_distinguish_absent_from_empty() {
+        let tenant = [HeaderName::from_static("x-tenant")];
+        let absent = primary_key(&parts("/a", &[]), &tenant);
+        let empty = primary_key(&parts("/a", &[("x-tenant", "")]), &tenant);
+        let one = primary_key(&parts("/a", &[("x-tenant", "1")]), &tenant);
+        assert_ne!(absent, empty);
+        assert_ne!(empty, one);
+    }
+
+    #[test]
+    fn variant_keys_normalise_list_whitespace() {
+        let vary = vec!["accept-encoding".to_owned()];
+        let a = variant_key(
+            "k",
+            "1",
+            &vary,
+            &parts("/", &[("accept-encoding", "gzip, br")]).headers,
+        );
+        let b = variant_key(
+            "k",
+            "1",
+            &vary,
+            &parts("/", &[("accept-encoding", "gzip,br")]).headers,
+        );
+        let c = variant_key(
+            "k",
+            "2",
+            &vary,
+            &parts("/", &[("accept-encoding", "gzip,br")]).headers,
+        );
+        assert_eq!(a, b);
+        assert_ne!(b, c, "a new generation makes old variants unreachable");
+    }
+}

@@ -1,0 +1,13 @@
+//! HTTP caching pieces used by [`CacheService`](crate::CacheService): keys, `Cache-Control`,
+//! the RFC 9111 policy, `Cache-Status`, `Vary` variants, route rules, and response building.
+
+pub(crate) mod buffer;
+pub(crate) mod cache_control;
+pub(crate) mod cache_status;
+pub(crate) mod key;
+pub(crate) mod policy;
+pub(crate) mod response;
+pub(crate) mod routes;
+pub(crate) mod variants;
+
+pub(crate) use routes::Routes;

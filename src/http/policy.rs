@@ -1,0 +1,672 @@
+//! Shared-cache semantics of RFC 9111: what may be stored, for how long, and when a stored
+//! response may answer a request. Pure functions over headers and times; the service applies
+//! them in request order.
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{
+    HeaderMap, HeaderName, AGE, AUTHORIZATION, CONNECTION, DATE, ETAG, EXPIRES, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, LAST_MODIFIED, PRAGMA, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
+};
+use http::{Method, StatusCode};
+
+use super::cache_control::{CacheControl, Delta, MaxStale, Qualified};
+
+/// Heuristic freshness is 10 % of the time since Last-Modified (§4.2.2), at most this long.
+const HEURISTIC_CAP: Duration = Duration::from_secs(24 * 3600);
+
+/// Settings of the policy that come from configuration.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    /// Freshness for storable responses with none of their own (0 = RFC only).
+    pub(crate) default_ttl: Duration,
+    /// Route override of the freshness lifetime.
+    pub(crate) ttl_override: Option<Duration>,
+    /// How long stale entries with validators are kept.
+    pub(crate) keep_stale: Duration,
+}
+
+/// Why a response is not stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NotStored {
+    Method,
+    Status,
+    NoStore,
+    Private,
+    Authorization,
+    SetCookie,
+    VaryStar,
+    /// Would never be usable: stale at once and without validators.
+    Useless,
+}
+
+/// How to store a response that may be stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StorePlan {
+    /// Freshness lifetime (§4.2.1).
+    pub(crate) ttl: Duration,
+    /// Corrected initial age (§4.2.3): the entry counts as generated this long before it arrived.
+    pub(crate) initial_age: Duration,
+    /// How long it is kept once stale.
+    pub(crate) keep_stale: Duration,
+    /// Fields named by `private=` / `no-cache=`, removed before storing (§5.2.2.4, §5.2.2.7).
+    pub(crate) strip: Vec<HeaderName>,
+}
+
+/// Statuses a cache may store without explicit freshness (RFC 9110 §15.1).
+fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// Statuses this cache understands well enough to store (§3): final, not partial content
+/// (ranges pass through), not 304 (only meaningful to a conditional request).
+fn understood(status: StatusCode) -> bool {
+    let code = status.as_u16();
+    (200..600).contains(&code) && code != 206 && code != 304
+}
+
+/// Whether `response` to `request` may be stored by a shared cache (RFC 9111 §3), and how.
+pub(crate) fn plan_store(
+    method: &Method,
+    request: &HeaderMap,
+    status: StatusCode,
+    response: &HeaderMap,
+    request_time: SystemTime,
+    response_time: SystemTime,
+    settings: &Settings,
+) -> Result<StorePlan, NotStored> {
+    if method != Method::GET {
+        return Err(NotStored::Method);
+    }
+    if !understood(status) {
+        return Err(NotStored::Status);
+    }
+    let cc = CacheControl::from_headers(response);
+    // §5.2.2.3: must-understand overrides no-store for understood status codes.
+    if cc.no_store && !cc.must_understand {
+        return Err(NotStored::NoStore);
+    }
+    // §5.2.2.7: a shared cache must not store a private response.
+    if cc.private.is_all() {
+        return Err(NotStored::Private);
+    }
+    // §3.5: responses to authorized requests only with explicit permission.
+    if request.contains_key(AUTHORIZATION)
+        && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate)
+    {
+        return Err(NotStored::Authorization);
+    }
+    // Not an RFC rule: a cookie set for one client must never reach another.
+    if response.contains_key(SET_COOKIE) && !strips(&cc, &SET_COOKIE) {
+        return Err(NotStored::SetCookie);
+    }
+    // §4.1: Vary: * never matches; neither does a field name that is not a token.
+    if vary_fields(response)
+        .iter()
+        .any(|field| field == "*" || HeaderName::from_bytes(field.as_bytes()).is_err())
+    {
+        return Err(NotStored::VaryStar);
+    }
+    let explicit = explicit_lifetime(&cc, response, response_time);
+    let heuristic_allowed = cc.public || heuristically_cacheable(status);
+    if explicit.is_none() && !heuristic_allowed && settings.ttl_override.is_none() {
+        return Err(NotStored::Status);
+    }
+    let ttl = settings
+        .ttl_override
+        .or(explicit)
+        .or_else(|| {
+            heuristic_allowed
+                .then(|| heuristic_lifetime(response, response_time))
+                .flatten()
+        })
+        .unwrap_or(settings.default_ttl);
+    let has_validators = response.contains_key(ETAG) || response.contains_key(LAST_MODIFIED);
+    let keep_stale = if has_validators {
+        settings.keep_stale
+    } else {
+        Duration::ZERO
+    };
+    if ttl.is_zero() && keep_stale.is_zero() {
+        return Err(NotStored::Useless);
+    }
+    Ok(StorePlan {
+        ttl,
+        initial_age: initial_age(response, request_time, response_time),
+        keep_stale,
+        strip: stripped_fields(&cc),
+    })
+}
+
+fn strips(cc: &CacheControl, field: &HeaderName) -> bool {
+    [&cc.private, &cc.no_cache]
+        .iter()
+        .any(|qualified| matches!(qualified, Qualified::Fields(fields) if fields.iter().any(|f| f == field.as_str())))
+}
+
+fn stripped_fields(cc: &CacheControl) -> Vec<HeaderName> {
+    let mut fields = Vec::new();
+    for qualified in [&cc.private, &cc.no_cache] {
+        if let Qualified::Fields(names) = qualified {
+            fields.extend(
+                names
+                    .iter()
+                    .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok()),
+            );
+        }
+    }
+    fields
+}
+
+/// §4.2.1: `s-maxage` (shared caches), then `max-age`, then `Expires` − `Date`. An invalid
+/// value makes the response stale at once.
+fn explicit_lifetime(
+    cc: &CacheControl,
+    response: &HeaderMap,
+    response_time: SystemTime,
+) -> Option<Duration> {
+    if let Some(delta) = cc.s_maxage.or(cc.max_age) {
+        return Some(Duration::from_secs(delta.seconds().unwrap_or(0)));
+    }
+    let mut expires = response.get_all(EXPIRES).iter();
+    let first = expires.next()?;
+    // §5.3: an invalid (or repeated) Expires means "already expired".
+    let Some(expires_at) = (expires.next().is_none())
+        .then(|| http_date(first))
+        .flatten()
+    else {
+        return Some(Duration::ZERO);
+    };
+    let date = response_date(response).unwrap_or(response_time);
+    Some(expires_at.duration_since(date).unwrap_or(Duration::ZERO))
+}
+
+/// §4.2.2: 10 % of the time since `Last-Modified`, capped.
+fn heuristic_lifetime(response: &HeaderMap, response_time: SystemTime) -> Option<Duration> {
+    let last_modified = http_date(response.get(LAST_MODIFIED)?)?;
+    let date = response_date(response).unwrap_or(response_time);
+    let since = date.duration_since(last_modified).ok()?;
+    Some((since / 10).min(HEURISTIC_CAP))
+}
+
+/// §4.2.3: the corrected initial age of a response received at `response_time`.
+fn initial_age(
+    response: &HeaderMap,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> Duration {
+    let apparent_age = response_date(response)
+        .and_then(|date| response_time.duration_since(date).ok())
+        .unwrap_or(Duration::ZERO);
+    let response_delay = response_time
+        .duration_since(request_time)
+        .unwrap_or(Duration::ZERO);
+    let corrected_age_value = age_value(response).unwrap_or(Duration::ZERO) + response_delay;
+    apparent_age.max(corrected_age_value)
+}
+
+/// §5.1: `Age` is one non-negative integer; anything else is ignored.
+fn age_value(response: &HeaderMap) -> Option<Duration> {
+    let mut lines = response.get_all(AGE).iter();
+    let first = lines.next()?;
+    if lines.next().is_some() {
+        return None;
+    }
+    let text = first.to_str().ok()?.trim();
+    match Delta::parse_str(text) {
+        Delta::Seconds(seconds) => Some(Duration::from_secs(seconds)),
+        Delta::Invalid => None,
+    }
+}
+
+fn response_date(response: &HeaderMap) -> Option<SystemTime> {
+    http_date(response.get(DATE)?)
+}
+
+pub(crate) fn http_date(value: &http::HeaderValue) -> Option<SystemTime> {
+    httpdate::parse_http_date(value.to_str().ok()?.trim()).ok()
+}
+
+/// The lowercased field names of `Vary`.
+pub(crate) fn vary_fields(response: &HeaderMap) -> Vec<String> {
+    response
+        .get_all(VARY)
+        .iter()
+        .flat_map(|line| {
+            String::from_utf8_lossy(line.as_bytes())
+                .split(',')
+                .map(|name| name.trim().to_ascii_lowercase())
+                .filter(|name| !name.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// What a stored response can do for a request (RFC 9111 §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reuse {
+    /// Serve it as is.
+    Fresh,
+    /// Validate it with the origin first: it is stale (or marked `no-cache`).
+    ValidateStale,
+    /// Validate it first: the request asked for that.
+    ValidateRequested,
+    /// It must not answer this request at all.
+    Unusable,
+}
+
+/// §4 (with §5.2.1 request directives and §3.5 for Authorization).
+pub(crate) fn reuse(
+    request: &HeaderMap,
+    stored: &HeaderMap,
+    age: Duration,
+    ttl: Duration,
+) -> Reuse {
+    let stored_cc = CacheControl::from_headers(stored);
+    if request.contains_key(AUTHORIZATION)
+        && !(stored_cc.public || stored_cc.s_maxage.is_some() || stored_cc.must_revalidate)
+    {
+        return Reuse::Unusable;
+    }
+    let request_cc = CacheControl::from_headers(request);
+    // §5.4: Pragma: no-cache counts only when the request has no Cache-Control.
+    let pragma_no_cache = !request_cc.present
+        && request
+            .get_all(PRAGMA)
+            .iter()
+            .any(|value| value.as_bytes().eq_ignore_ascii_case(b"no-cache"));
+    if request_cc.no_cache.is_all() || pragma_no_cache {
+        return Reuse::ValidateRequested;
+    }
+    if let Some(max_age) = request_cc.max_age {
+        if age.as_secs() > max_age.seconds().unwrap_or(0) {
+            return Reuse::ValidateRequested;
+        }
+    }
+    let remaining = ttl.saturating_sub(age);
+    if let Some(min_fresh) = request_cc.min_fresh {
+        if remaining.as_secs() < min_fresh.seconds().unwrap_or(u64::MAX) {
+            return Reuse::ValidateRequested;
+        }
+    }
+    if stored_cc.no_cache.is_all() {
+        return Reuse::ValidateStale;
+    }
+    if age < ttl {
+        return Reuse::Fresh;
+    }
+    // §4.2.4: stale responses only where the request allows and the response does not forbid.
+    let stale_for = age - ttl;
+    let forbids_stale =
+        stored_cc.must_revalidate || stored_cc.proxy_revalidate || stored_cc.s_maxage.is_some();
+    let allowed = match request_cc.max_stale {
+        Some(MaxStale::Any) => true,
+        Some(MaxStale::Seconds(limit)) => stale_for.as_secs() <= limit,
+        None => false,
+    };
+    if allowed && !forbids_stale {
+        Reuse::Fresh
+    } else {
+        Reuse::ValidateStale
+    }
+}
+
+/// Conditional headers to validate a stored response (§4.3.1).
+pub(crate) fn validators(stored: &HeaderMap) -> Vec<(HeaderName, http::HeaderValue)> {
+    let mut out = Vec::new();
+    if let Some(etag) = stored.get(ETAG) {
+        out.push((IF_NONE_MATCH, etag.clone()));
+    }
+    if let Some(last_modified) = stored.get(LAST_MODIFIED) {
+        out.push((IF_MODIFIED_SINCE, last_modified.clone()));
+    }
+    out
+}
+
+/// Whether a client's conditional request is satisfied by a stored response, so it can be
+/// answered 304 (RFC 9110 §13.1.2, §13.1.3, §13.2.2: If-None-Match takes precedence).
+pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
+    let mut if_none_match = request.get_all(IF_NONE_MATCH).iter().peekable();
+    if if_none_match.peek().is_some() {
+        let Some(etag) = stored.get(ETAG).and_then(|etag| etag.to_str().ok()) else {
+            return false;
+        };
+        let weak = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+        return if_none_match
+            .filter_map(|line| line.to_str().ok())
+            .flat_map(|line| line.split(','))
+            .any(|candidate| candidate.trim() == "*" || weak(candidate) == weak(etag));
+    }
+    let Some(since) = request.get(IF_MODIFIED_SINCE).and_then(http_date) else {
+        return false;
+    };
+    let modified = stored
+        .get(LAST_MODIFIED)
+        .or_else(|| stored.get(DATE))
+        .and_then(http_date);
+    modified.is_some_and(|modified| modified <= since)
+}
+
+/// Fields that describe one connection, never stored or replayed (RFC 9110 §7.6.1), plus those
+/// named by `Connection`.
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        CONNECTION,
+        PROXY_AUTHENTICATE,
+        PROXY_AUTHORIZATION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// §3.2: a 304 updates the stored header fields, except those describing the stored body.
+pub(crate) fn update_headers(stored: &mut HeaderMap, not_modified: &HeaderMap) {
+    let mut fresh = not_modified.clone();
+    remove_hop_by_hop(&mut fresh);
+    for name in [
+        http::header::CONTENT_LENGTH,
+        http::header::CONTENT_ENCODING,
+        http::header::CONTENT_RANGE,
+    ] {
+        fresh.remove(name);
+    }
+    let names: Vec<HeaderName> = fresh.keys().cloned().collect();
+    for name in names {
+        stored.remove(&name);
+        for value in fresh.get_all(&name) {
+            stored.append(name.clone(), value.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            default_ttl: Duration::ZERO,
+            ttl_override: None,
+            keep_stale: Duration::from_secs(600),
+        }
+    }
+
+    fn at(seconds: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000 + seconds)
+    }
+
+    fn date(seconds: u64) -> String {
+        httpdate::fmt_http_date(at(seconds))
+    }
+
+    fn plan(status: u16, response: &[(&str, &str)]) -> Result<StorePlan, NotStored> {
+        plan_store(
+            &Method::GET,
+            &HeaderMap::new(),
+            StatusCode::from_u16(status).unwrap(),
+            &headers(response),
+            at(100),
+            at(100),
+            &settings(),
+        )
+    }
+
+    #[test]
+    fn s_maxage_wins_over_max_age_over_expires() {
+        let d = date(100);
+        let e = date(400);
+        assert_eq!(
+            plan(
+                200,
+                &[("cache-control", "max-age=60, s-maxage=5"), ("date", &d)]
+            )
+            .unwrap()
+            .ttl,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            plan(
+                200,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("expires", &e),
+                    ("date", &d)
+                ]
+            )
+            .unwrap()
+            .ttl,
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            plan(200, &[("expires", &e), ("date", &d)]).unwrap().ttl,
+            Duration::from_secs(300)
+        );
+    }
+
+    #[test]
+    fn invalid_expires_means_expired() {
+        let result = plan(200, &[("expires", "0"), ("etag", "\"a\"")]).unwrap();
+        assert_eq!(result.ttl, Duration::ZERO);
+        assert_eq!(plan(200, &[("expires", "0")]), Err(NotStored::Useless));
+    }
+
+    #[test]
+    fn private_no_store_set_cookie_and_vary_star_are_not_stored() {
+        assert_eq!(
+            plan(200, &[("cache-control", "max-age=60, private")]),
+            Err(NotStored::Private)
+        );
+        assert_eq!(
+            plan(200, &[("cache-control", "max-age=60, no-store")]),
+            Err(NotStored::NoStore)
+        );
+        assert_eq!(
+            plan(
+                200,
+                &[("cache-control", "max-age=60"), ("set-cookie", "a=b")]
+            ),
+            Err(NotStored::SetCookie)
+        );
+        assert_eq!(
+            plan(200, &[("cache-control", "max-age=60"), ("vary", "*")]),
+            Err(NotStored::VaryStar)
+        );
+        let stripped = plan(
+            200,
+            &[
+                ("cache-control", "max-age=60, private=\"set-cookie\""),
+                ("set-cookie", "a=b"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(stripped.strip, vec![SET_COOKIE]);
+    }
+
+    #[test]
+    fn authorized_responses_need_explicit_permission() {
+        let request = headers(&[("authorization", "Bearer x")]);
+        let store = |cc: &str| {
+            plan_store(
+                &Method::GET,
+                &request,
+                StatusCode::OK,
+                &headers(&[("cache-control", cc)]),
+                at(0),
+                at(0),
+                &settings(),
+            )
+        };
+        assert_eq!(store("max-age=60"), Err(NotStored::Authorization));
+        assert!(store("max-age=60, public").is_ok());
+        assert!(store("s-maxage=60").is_ok());
+    }
+
+    #[test]
+    fn heuristic_freshness_only_for_cacheable_statuses() {
+        let d = date(1000);
+        let lm = date(0);
+        assert_eq!(
+            plan(200, &[("date", &d), ("last-modified", &lm)])
+                .unwrap()
+                .ttl,
+            Duration::from_secs(100)
+        );
+        assert_eq!(
+            plan(201, &[("date", &d), ("last-modified", &lm)]),
+            Err(NotStored::Status)
+        );
+        assert_eq!(plan(200, &[]), Err(NotStored::Useless));
+    }
+
+    #[test]
+    fn initial_age_takes_the_larger_of_apparent_and_corrected_age() {
+        let response = headers(&[("date", &date(90)), ("age", "30")]);
+        assert_eq!(
+            initial_age(&response, at(98), at(100)),
+            Duration::from_secs(32)
+        );
+        let response = headers(&[("date", &date(50))]);
+        assert_eq!(
+            initial_age(&response, at(100), at(100)),
+            Duration::from_secs(50)
+        );
+    }
+
+    #[test]
+    fn request_directives_force_validation() {
+        let stored = headers(&[("cache-control", "max-age=100")]);
+        let age = Duration::from_secs(10);
+        let ttl = Duration::from_secs(100);
+        assert_eq!(reuse(&HeaderMap::new(), &stored, age, ttl), Reuse::Fresh);
+        assert_eq!(
+            reuse(
+                &headers(&[("cache-control", "no-cache")]),
+                &stored,
+                age,
+                ttl
+            ),
+            Reuse::ValidateRequested
+        );
+        assert_eq!(
+            reuse(
+                &headers(&[("cache-control", "max-age=0")]),
+                &stored,
+                age,
+                ttl
+            ),
+            Reuse::ValidateRequested
+        );
+        assert_eq!(
+            reuse(&headers(&[("pragma", "no-cache")]), &stored, age, ttl),
+            Reuse::ValidateRequested
+        );
+        assert_eq!(
+            reuse(
+                &headers(&[("cache-control", "min-fresh=95")]),
+                &stored,
+                age,
+                ttl
+            ),
+            Reuse::ValidateRequested
+        );
+        assert_eq!(
+            reuse(&headers(&[("authorization", "x")]), &stored, age, ttl),
+            Reuse::Unusable
+        );
+    }
+
+    #[test]
+    fn stale_needs_max_stale_and_no_must_revalidate() {
+        let age = Duration::from_secs(110);
+        let ttl = Duration::from_secs(100);
+        let plain = headers(&[("cache-control", "max-age=100")]);
+        let strict = headers(&[("cache-control", "max-age=100, must-revalidate")]);
+        let max_stale = headers(&[("cache-control", "max-stale=20")]);
+        assert_eq!(
+            reuse(&HeaderMap::new(), &plain, age, ttl),
+            Reuse::ValidateStale
+        );
+        assert_eq!(reuse(&max_stale, &plain, age, ttl), Reuse::Fresh);
+        assert_eq!(reuse(&max_stale, &strict, age, ttl), Reuse::ValidateStale);
+    }
+
+    #[test]
+    fn conditional_requests_compare_weakly() {
+        let stored = headers(&[("etag", "W/\"v1\""), ("last-modified", &date(0))]);
+        assert!(not_modified(
+            &headers(&[("if-none-match", "\"x\", \"v1\"")]),
+            &stored
+        ));
+        assert!(not_modified(&headers(&[("if-none-match", "*")]), &stored));
+        assert!(!not_modified(
+            &headers(&[("if-none-match", "\"v2\"")]),
+            &stored
+        ));
+        assert!(not_modified(
+            &headers(&[("if-modified-since", &date(5))]),
+            &stored
+        ));
+        assert!(!not_modified(
+            &headers(&[("if-none-match", "\"v2\""), ("if-modified-since", &date(5))]),
+            &stored
+        ));
+    }
+
+    #[test]
+    fn a_304_updates_headers_but_not_the_body_description() {
+        let mut stored = headers(&[
+            ("content-length", "10"),
+            ("etag", "\"a\""),
+            ("x-old", "1"),
+            ("cache-control", "max-age=1"),
+        ]);
+        update_headers(
+            &mut stored,
+            &headers(&[
+                ("content-length", "0"),
+                ("cache-control", "max-age=60"),
+                ("connection", "x-hop"),
+                ("x-hop", "1"),
+            ]),
+        );
+        assert_eq!(stored.get("content-length").unwrap(), "10");
+        assert_eq!(stored.get("cache-control").unwrap(), "max-age=60");
+        assert_eq!(stored.get("x-old").unwrap(), "1");
+        assert!(stored.get("x-hop").is_none());
+    }
+}

@@ -1,0 +1,82 @@
+//! Building client responses: from stored entries, from the origin, and the cache's own 504.
+
+use std::time::SystemTime;
+
+use http::header::{
+    HeaderValue, AGE, CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES, LAST_MODIFIED, VARY,
+};
+use http::{HeaderMap, Method, Response, StatusCode};
+
+use super::cache_status::Status;
+use super::policy;
+use crate::body::CacheBody;
+use crate::store::CachedEntry;
+
+/// A response from a stored entry, with its current `Age`. A request whose conditionals the
+/// entry satisfies gets `304 Not Modified`; a HEAD request gets no body.
+pub(crate) fn from_entry<B>(
+    method: &Method,
+    request: &HeaderMap,
+    entry: &CachedEntry,
+    status: Status,
+    cache_name: &str,
+) -> Response<CacheBody<B>> {
+    let age = entry.age_at(SystemTime::now()).as_secs();
+    let mut response = if policy::not_modified(request, entry.headers()) {
+        not_modified(entry.headers())
+    } else {
+        let body = if method == Method::HEAD {
+            CacheBody::empty()
+        } else {
+            CacheBody::cached(entry.body().clone(), entry.trailers().clone())
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = entry.status();
+        *response.headers_mut() = entry.headers().clone();
+        response
+    };
+    response.headers_mut().insert(AGE, HeaderValue::from(age));
+    status.append_to(cache_name, response.headers_mut());
+    response
+}
+
+/// RFC 9110 §15.4.5: a 304 carries the fields a 200 would have that describe the
+/// representation's identity and freshness.
+fn not_modified<B>(stored: &HeaderMap) -> Response<CacheBody<B>> {
+    let mut response = Response::new(CacheBody::empty());
+    *response.status_mut() = StatusCode::NOT_MODIFIED;
+    for name in [
+        CACHE_CONTROL,
+        CONTENT_LOCATION,
+        DATE,
+        ETAG,
+        EXPIRES,
+        LAST_MODIFIED,
+        VARY,
+    ] {
+        for value in stored.get_all(&name) {
+            response.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    response
+}
+
+/// The origin's response, passed on with this cache's `Cache-Status` appended.
+pub(crate) fn from_origin<B>(
+    parts: http::response::Parts,
+    body: CacheBody<B>,
+    status: Status,
+    cache_name: &str,
+) -> Response<CacheBody<B>> {
+    let mut response = Response::from_parts(parts, body);
+    status.append_to(cache_name, response.headers_mut());
+    response
+}
+
+/// RFC 9111 §5.2.1.7: `only-if-cached` without a usable stored response.
+pub(crate) fn gateway_timeout<B>(status: Status, cache_name: &str) -> Response<CacheBody<B>> {
+    let mut response = Response::new(CacheBody::empty());
+    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    status.append_to(cache_name, response.headers_mut());
+    response
+}

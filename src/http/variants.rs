@@ -1,0 +1,220 @@
+//! HTTP entries in the [`TieredCache`], with `Vary` (RFC 9111 §4.1).
+//!
+//! A response without `Vary` is stored under the request's primary key. A response with `Vary`
+//! is stored under a variant key (the primary key plus the request's values of the `Vary`
+//! fields), and the primary key holds a small marker entry listing those fields and a random
+//! generation. Lookups read the primary key, and for a marker, the variant key. Removing the
+//! primary key therefore makes every variant unreachable at once, and a new marker (new
+//! generation) never revives variants stored before it.
+
+use std::hash::{BuildHasher, Hasher};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::key::variant_key;
+use super::policy::vary_fields;
+use crate::store::{CachedEntry, Lookup, TieredCache};
+
+/// Internal header of marker entries: `<generation> <field>,<field>`. Stripped from responses
+/// before they are stored, so an origin cannot forge one.
+pub(crate) static VARIANTS: HeaderName = HeaderName::from_static("x-tiered-cache-variants");
+
+/// The variant list of a primary key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Variants {
+    generation: String,
+    fields: Vec<String>,
+    marker: CachedEntry,
+}
+
+impl Variants {
+    fn of(marker: &CachedEntry) -> Option<Self> {
+        let value = marker.headers().get(&VARIANTS)?.to_str().ok()?;
+        let (generation, fields) = value.split_once(' ').unwrap_or((value, ""));
+        Some(Self {
+            generation: generation.to_owned(),
+            fields: fields
+                .split(',')
+                .filter(|f| !f.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            marker: marker.clone(),
+        })
+    }
+
+    /// The key of the variant `request_headers` select.
+    pub(crate) fn key_for(&self, primary: &str, request_headers: &HeaderMap) -> String {
+        variant_key(primary, &self.generation, &self.fields, request_headers)
+    }
+}
+
+/// An entry found for a request, with the key it is stored under.
+#[derive(Clone, Debug)]
+pub(crate) struct Found {
+    pub(crate) lookup: Lookup,
+    pub(crate) key: String,
+}
+
+/// What a lookup learned: the entry (if any) and the variant list (if the resource has one).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Resolved {
+    pub(crate) found: Option<Found>,
+    pub(crate) variants: Option<Variants>,
+}
+
+pub(crate) async fn lookup(
+    cache: &TieredCache,
+    primary: &str,
+    request_headers: &HeaderMap,
+) -> Resolved {
+    let Some(primary_hit) = cache.find(primary).await else {
+        cache.count_lookup(None);
+        return Resolved::default();
+    };
+    let Some(variants) = Variants::of(&primary_hit.entry) else {
+        cache.count_lookup(Some(&primary_hit));
+        return Resolved {
+            found: Some(Found {
+                lookup: primary_hit,
+                key: primary.to_owned(),
+            }),
+            variants: None,
+        };
+    };
+    let key = variants.key_for(primary, request_headers);
+    let variant = cache.find(&key).await;
+    cache.count_lookup(variant.as_ref());
+    Resolved {
+        found: variant.map(|lookup| Found { lookup, key }),
+        variants: Some(variants),
+    }
+}
+
+/// Where an entry was stored.
+#[derive(Clone, Debug)]
+pub(crate) struct Stored {
+    pub(crate) key: String,
+    pub(crate) variants: Option<Variants>,
+}
+
+impl Stored {
+    /// Whether a request for `primary` with `request_headers` selects this entry.
+    pub(crate) fn selected_by(&self, primary: &str, request_headers: &HeaderMap) -> bool {
+        match &self.variants {
+            None => self.key == primary,
+            Some(variants) => variants.key_for(primary, request_headers) == self.key,
+        }
+    }
+}
+
+/// Stores `entry`, the response to a request with `request_headers`.
+pub(crate) async fn store(
+    cache: &TieredCache,
+    primary: &str,
+    request_headers: &HeaderMap,
+    entry: &CachedEntry,
+    known: Option<&Variants>,
+) -> Stored {
+    let fields = vary_fields(entry.headers());
+    if fields.is_empty() {
+        cache.store(primary, entry).await;
+        return Stored {
+            key: primary.to_owned(),
+            variants: None,
+        };
+    }
+    let now = SystemTime::now();
+    let reusable = known.filter(|variants| variants.fields == fields);
+    let generation = reusable.map_or_else(new_generation, |variants| variants.generation.clone());
+    let key = variant_key(primary, &generation, &fields, request_headers);
+    cache.store(&key, entry).await;
+    // The marker must outlive every variant it leads to.
+    let lifetime = reusable
+        .map(|variants| variants.marker.remaining_lifetime_at(now))
+        .unwrap_or_default()
+        .max(entry.remaining_lifetime_at(now));
+    let value = format!("{generation} {}", fields.join(","));
+    let mut headers = HeaderMap::new();
+    // Field names are tokens and the generation is hex, so the value is always valid.
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(VARIANTS.clone(), value);
+    }
+    let marker = CachedEntry::new(Bytes::new(), lifetime)
+        .with_stored_at(now)
+        .with_headers(headers);
+    cache.store(primary, &marker).await;
+    Stored {
+        key,
+        variants: Some(Variants {
+            generation,
+            fields,
+            marker,
+        }),
+    }
+}
+
+fn new_generation() -> String {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("{:016x}", hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::CacheConfig;
+
+    fn request(accept_encoding: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("accept-encoding", accept_encoding.parse().unwrap());
+        headers
+    }
+
+    fn response(body: &'static str) -> CachedEntry {
+        let mut headers = HeaderMap::new();
+        headers.insert("vary", "Accept-Encoding".parse().unwrap());
+        CachedEntry::new(body, Duration::from_secs(60)).with_headers(headers)
+    }
+
+    #[tokio::test]
+    async fn each_variant_has_its_own_entry() {
+        let cache = TieredCache::new(CacheConfig::default()).unwrap();
+        store(&cache, "p", &request("gzip"), &response("gz"), None).await;
+        let known = lookup(&cache, "p", &request("br")).await;
+        assert!(known.found.is_none());
+        store(
+            &cache,
+            "p",
+            &request("br"),
+            &response("br"),
+            known.variants.as_ref(),
+        )
+        .await;
+
+        let gzip = lookup(&cache, "p", &request("gzip")).await.found.unwrap();
+        let brotli = lookup(&cache, "p", &request("br")).await.found.unwrap();
+        assert_eq!(gzip.lookup.entry.body(), "gz");
+        assert_eq!(brotli.lookup.entry.body(), "br");
+    }
+
+    #[tokio::test]
+    async fn removing_the_primary_key_hides_all_variants_for_good() {
+        let cache = TieredCache::new(CacheConfig::default()).unwrap();
+        store(&cache, "p", &request("gzip"), &response("gz"), None).await;
+        cache.invalidate("p").await.unwrap();
+        assert!(lookup(&cache, "p", &request("gzip")).await.found.is_none());
+
+        // A new variant list starts a new generation: the old gzip variant stays unreachable.
+        store(&cache, "p", &request("br"), &response("br"), None).await;
+        assert!(lookup(&cache, "p", &request("gzip")).await.found.is_none());
+    }
+}

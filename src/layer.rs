@@ -1,0 +1,86 @@
+//! [`CacheLayer`]: wraps a service in a [`CacheService`].
+
+use std::sync::Arc;
+
+use tower::Layer;
+
+use crate::config::CacheConfig;
+use crate::service::{CacheService, State};
+use crate::store::TieredCache;
+use crate::Error;
+
+/// A tower layer that caches the wrapped service's responses in memory and, when configured, in
+/// Redis. Cheap to clone: clones share the cache.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+/// use tower_tiered_cache::{CacheConfig, CacheLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let origin = service_fn(|_request: Request<Full<Bytes>>| async {
+///     let response = Response::builder()
+///         .header("cache-control", "max-age=60")
+///         .body(Full::new(Bytes::from("hello")))
+///         .unwrap();
+///     Ok::<_, Infallible>(response)
+/// });
+/// let service = ServiceBuilder::new()
+///     .layer(CacheLayer::new(CacheConfig::default()))
+///     .service(origin);
+///
+/// let request = || Request::get("http://example.com/").body(Full::default()).unwrap();
+/// let first = service.clone().oneshot(request()).await.unwrap();
+/// assert_eq!(first.headers()["cache-status"], "tiered-cache; fwd=miss; fwd-status=200; stored");
+/// let second = service.clone().oneshot(request()).await.unwrap();
+/// assert_eq!(second.headers()["cache-status"], "tiered-cache; hit; detail=memory");
+/// assert_eq!(second.into_body().collect().await.unwrap().to_bytes(), "hello");
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct CacheLayer {
+    state: Arc<State>,
+}
+
+impl CacheLayer {
+    /// A layer with its own [`TieredCache`] built from `config`.
+    ///
+    /// # Panics
+    ///
+    /// When the configuration is invalid, or Redis is configured outside a Tokio runtime: a
+    /// start-up error, reported with the key at fault. Use [`CacheLayer::try_new`] to handle it.
+    pub fn new(config: CacheConfig) -> Self {
+        Self::try_new(config).unwrap_or_else(|err| panic!("tower-tiered-cache: {err}"))
+    }
+
+    /// Like [`CacheLayer::new`], returning configuration errors instead of panicking.
+    pub fn try_new(config: CacheConfig) -> Result<Self, Error> {
+        let cache = TieredCache::new(config.clone())?;
+        Self::with_cache(cache, &config)
+    }
+
+    /// A layer over an existing cache (shared with library use of it); `config` supplies the
+    /// HTTP settings (`[http]`, `[[route]]`).
+    pub fn with_cache(cache: TieredCache, config: &CacheConfig) -> Result<Self, Error> {
+        Ok(Self {
+            state: Arc::new(State::new(cache, config)?),
+        })
+    }
+
+    /// The cache behind the layer, for statistics and invalidation.
+    pub fn cache(&self) -> &TieredCache {
+        &self.state.cache
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService::new(inner, self.state.clone())
+    }
+}
