@@ -283,7 +283,7 @@ pub(crate) fn reuse(
         return Reuse::ValidateRequested;
     }
     if let Some(max_age) = request_cc.max_age {
-        if age.as_secs() > max_age.seconds().unwrap_or(0) {
+        if age > Duration::from_secs(max_age.seconds().unwrap_or(0)) {
             return Reuse::ValidateRequested;
         }
     }

@@ -1,0 +1,175 @@
+//! A private `redis-server` per test, and cache builders on it.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fred::clients::Client;
+use fred::interfaces::ClientLike;
+use fred::types::config::Config;
+use tower_tiered_cache::{CacheConfig, CacheConfigBuilder, TieredCache};
+
+/// A `redis-server` on a free loopback port, without persistence, killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port (retrying another port if one is taken meanwhile).
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for _ in 0..5 {
+            let port = free_port();
+            if let Some(child) = spawn_redis(port, dir.path()) {
+                return Self {
+                    child: Some(child),
+                    port,
+                    dir,
+                };
+            }
+        }
+        panic!("redis-server did not start; is it installed? (.ci/run installs it)");
+    }
+
+    /// A port nothing listens on, for "Redis refused" tests; start it later with [`Self::restart`].
+    pub fn not_started() -> Self {
+        Self {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// SIGKILL, and wait until the process is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (after [`Self::kill`] or [`Self::not_started`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Some(
+            spawn_redis(self.port, self.dir.path()).expect("redis-server restarts on its port"),
+        );
+    }
+
+    /// SIGSTOP: the server keeps its connections but answers nothing.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("server running")
+            .id()
+            .to_string();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    /// A connected fred client, to look at what the cache wrote.
+    pub async fn client(&self) -> Client {
+        let client = Client::new(Config::from_url(&self.url()).unwrap(), None, None, None);
+        client.init().await.expect("test client connects");
+        client
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // A paused server ignores nothing but SIGKILL, which is what kill sends.
+            self.kill();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+/// Spawns redis-server and waits for its "Ready to accept connections" line; `None` if it exits
+/// first (for example because the port was taken).
+fn spawn_redis(port: u16, dir: &std::path::Path) -> Option<Child> {
+    let mut child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|line| line.contains("Ready to accept connections"));
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    if ready {
+        Some(child)
+    } else {
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+/// A config builder for tests: small memory tier, short timeouts, a prefix unique to the test.
+pub fn config(prefix: &str) -> CacheConfigBuilder {
+    CacheConfig::builder()
+        .l1_size(16 * 1024 * 1024)
+        .redis_prefix(prefix)
+        .l2_timeout(Duration::from_millis(200))
+}
+
+/// A cache on `server`, connected before it is returned.
+pub async fn cache_on(server: &RedisServer, builder: CacheConfigBuilder) -> TieredCache {
+    let cache = TieredCache::new(builder.redis_url(server.url()).build().unwrap()).unwrap();
+    assert!(
+        cache.wait_for_redis(Duration::from_secs(5)).await,
+        "cache connects to its test redis"
+    );
+    cache
+}

@@ -1,0 +1,99 @@
+//! Two layers sharing one Redis: what one instance stores, the other serves from Redis.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use common::origin::{cached, get, send};
+use common::{config, RedisServer};
+use tower_tiered_cache::CacheConfig;
+use wiremock::matchers::path;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+#[tokio::test]
+async fn a_second_instance_serves_from_redis_without_calling_the_origin() {
+    let redis = RedisServer::start();
+    let server = MockServer::start().await;
+    Mock::given(path("/shared"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("cache-control", "max-age=60")
+                .insert_header("etag", "\"s1\"")
+                .set_body_string("shared body"),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let build = || -> CacheConfig { config("http").redis_url(redis.url()).build().unwrap() };
+    let first = cached(build(), &server);
+    let second = cached(build(), &server);
+    assert!(
+        second
+            .cache()
+            .wait_for_redis(std::time::Duration::from_secs(5))
+            .await
+    );
+    assert!(
+        first
+            .cache()
+            .wait_for_redis(std::time::Duration::from_secs(5))
+            .await
+    );
+
+    let miss = send(&first, get("/shared", &[])).await;
+    assert_eq!(
+        miss.cache_status(),
+        "tiered-cache; fwd=miss; fwd-status=200; stored"
+    );
+
+    let from_redis = send(&second, get("/shared", &[])).await;
+    assert_eq!(from_redis.cache_status(), "tiered-cache; hit; detail=redis");
+    assert_eq!(from_redis.body, "shared body");
+    assert_eq!(from_redis.header("etag"), "\"s1\"");
+    let promoted = send(&second, get("/shared", &[])).await;
+    assert_eq!(promoted.cache_status(), "tiered-cache; hit; detail=memory");
+}
+
+#[tokio::test]
+async fn vary_variants_are_shared_through_redis() {
+    let redis = RedisServer::start();
+    let server = MockServer::start().await;
+    Mock::given(path("/v"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("cache-control", "max-age=60")
+                .insert_header("vary", "accept-language")
+                .set_body_string("hello"),
+        )
+        .expect(2)
+        .mount(&server)
+        .await;
+    let first = cached(
+        config("vary").redis_url(redis.url()).build().unwrap(),
+        &server,
+    );
+    let second = cached(
+        config("vary").redis_url(redis.url()).build().unwrap(),
+        &server,
+    );
+    assert!(
+        first
+            .cache()
+            .wait_for_redis(std::time::Duration::from_secs(5))
+            .await
+    );
+    assert!(
+        second
+            .cache()
+            .wait_for_redis(std::time::Duration::from_secs(5))
+            .await
+    );
+
+    send(&first, get("/v", &[("accept-language", "en")])).await;
+    let english = send(&second, get("/v", &[("accept-language", "en")])).await;
+    assert_eq!(english.cache_status(), "tiered-cache; hit; detail=redis");
+    let french = send(&second, get("/v", &[("accept-language", "fr")])).await;
+    assert_eq!(
+        french.cache_status(),
+        "tiered-cache; fwd=miss; fwd-status=200; stored"
+    );
+}
