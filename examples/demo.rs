@@ -1,0 +1,59 @@
+//! An axum app behind the cache layer.
+//!
+//! ```sh
+//! cargo run --example demo                                   # memory only, port 3000
+//! REDIS_URL=redis://127.0.0.1:6379 PORT=8080 cargo run --example demo
+//! curl -i localhost:3000/slow/1    # 200 ms, Cache-Status: tiered-cache; fwd=miss; ...; stored
+//! curl -i localhost:3000/slow/1    # at once, Cache-Status: tiered-cache; hit; detail=memory
+//! curl localhost:3000/cache/stats  # counters as JSON
+//! ```
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use tower_tiered_cache::config::RouteConfig;
+use tower_tiered_cache::{CacheConfig, CacheLayer, TieredCache};
+
+/// A handler that takes 200 ms, as a database query might; cacheable for a minute.
+async fn slow(Path(id): Path<u32>) -> impl IntoResponse {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    (
+        [(header::CACHE_CONTROL, "public, max-age=60")],
+        Json(serde_json::json!({ "id": id, "name": format!("item {id}") })),
+    )
+}
+
+async fn stats(State(cache): State<TieredCache>) -> impl IntoResponse {
+    Json(cache.stats())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let mut config = CacheConfig::from_env()?;
+    config.route.push(RouteConfig::new("/cache/**").bypass());
+    let layer = CacheLayer::try_new(config.clone())?;
+
+    let app = Router::new()
+        .route("/slow/{id}", get(slow))
+        .route("/cache/stats", get(stats))
+        .with_state(layer.cache().clone())
+        .layer(layer);
+
+    let port = std::env::var("PORT").unwrap_or_else(|_| "3000".to_owned());
+    let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
+    let tier = config.l2.url.as_deref().map_or("memory only".to_owned(), |url| format!("memory + Redis at {url}"));
+    println!("demo on http://{} ({tier}); try /slow/1 twice, then /cache/stats", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
