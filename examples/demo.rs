@@ -48,8 +48,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let port = std::env::var("PORT").unwrap_or_else(|_| "3000".to_owned());
     let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
-    let tier = config.l2.url.as_deref().map_or("memory only".to_owned(), |url| format!("memory + Redis at {url}"));
-    println!("demo on http://{} ({tier}); try /slow/1 twice, then /cache/stats", listener.local_addr()?);
+    let tier = config
+        .l2
+        .url
+        .as_deref()
+        .map_or("memory only".to_owned(), |url| {
+            format!("memory + Redis at {url}")
+        });
+    println!(
+        "demo on http://{} ({tier}); try /slow/1 twice, then /cache/stats",
+        listener.local_addr()?
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

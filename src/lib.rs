@@ -1,6 +1,26 @@
 //! A tiered cache for Rust services: an in-process memory tier (L1, [mini-moka]), a shared Redis
 //! tier (L2, [fred]) and your own loader as the source of truth (L3).
 //!
+//! [`CacheLayer`] puts it in front of any tower service — axum, tonic, hyper — as an HTTP cache
+//! with shared-cache RFC 9111 semantics, where the wrapped service is the loader:
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use tower_tiered_cache::{CacheConfig, CacheLayer};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let app = Router::new()
+//!         .route("/", get(|| async { ([("cache-control", "max-age=60")], "hello") }))
+//!         .layer(CacheLayer::new(CacheConfig::from_env()?)); // REDIS_URL set → Redis as L2
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     Ok(axum::serve(listener, app).await?)
+//! }
+//! ```
+//!
+//! Every response carries an RFC 9211 `Cache-Status` member, e.g. `tiered-cache; hit;
+//! detail=memory` or `tiered-cache; fwd=miss; fwd-status=200; stored`.
+//!
 //! [`TieredCache`] is the multi-level cache as a plain library: look a key up in memory, then in
 //! Redis (promoting a Redis hit into memory with its remaining lifetime), then call the loader —
 //! once, however many callers ask for the same missing key at the same time.
