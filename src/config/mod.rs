@@ -73,6 +73,133 @@ pub struct CacheConfig {
     pub http: HttpConfig,
     /// Per-route rules, first match wins.
     pub route: Vec<RouteConfig>,
+    /// Tags and invalidation headers.
+    pub tags: TagsConfig,
+    /// The write-behind queue.
+    pub write_behind: WriteBehindConfig,
+    /// The PURGE method.
+    pub purge: PurgeConfig,
+    /// Cache warming.
+    pub warm: WarmConfig,
+}
+
+/// `[tags]`: tag headers and invalidation.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TagsConfig {
+    /// Response header listing an entry's tags, comma-separated.
+    pub tag_header: String,
+    /// Response header listing an entry's tags, space-separated (Fastly style).
+    pub surrogate_key_header: String,
+    /// Response header of a mutating request naming tags to invalidate, comma-separated.
+    pub invalidate_header: String,
+    /// Remove the three headers above from responses to clients.
+    #[serde(deserialize_with = "de::flag")]
+    pub strip_headers: bool,
+    /// How long an invalidation stamp is kept in Redis; entries stored for longer than this
+    /// before an invalidation of their tag would not see it.
+    #[serde(deserialize_with = "de::duration")]
+    pub stamp_ttl: Duration,
+}
+
+impl Default for TagsConfig {
+    fn default() -> Self {
+        Self {
+            tag_header: "cache-tag".to_owned(),
+            surrogate_key_header: "surrogate-key".to_owned(),
+            invalidate_header: "cache-invalidate".to_owned(),
+            strip_headers: true,
+            stamp_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// `[write_behind]`: the bounded queue of writes replayed to the origin in the background.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct WriteBehindConfig {
+    /// Writes queued at most; a full queue refuses new writes (`503` + `Retry-After`).
+    #[serde(deserialize_with = "de::count")]
+    pub capacity: usize,
+    /// Concurrent replays.
+    #[serde(deserialize_with = "de::count")]
+    pub workers: usize,
+    /// Keep the queue in a Redis Stream (needs `l2.url`): survives a crash, at-least-once.
+    #[serde(deserialize_with = "de::flag")]
+    pub durable: bool,
+    /// Attempts per write before it is dropped (and counted, and logged).
+    #[serde(deserialize_with = "de::count")]
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubles each attempt, at most 30 s.
+    #[serde(deserialize_with = "de::duration")]
+    pub backoff: Duration,
+}
+
+impl Default for WriteBehindConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 10_000,
+            workers: 4,
+            durable: false,
+            max_attempts: 5,
+            backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// `[purge]`: the PURGE method.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PurgeConfig {
+    /// Bearer token that PURGE requests must carry; empty disables PURGE (405).
+    #[serde(deserialize_with = "de::optional_string")]
+    pub token: Option<String>,
+}
+
+/// `[warm]`: requests sent through the cache at start and on an interval.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct WarmConfig {
+    /// Absolute URLs (`http://host/path`) or paths (sent with `Host: warm.host`).
+    pub paths: Vec<String>,
+    /// Host for paths without one.
+    pub host: String,
+    /// Repeat every interval; `0s` warms once, at start.
+    #[serde(deserialize_with = "de::duration")]
+    pub interval: Duration,
+    /// Warming requests in flight at once.
+    #[serde(deserialize_with = "de::count")]
+    pub concurrency: usize,
+}
+
+impl Default for WarmConfig {
+    fn default() -> Self {
+        Self {
+            paths: Vec::new(),
+            host: "localhost".to_owned(),
+            interval: Duration::ZERO,
+            concurrency: 4,
+        }
+    }
+}
+
+/// How a route treats successful mutating requests (`[[route]] write`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum WriteMode {
+    /// Drop the cached representation (RFC 9111 §4.4).
+    #[default]
+    Invalidate,
+    /// Store the response as the new representation: the next GET is a hit.
+    Through,
+    /// Store the request body as the representation, answer `202` at once, replay the write to
+    /// the origin from a bounded queue.
+    Behind,
 }
 
 /// `[l1]`: the in-process memory tier.
@@ -201,6 +328,12 @@ pub struct RouteConfig {
     /// Request headers added to the cache key on this route.
     #[serde(default)]
     pub key_headers: Vec<String>,
+    /// Tags given to every entry stored on this route.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// What successful PUT/POST/PATCH/DELETE requests do to the cache.
+    #[serde(default)]
+    pub write: WriteMode,
 }
 
 impl RouteConfig {
@@ -211,7 +344,23 @@ impl RouteConfig {
             ttl: None,
             bypass: false,
             key_headers: Vec::new(),
+            tags: Vec::new(),
+            write: WriteMode::Invalidate,
         }
+    }
+
+    /// Tags every entry stored on this route.
+    #[must_use]
+    pub fn tags<I: IntoIterator<Item = S>, S: Into<String>>(mut self, tags: I) -> Self {
+        self.tags.extend(tags.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets what mutating requests do on this route.
+    #[must_use]
+    pub fn write(mut self, mode: WriteMode) -> Self {
+        self.write = mode;
+        self
     }
 
     /// Sets the freshness lifetime used on this route.
@@ -281,6 +430,38 @@ impl CacheConfig {
         }
         validate_token("http.status_header", &self.http.status_header)?;
         crate::http::Routes::new(self)?;
+        for (key, name) in [
+            ("tags.tag_header", &self.tags.tag_header),
+            ("tags.surrogate_key_header", &self.tags.surrogate_key_header),
+            ("tags.invalidate_header", &self.tags.invalidate_header),
+        ] {
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ConfigError::invalid(key, format!("invalid header name {name:?}")))?;
+        }
+        if self.write_behind.capacity == 0 || self.write_behind.workers == 0 {
+            return Err(ConfigError::invalid(
+                "write_behind",
+                "capacity and workers must be at least 1",
+            ));
+        }
+        if self.write_behind.max_attempts == 0 {
+            return Err(ConfigError::invalid(
+                "write_behind.max_attempts",
+                "must be at least 1",
+            ));
+        }
+        if self.write_behind.durable && self.l2.url.is_none() {
+            return Err(ConfigError::invalid(
+                "write_behind.durable",
+                "a durable queue lives in Redis: set l2.url",
+            ));
+        }
+        if self.warm.concurrency == 0 {
+            return Err(ConfigError::invalid(
+                "warm.concurrency",
+                "must be at least 1",
+            ));
+        }
         if self.http.max_entry_size == 0 || self.http.max_entry_size > MAX_ENTRY_SIZE_LIMIT {
             return Err(ConfigError::invalid(
                 "http.max_entry_size",
@@ -439,6 +620,24 @@ impl CacheConfigBuilder {
     /// `http.key_headers`: request headers added to every cache key.
     pub fn key_header(mut self, name: impl Into<String>) -> Self {
         self.config.http.key_headers.push(name.into());
+        self
+    }
+
+    /// `purge.token`: enables PURGE for requests with `Authorization: Bearer <token>`.
+    pub fn purge_token(mut self, token: impl Into<String>) -> Self {
+        self.config.purge.token = Some(token.into());
+        self
+    }
+
+    /// `[write_behind]`: the write-behind queue's settings.
+    pub fn write_behind(mut self, write_behind: WriteBehindConfig) -> Self {
+        self.config.write_behind = write_behind;
+        self
+    }
+
+    /// `[warm]`: the warming settings.
+    pub fn warm(mut self, warm: WarmConfig) -> Self {
+        self.config.warm = warm;
         self
     }
 
