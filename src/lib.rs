@@ -95,5 +95,6 @@ pub use error::Error;
 pub use stats::Stats;
 #[doc(inline)]
 pub use store::{
-    CachedEntry, DecodeError, EncodeError, Lookup, Purged, Source, TierError, TieredCache,
+    CachedEntry, DecodeError, EncodeError, Invalidation, Lookup, Purged, Source, TierError,
+    TieredCache,
 };

@@ -72,7 +72,7 @@ async fn truncated_entry_is_a_miss() {
 
 #[tokio::test]
 async fn metadata_announcing_a_huge_length_is_a_miss() {
-    let mut value = vec![1u8, 0];
+    let mut value = vec![2u8, 0]; // the current format version
     value.extend_from_slice(&u32::MAX.to_le_bytes());
     value.extend_from_slice(&[0xff; 64]);
     assert_treated_as_miss_and_deleted(Bytes::from(value)).await;

@@ -20,7 +20,7 @@ use super::entry::{CachedEntry, EntryMeta};
 use crate::config::CacheConfig;
 
 /// Bumped on any change to the layout or the metadata fields.
-pub(crate) const FORMAT_VERSION: u8 = 1;
+pub(crate) const FORMAT_VERSION: u8 = 2;
 const FLAG_BROTLI: u8 = 0b0000_0001;
 const KNOWN_FLAGS: u8 = FLAG_BROTLI;
 const HEADER_LEN: usize = 6;
@@ -76,6 +76,7 @@ struct WireMeta {
     headers: Vec<(String, Vec<u8>)>,
     trailers: Vec<(String, Vec<u8>)>,
     stored_at_ms: u64,
+    inserted_at_ms: u64,
     ttl_ms: u64,
     stale_ttl_ms: u64,
     tags: Vec<String>,
@@ -109,6 +110,7 @@ impl Codec {
             headers: fields_to_wire(&meta.headers),
             trailers: fields_to_wire(&meta.trailers),
             stored_at_ms: meta.stored_at_ms,
+            inserted_at_ms: meta.inserted_at_ms,
             ttl_ms: meta.ttl_ms,
             stale_ttl_ms: meta.stale_ttl_ms,
             tags: meta.tags.clone(),
@@ -189,6 +191,7 @@ impl Codec {
             headers: fields_from_wire(wire.headers)?,
             trailers: fields_from_wire(wire.trailers)?,
             stored_at_ms: wire.stored_at_ms,
+            inserted_at_ms: wire.inserted_at_ms,
             ttl_ms: wire.ttl_ms,
             stale_ttl_ms: wire.stale_ttl_ms,
             tags: wire.tags,

@@ -93,7 +93,7 @@ impl MemoryTier {
         }
     }
 
-    fn delete(&self, key: &str) -> bool {
+    pub(crate) fn delete(&self, key: &str) -> bool {
         let Some(cache) = &self.cache else {
             return false;
         };
@@ -106,7 +106,7 @@ impl MemoryTier {
         present
     }
 
-    fn delete_prefix(&self, prefix: &str) -> u64 {
+    pub(crate) fn delete_prefix(&self, prefix: &str) -> u64 {
         let Some(cache) = &self.cache else { return 0 };
         let keys: Vec<String> = cache
             .iter()
@@ -114,6 +114,15 @@ impl MemoryTier {
             .map(|item| item.key().clone())
             .collect();
         keys.iter().filter(|key| self.delete(key)).count() as u64
+    }
+
+    /// Drops every entry.
+    pub(crate) fn clear(&self) {
+        if let Some(cache) = &self.cache {
+            let entries = cache.entry_count();
+            cache.invalidate_all();
+            self.removed.fetch_add(entries, Ordering::Relaxed);
+        }
     }
 
     /// Current size, with pending internal work applied first so the figures are exact.

@@ -5,14 +5,17 @@ pub(crate) mod coalesce;
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 mod codec;
 mod entry;
+mod events;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+mod tags;
 mod tier;
 mod tiered;
 
 pub use codec::{DecodeError, EncodeError};
 pub use entry::CachedEntry;
+pub use events::Invalidation;
 pub use tier::TierError;
 pub use tiered::{Lookup, Purged, Source, TieredCache};
 
@@ -29,6 +32,7 @@ mod without_redis {
     use std::time::Duration;
 
     use super::codec::Codec;
+    use super::events::{EventSink, Invalidation};
     use super::tier::{Tier, TierError};
     use super::CachedEntry;
     use crate::config::{CacheConfig, ConfigError};
@@ -37,11 +41,33 @@ mod without_redis {
     pub(crate) enum NoSharedTier {}
 
     impl NoSharedTier {
-        pub(crate) fn connect(_: &CacheConfig, _: &str, _: Codec) -> Result<Self, Error> {
+        pub(crate) fn connect(
+            _: &CacheConfig,
+            _: &str,
+            _: Codec,
+            _: EventSink,
+        ) -> Result<Self, Error> {
             Err(ConfigError::invalid("l2.url", "this build has no `redis` feature").into())
         }
 
         pub(crate) async fn wait_connected(&self, _: Duration) -> bool {
+            match *self {}
+        }
+
+        pub(crate) async fn publish(&self, _: &Invalidation) -> Result<(), TierError> {
+            match *self {}
+        }
+
+        pub(crate) async fn tag_stamps(&self, _: &[&str]) -> Result<Vec<u64>, TierError> {
+            match *self {}
+        }
+
+        pub(crate) async fn stamp_tags(
+            &self,
+            _: &[String],
+            _: u64,
+            _: Duration,
+        ) -> Result<(), TierError> {
             match *self {}
         }
     }

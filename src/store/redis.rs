@@ -5,21 +5,24 @@
 //! exponential backoff, including when Redis refused the first connection.
 //!
 //! Layout: `{prefix}:e:{key}` holds the encoded entry, with `PX` set to the entry's remaining
-//! lifetime (fresh plus stale window).
+//! lifetime (fresh plus stale window); `{prefix}:tag:{tag}` holds the tag's last invalidation
+//! time; invalidations are published on `{prefix}:inv` and a subscriber connection receives the
+//! other instances' (each (re)connection is reported, since events may have been missed).
 
 use std::pin::pin;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use fred::clients::Pool;
+use fred::clients::{Pool, SubscriberClient};
 use fred::error::{Error as RedisError, ErrorKind};
-use fred::interfaces::{ClientLike, KeysInterface};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
 use fred::types::config::{Config, Options, ReconnectPolicy};
 use fred::types::scan::Scanner;
 use fred::types::Expiration;
 use futures_util::StreamExt;
 
 use super::codec::Codec;
+use super::events::{BackplaneEvent, EventSink, Invalidation};
 use super::tier::{Tier, TierError};
 use super::CachedEntry;
 use crate::config::{CacheConfig, ConfigError};
@@ -35,14 +38,26 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(crate) struct RedisTier {
     pool: Pool,
+    subscriber: SubscriberClient,
+    /// Becomes true once the subscriber listens on the invalidation channel.
+    subscribed: tokio::sync::watch::Receiver<bool>,
+    channel: String,
+    /// Identifies this instance's own events on the channel.
+    instance: String,
     prefix: String,
     codec: Codec,
     options: Options,
 }
 
 impl RedisTier {
-    /// Builds the pool and starts connecting in the background; never waits for Redis.
-    pub(crate) fn connect(config: &CacheConfig, url: &str, codec: Codec) -> Result<Self, Error> {
+    /// Builds the pool and the subscriber and starts connecting in the background; never waits
+    /// for Redis.
+    pub(crate) fn connect(
+        config: &CacheConfig,
+        url: &str,
+        codec: Codec,
+        events: EventSink,
+    ) -> Result<Self, Error> {
         tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let redis_config = Config::from_url(url).map_err(|err| {
             ConfigError::invalid("l2.url", format!("invalid Redis URL: {}", err.details()))
@@ -62,16 +77,28 @@ impl RedisTier {
                 RECONNECT_MAX_DELAY_MS,
                 2,
             ));
-        let pool = builder.build_pool(config.l2.pool_size).map_err(|err| {
+        let client_error = |err: RedisError| {
             ConfigError::invalid(
                 "l2.url",
                 format!("cannot build a Redis client: {}", err.details()),
             )
-        })?;
-        // The connection task runs until `quit`; failures are retried by the policy.
+        };
+        let pool = builder
+            .build_pool(config.l2.pool_size)
+            .map_err(client_error)?;
+        let subscriber = builder.build_subscriber_client().map_err(client_error)?;
+        let channel = format!("{}:inv", config.l2.prefix);
+        let instance = instance_id();
+        let subscribed = listen(&subscriber, &channel, &instance, events);
+        // The connection tasks run until `quit`; failures are retried by the policy.
         drop(pool.connect());
+        drop(subscriber.connect());
         Ok(Self {
             pool,
+            subscriber,
+            subscribed,
+            channel,
+            instance,
             prefix: config.l2.prefix.clone(),
             codec,
             options: Options {
@@ -83,15 +110,70 @@ impl RedisTier {
         })
     }
 
-    /// Waits until every pooled connection is up, or `timeout` passes.
+    /// Waits until every pooled connection is up and the subscriber listens, or `timeout`
+    /// passes.
     pub(crate) async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut subscribed = self.subscribed.clone();
         let connected = async {
             while !self.pool.clients().iter().all(ClientLike::is_connected) {
                 // Resolves with the outcome of the next connection attempt.
                 let _ = self.pool.wait_for_connect().await;
             }
+            let _ = subscribed.wait_for(|listening| *listening).await;
         };
         tokio::time::timeout(timeout, connected).await.is_ok()
+    }
+
+    /// Tells the other instances about an invalidation.
+    pub(crate) async fn publish(&self, event: &Invalidation) -> Result<(), TierError> {
+        self.pool
+            .next()
+            .with_options(&self.options)
+            .publish::<(), _, _>(self.channel.as_str(), event.encode(&self.instance))
+            .await
+            .map_err(tier_error)
+    }
+
+    /// The invalidation stamps of `tags` (0 for tags never invalidated), in order.
+    pub(crate) async fn tag_stamps(&self, tags: &[&str]) -> Result<Vec<u64>, TierError> {
+        let keys: Vec<String> = tags.iter().map(|tag| self.tag_key(tag)).collect();
+        let values: Vec<Option<u64>> = self
+            .pool
+            .with_options(&self.options)
+            .mget(keys)
+            .await
+            .map_err(tier_error)?;
+        Ok(values.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// Records `stamp` as the invalidation time of each tag, kept for `ttl`.
+    pub(crate) async fn stamp_tags(
+        &self,
+        tags: &[String],
+        stamp: u64,
+        ttl: Duration,
+    ) -> Result<(), TierError> {
+        let px_ms = i64::try_from(ttl.as_millis())
+            .unwrap_or(i64::MAX)
+            .clamp(1, MAX_PX_MS as i64);
+        let writer = self.pool.with_options(&self.options);
+        let writes = tags.iter().map(|tag| {
+            writer.set::<(), _, _>(
+                self.tag_key(tag),
+                stamp,
+                Some(Expiration::PX(px_ms)),
+                None,
+                false,
+            )
+        });
+        for result in futures_util::future::join_all(writes).await {
+            result.map_err(tier_error)?;
+        }
+        Ok(())
+    }
+
+    fn tag_key(&self, tag: &str) -> String {
+        format!("{}:tag:{tag}", self.prefix)
     }
 
     fn entry_key(&self, key: &str) -> String {
@@ -180,14 +262,71 @@ impl Tier for RedisTier {
 
 impl Drop for RedisTier {
     fn drop(&mut self) {
-        // Stop the reconnecting connection task; without a runtime it ends with the runtime.
+        // Stop the reconnecting connection tasks; without a runtime they end with the runtime.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let pool = self.pool.clone();
+            let subscriber = self.subscriber.clone();
             runtime.spawn(async move {
                 let _ = pool.quit().await;
+                let _ = subscriber.quit().await;
             });
         }
     }
+}
+
+/// Subscribes on every (re)connection and forwards other instances' events to `events`.
+fn listen(
+    subscriber: &SubscriberClient,
+    channel: &str,
+    instance: &str,
+    events: EventSink,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (subscribed, receiver) = tokio::sync::watch::channel(false);
+    let reconnect_events = events.clone();
+    let resubscriber = subscriber.clone();
+    let subscription = channel.to_owned();
+    drop(subscriber.on_reconnect(move |_server| {
+        let (subscriber, channel, events) = (
+            resubscriber.clone(),
+            subscription.clone(),
+            reconnect_events.clone(),
+        );
+        let subscribed = subscribed.clone();
+        async move {
+            events(BackplaneEvent::Reconnected);
+            match subscriber.subscribe(channel).await {
+                Ok(()) => {
+                    subscribed.send_replace(true);
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot subscribe to invalidation events"),
+            }
+            Ok(())
+        }
+    }));
+    let own = instance.to_owned();
+    drop(subscriber.on_message(move |message| {
+        let text = message.value.as_str().map(|text| text.into_owned());
+        match text.as_deref().and_then(Invalidation::decode) {
+            Some((sender, event)) if sender != own => events(BackplaneEvent::Remote(event)),
+            Some(_) => {}
+            None => tracing::debug!("ignoring a malformed invalidation event"),
+        }
+        async { Ok(()) }
+    }));
+    receiver
+}
+
+/// A random identifier for this process's cache instance.
+fn instance_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("{:016x}", hasher.finish())
 }
 
 fn tier_error(err: RedisError) -> TierError {

@@ -5,9 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::broadcast;
+
 use super::coalesce::{Coalescer, Role};
 use super::codec::Codec;
+use super::entry::unix_ms;
+use super::events::{BackplaneEvent, EventSink, Invalidation};
 use super::memory::MemoryTier;
+use super::tags::TagStamps;
 use super::tier::{Tier, TierError};
 use super::{CachedEntry, SharedTier};
 use crate::config::CacheConfig;
@@ -60,8 +65,12 @@ pub struct TieredCache {
 }
 
 struct Inner {
-    memory: MemoryTier,
+    memory: Arc<MemoryTier>,
+    stamps: Arc<TagStamps>,
     shared: Option<SharedTier>,
+    /// Invalidations received from other instances, after they were applied.
+    events: broadcast::Sender<Invalidation>,
+    stamp_ttl: Duration,
     flights: Coalescer<CachedEntry>,
     counters: Counters,
     max_entry_size: u64,
@@ -87,14 +96,24 @@ impl TieredCache {
     pub fn new(config: CacheConfig) -> Result<Self, Error> {
         config.validate()?;
         let codec = Codec::new(&config);
+        let memory = Arc::new(MemoryTier::new(&config.l1));
+        let stamps = Arc::new(TagStamps::new(config.l1.max_ttl));
+        let (events, _) = broadcast::channel(1024);
+        let sink: EventSink = {
+            let (memory, stamps, events) = (memory.clone(), stamps.clone(), events.clone());
+            Arc::new(move |event| apply_remote(&memory, &stamps, &events, event))
+        };
         let shared = match &config.l2.url {
-            Some(url) => Some(SharedTier::connect(&config, url, codec)?),
+            Some(url) => Some(SharedTier::connect(&config, url, codec, sink)?),
             None => None,
         };
         Ok(Self {
             inner: Arc::new(Inner {
-                memory: MemoryTier::new(&config.l1),
+                memory,
+                stamps,
                 shared,
+                events,
+                stamp_ttl: config.tags.stamp_ttl,
                 flights: Coalescer::new(),
                 counters: Counters::default(),
                 max_entry_size: config.http.max_entry_size,
@@ -177,9 +196,13 @@ impl TieredCache {
                     return Ok(found.entry);
                 }
                 self.inner.counters.incr(Counter::LoaderCalls);
-                let entry = loader().await.inspect_err(|_| {
-                    self.inner.counters.incr(Counter::LoaderErrors);
-                })?;
+                let load_started = SystemTime::now();
+                let entry = loader()
+                    .await
+                    .inspect_err(|_| {
+                        self.inner.counters.incr(Counter::LoaderErrors);
+                    })?
+                    .with_inserted_at(load_started);
                 self.store(key, &entry).await;
                 Ok(entry)
             })
@@ -190,23 +213,25 @@ impl TieredCache {
         result
     }
 
-    /// Removes `key` from memory, then from Redis. The error reports a Redis failure: the entry
-    /// may then still be served from Redis (by this or another instance) until it expires.
+    /// Removes `key` from memory, then from Redis, and tells the other instances to drop it from
+    /// their memory. The error reports a Redis failure: the entry may then still be served from
+    /// Redis (by this or another instance) until it expires.
     pub async fn invalidate(&self, key: &str) -> Result<(), Error> {
-        self.inner.memory.remove(key).await.ok();
+        self.inner.memory.delete(key);
         if let Some(shared) = &self.inner.shared {
             shared
                 .remove(key)
                 .await
                 .map_err(|err| self.l2_failed("invalidate", err))?;
         }
-        Ok(())
+        self.publish(Invalidation::Key(key.to_owned())).await
     }
 
     /// Removes every key starting with `prefix` from memory and from Redis (by `SCAN` and
-    /// `UNLINK` in batches, never `KEYS`, so Redis keeps serving meanwhile).
+    /// `UNLINK` in batches, never `KEYS`, so Redis keeps serving meanwhile), and tells the other
+    /// instances.
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<Purged, Error> {
-        let memory = self.inner.memory.remove_prefix(prefix).await.unwrap_or(0);
+        let memory = self.inner.memory.delete_prefix(prefix);
         let redis = match &self.inner.shared {
             Some(shared) => shared
                 .remove_prefix(prefix)
@@ -214,7 +239,78 @@ impl TieredCache {
                 .map_err(|err| self.l2_failed("invalidate_prefix", err))?,
             None => 0,
         };
+        self.publish(Invalidation::Prefix(prefix.to_owned()))
+            .await?;
         Ok(Purged { memory, redis })
+    }
+
+    /// Invalidates every entry carrying one of `tags`, in every tier and instance, in O(tags):
+    /// each tag gets an invalidation time, and entries obtained before it are treated as gone
+    /// (and deleted when next read).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_tiered_cache::{CacheConfig, CachedEntry, TieredCache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_tiered_cache::Error> {
+    /// let cache = TieredCache::new(CacheConfig::default())?;
+    /// let entry = CachedEntry::new("Ada", Duration::from_secs(60)).with_tags(["users", "user:1"]);
+    /// cache.set("user:1", entry).await;
+    /// cache.invalidate_tags(&["users"]).await?;
+    /// assert!(cache.get("user:1").await.is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn invalidate_tags(&self, tags: &[&str]) -> Result<(), Error> {
+        let tags: Vec<String> = tags
+            .iter()
+            .map(|tag| tag.trim().to_owned())
+            .filter(|tag| !tag.is_empty() && !tag.contains('\n'))
+            .collect();
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let stamp_ms = unix_ms(SystemTime::now());
+        for tag in &tags {
+            self.inner.stamps.record(tag, stamp_ms);
+        }
+        if let Some(shared) = &self.inner.shared {
+            shared
+                .stamp_tags(&tags, stamp_ms, self.inner.stamp_ttl)
+                .await
+                .map_err(|err| self.l2_failed("invalidate_tags", err))?;
+        }
+        self.publish(Invalidation::Tags { tags, stamp_ms }).await
+    }
+
+    /// Removes everything this cache stored, in every tier and instance.
+    pub async fn flush(&self) -> Result<Purged, Error> {
+        self.inner.memory.clear();
+        let redis = match &self.inner.shared {
+            Some(shared) => shared
+                .remove_prefix("")
+                .await
+                .map_err(|err| self.l2_failed("flush", err))?,
+            None => 0,
+        };
+        self.publish(Invalidation::Flush).await?;
+        Ok(Purged { memory: 0, redis })
+    }
+
+    /// Invalidations made by other instances (through Redis pub/sub), each delivered after it
+    /// was applied to this instance's memory tier. A receiver that falls behind skips events.
+    pub fn invalidation_events(&self) -> broadcast::Receiver<Invalidation> {
+        self.inner.events.subscribe()
+    }
+
+    async fn publish(&self, event: Invalidation) -> Result<(), Error> {
+        match &self.inner.shared {
+            Some(shared) => shared
+                .publish(&event)
+                .await
+                .map_err(|err| self.l2_failed("publish", err)),
+            None => Ok(()),
+        }
     }
 
     /// A snapshot of the counters and the memory tier's size.
@@ -235,9 +331,11 @@ impl TieredCache {
     }
 
     /// Memory first; Redis when memory has nothing fresh. Whatever Redis returns is promoted.
-    /// Of two stale entries, the one fresh until later wins. Not counted in the stats.
+    /// Of two stale entries, the one fresh until later wins. Entries killed by a tag
+    /// invalidation are deleted where they were found. Not counted in the stats.
     pub(crate) async fn find(&self, key: &str) -> Option<Lookup> {
         let memory = self.read_memory(key).await;
+        let memory = self.unless_invalidated(key, memory, Source::Memory).await;
         if memory.as_ref().is_some_and(CachedEntry::is_fresh) {
             return memory.map(|entry| Lookup {
                 entry,
@@ -245,6 +343,7 @@ impl TieredCache {
             });
         }
         let shared = self.read_shared(key).await;
+        let shared = self.unless_invalidated(key, shared, Source::Redis).await;
         if let Some(entry) = &shared {
             self.inner.memory.set(key, entry).await.ok();
         }
@@ -268,6 +367,65 @@ impl TieredCache {
                 source: Source::Memory,
             })
         }
+    }
+
+    /// `entry`, unless one of its tags was invalidated after it was obtained; then it is deleted
+    /// from the tier it came from.
+    async fn unless_invalidated(
+        &self,
+        key: &str,
+        entry: Option<CachedEntry>,
+        source: Source,
+    ) -> Option<CachedEntry> {
+        let entry = entry?;
+        if self.is_current(&entry).await {
+            return Some(entry);
+        }
+        match source {
+            Source::Memory => {
+                self.inner.memory.delete(key);
+            }
+            Source::Redis => {
+                if let Some(shared) = &self.inner.shared {
+                    if let Err(err) = shared.remove(key).await {
+                        self.l2_failed("remove", err);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether no tag of `entry` was invalidated since it was obtained. Stamps this instance
+    /// does not know are read from Redis (one MGET); if Redis cannot answer, the entry counts as
+    /// current (its memory copy lives at most `l1.max_ttl`).
+    async fn is_current(&self, entry: &CachedEntry) -> bool {
+        let obtained = entry.inserted_at_ms();
+        let mut unknown = Vec::new();
+        for tag in entry.tags() {
+            match self.inner.stamps.get(tag) {
+                Some(stamp) if stamp >= obtained => return false,
+                Some(_) => {}
+                None => unknown.push(tag.as_str()),
+            }
+        }
+        if unknown.is_empty() {
+            return true;
+        }
+        let stamps = match &self.inner.shared {
+            None => vec![0; unknown.len()],
+            Some(shared) => match shared.tag_stamps(&unknown).await {
+                Ok(stamps) => stamps,
+                Err(err) => {
+                    self.l2_failed("tag_stamps", err);
+                    return true;
+                }
+            },
+        };
+        for (tag, stamp) in unknown.iter().zip(&stamps) {
+            self.inner.stamps.record(tag, *stamp);
+        }
+        stamps.iter().all(|stamp| *stamp < obtained)
     }
 
     async fn read_shared(&self, key: &str) -> Option<CachedEntry> {
@@ -324,6 +482,40 @@ impl TieredCache {
     }
 }
 
+/// Applies another instance's invalidation (or a reconnection, after which events may have been
+/// missed) to this instance's memory tier and stamps.
+fn apply_remote(
+    memory: &MemoryTier,
+    stamps: &TagStamps,
+    events: &broadcast::Sender<Invalidation>,
+    event: BackplaneEvent,
+) {
+    match event {
+        BackplaneEvent::Reconnected => {
+            memory.clear();
+            stamps.clear();
+        }
+        BackplaneEvent::Remote(invalidation) => {
+            match &invalidation {
+                Invalidation::Key(key) => {
+                    memory.delete(key);
+                }
+                Invalidation::Prefix(prefix) => {
+                    memory.delete_prefix(prefix);
+                }
+                Invalidation::Tags { tags, stamp_ms } => {
+                    for tag in tags {
+                        stamps.record(tag, *stamp_ms);
+                    }
+                }
+                Invalidation::Flush => memory.clear(),
+            }
+            // Nobody listening is fine.
+            let _ = events.send(invalidation);
+        }
+    }
+}
+
 /// Lets one event through per interval.
 struct LogThrottle {
     interval_ms: u64,
@@ -339,7 +531,7 @@ impl LogThrottle {
     }
 
     fn allow(&self) -> bool {
-        let now = super::entry::unix_ms(SystemTime::now());
+        let now = unix_ms(SystemTime::now());
         let last = self.last_ms.load(Ordering::Relaxed);
         now.saturating_sub(last) >= self.interval_ms
             && self
