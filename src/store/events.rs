@@ -19,6 +19,9 @@ pub enum Invalidation {
     },
     /// Everything.
     Flush,
+    /// Not from another instance: the subscription reconnected, and since events may have been
+    /// missed meanwhile, this instance dropped everything from its memory tier.
+    Resubscribed,
 }
 
 impl Invalidation {
@@ -31,7 +34,7 @@ impl Invalidation {
             Self::Tags { tags, stamp_ms } => {
                 format!("{instance}\nt\n{stamp_ms}\n{}", tags.join("\n"))
             }
-            Self::Flush => format!("{instance}\nf\n"),
+            Self::Flush | Self::Resubscribed => format!("{instance}\nf\n"),
         }
     }
 

@@ -282,6 +282,12 @@ fn listen(
     events: EventSink,
 ) -> tokio::sync::watch::Receiver<bool> {
     let (subscribed, receiver) = tokio::sync::watch::channel(false);
+    let disconnected = subscribed.clone();
+    drop(subscriber.on_error(move |_| {
+        // A connection error ends the subscription until the next reconnection.
+        disconnected.send_replace(false);
+        async { Ok(()) }
+    }));
     let reconnect_events = events.clone();
     let resubscriber = subscriber.clone();
     let subscription = channel.to_owned();

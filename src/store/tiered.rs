@@ -494,6 +494,7 @@ fn apply_remote(
         BackplaneEvent::Reconnected => {
             memory.clear();
             stamps.clear();
+            let _ = events.send(Invalidation::Resubscribed);
         }
         BackplaneEvent::Remote(invalidation) => {
             match &invalidation {
@@ -508,7 +509,7 @@ fn apply_remote(
                         stamps.record(tag, *stamp_ms);
                     }
                 }
-                Invalidation::Flush => memory.clear(),
+                Invalidation::Flush | Invalidation::Resubscribed => memory.clear(),
             }
             // Nobody listening is fine.
             let _ = events.send(invalidation);
