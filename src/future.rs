@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use crate::body::CacheBody;
 use crate::http::cache_status::{Forward, Status};
 use crate::http::response;
-use crate::service::State;
+use crate::http::state::State;
 
 type CachedFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
 

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use tower::Layer;
 
 use crate::config::CacheConfig;
-use crate::service::{CacheService, State};
+use crate::http::state::State;
+use crate::service::CacheService;
 use crate::store::TieredCache;
 use crate::Error;
 

@@ -2,30 +2,27 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::header::{
-    HeaderMap, AGE, AUTHORIZATION, DATE, IF_MODIFIED_SINCE, IF_NONE_MATCH, RANGE, UPGRADE,
-};
-use http::request::Parts;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::header::{AUTHORIZATION, CONTENT_LOCATION, LOCATION, RANGE, UPGRADE};
+use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower::Service;
 
 use crate::body::{BoxError, CacheBody};
-use crate::config::CacheConfig;
+use crate::config::WriteMode;
 use crate::future::ResponseFuture;
 use crate::http::buffer::{buffer, Buffered};
 use crate::http::cache_control::CacheControl;
-use crate::http::cache_status::{Forward, Status, CACHE_STATUS};
-use crate::http::policy::{self, Reuse, Settings, StorePlan};
+use crate::http::cache_status::{Forward, Status};
+use crate::http::exchange::{Exchange, Unshared};
+use crate::http::policy::{self, Reuse};
 use crate::http::routes::Rule;
-use crate::http::variants::{self, Found, Stored, Variants, VARIANTS};
-use crate::http::{key, response, Routes};
-use crate::store::coalesce::{Coalescer, Turn};
-use crate::store::{CachedEntry, TieredCache};
-use crate::Error;
+use crate::http::state::{Received, State, Times};
+use crate::http::{key, purge, response, variants};
+use crate::store::coalesce::Turn;
+use crate::store::TieredCache;
 
 /// Caches the responses of the wrapped service; built by [`CacheLayer`](crate::CacheLayer).
 ///
@@ -38,54 +35,6 @@ pub struct CacheService<S> {
     inner: S,
     state: Arc<State>,
 }
-
-/// What every clone of a layer and its services share.
-pub(crate) struct State {
-    pub(crate) cache: TieredCache,
-    pub(crate) cache_name: String,
-    routes: Routes,
-    max_entry_size: u64,
-    default_ttl: Duration,
-    keep_stale: Duration,
-    flights: Coalescer<Fetched>,
-}
-
-impl std::fmt::Debug for State {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("State")
-            .field("cache", &self.cache)
-            .field("cache_name", &self.cache_name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl State {
-    pub(crate) fn new(cache: TieredCache, config: &CacheConfig) -> Result<Self, Error> {
-        config.validate()?;
-        Ok(Self {
-            cache,
-            cache_name: config.http.status_header.clone(),
-            routes: Routes::new(config)?,
-            max_entry_size: config.http.max_entry_size,
-            default_ttl: config.http.default_ttl,
-            keep_stale: config.http.keep_stale,
-            flights: Coalescer::new(),
-        })
-    }
-}
-
-/// A stored response shared with the requests that waited for it.
-#[derive(Clone)]
-struct Fetched {
-    entry: CachedEntry,
-    stored: Stored,
-}
-
-/// The flight's error when the leader's response could not be shared (not storable, too large,
-/// failed): each waiting request then asks the origin itself.
-#[derive(Debug)]
-struct Unshared;
 
 impl<S> CacheService<S> {
     pub(crate) fn new(inner: S, state: Arc<State>) -> Self {
@@ -135,25 +84,54 @@ where
         // Call the service that was driven to readiness, leave a fresh clone in its place.
         let fresh = self.inner.clone();
         let mut origin = std::mem::replace(&mut self.inner, fresh);
-        let rule = self.state.routes.rule_for(request.uri().path());
-        if bypasses(&request, rule) {
-            return ResponseFuture::bypass(origin.call(request), self.state.clone());
+        let state = self.state.clone();
+        let rule = state.routes.rule_for(request.uri().path()).clone();
+        match classify(&request, &rule) {
+            Path::Purge => {
+                let (parts, _body) = request.into_parts();
+                ResponseFuture::cached(Box::pin(async move {
+                    Ok(purge::handle(&state, &parts, &rule).await)
+                }))
+            }
+            Path::Bypass => ResponseFuture::bypass(origin.call(request), state),
+            Path::Mutate => ResponseFuture::cached(Box::pin(mutate(state, origin, request, rule))),
+            Path::Read => ResponseFuture::cached(Box::pin(serve(state, origin, request, rule))),
         }
-        let rule = rule.clone();
-        ResponseFuture::cached(Box::pin(serve(self.state.clone(), origin, request, rule)))
     }
 }
 
-/// Requests the cache does not touch: methods other than GET and HEAD, route rules, range and
-/// upgrade requests, `Cache-Control: no-store`, and requests with a body.
-fn bypasses<B: Body>(request: &Request<B>, rule: &Rule) -> bool {
+/// Which path a request takes through the cache.
+enum Path {
+    /// GET or HEAD: looked up, answered or fetched and stored.
+    Read,
+    /// A method that may change the resource: forwarded, then invalidates (or writes through).
+    Mutate,
+    /// `PURGE`: answered by the cache itself.
+    Purge,
+    /// Untouched: bypass routes, OPTIONS and TRACE, range and upgrade requests,
+    /// `Cache-Control: no-store`, GETs with a body.
+    Bypass,
+}
+
+fn classify<B: Body>(request: &Request<B>, rule: &Rule) -> Path {
+    let method = request.method();
     let headers = request.headers();
-    rule.bypass
-        || !matches!(*request.method(), Method::GET | Method::HEAD)
+    if method.as_str() == "PURGE" {
+        Path::Purge
+    } else if rule.bypass {
+        Path::Bypass
+    } else if !method.is_safe() {
+        Path::Mutate
+    } else if !matches!(*method, Method::GET | Method::HEAD)
         || headers.contains_key(RANGE)
         || headers.contains_key(UPGRADE)
         || CacheControl::from_headers(headers).no_store
         || !(request.body().is_end_stream() || request.body().size_hint().exact() == Some(0))
+    {
+        Path::Bypass
+    } else {
+        Path::Read
+    }
 }
 
 /// The cached path of one GET or HEAD request.
@@ -254,281 +232,100 @@ where
     }
 }
 
-/// One exchange with the origin for a request the cache could not answer.
-struct Exchange<'a> {
-    state: &'a State,
-    rule: &'a Rule,
-    primary: &'a str,
-    variants: Option<&'a Variants>,
-    /// The stored response being validated, if any.
-    stale: Option<&'a Found>,
-    forward: Forward,
-}
-
-type Outcome<B, E> = (Result<Response<CacheBody<B>>, E>, Option<Fetched>);
-
-impl Exchange<'_> {
-    /// Forwards unchanged and passes the response on without storing it.
-    async fn pass_on<S, ReqBody, ResBody>(
-        &self,
-        mut origin: S,
-        parts: Parts,
-        body: ReqBody,
-    ) -> Result<Response<CacheBody<ResBody>>, S::Error>
-    where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    {
-        let response = origin.call(Request::from_parts(parts, body)).await?;
-        let (parts, body) = response.into_parts();
-        let mut status = Status::forward(self.forward);
-        status.forward_status = Some(parts.status.as_u16());
-        Ok(response::from_origin(
-            parts,
-            CacheBody::streaming(body),
-            status,
-            &self.state.cache_name,
-        ))
+/// A request that may change the resource (RFC 9111 §4.4), top to bottom: forwarded; on a
+/// success or redirect, the target URI and the same-origin `Location` / `Content-Location` URIs
+/// are invalidated everywhere, the tags the response names in `Cache-Invalidate` too, and with
+/// write-through the response is stored as the resource's new GET representation.
+async fn mutate<S, ReqBody, ResBody>(
+    state: Arc<State>,
+    mut origin: S,
+    request: Request<ReqBody>,
+    rule: Rule,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes> + Unpin,
+    ResBody::Error: Into<BoxError>,
+{
+    let target = key::target_uri(request.uri(), request.headers());
+    let request_headers = request.headers().clone();
+    let request_time = SystemTime::now();
+    let (parts, body) = origin.call(request).await?.into_parts();
+    let times = Times {
+        request: request_time,
+        response: SystemTime::now(),
+    };
+    let mut status = Status::forward(Forward::Method);
+    status.forward_status = Some(parts.status.as_u16());
+    if !(parts.status.is_success() || parts.status.is_redirection()) {
+        return Ok(state.origin_response(parts, CacheBody::streaming(body), status));
     }
 
-    /// Asks the origin (conditionally, when a stale entry has validators), stores what may be
-    /// stored, and answers the client. The second value is the stored result, for sharing.
-    async fn fetch<S, ReqBody, ResBody>(
-        &self,
-        mut origin: S,
-        mut parts: Parts,
-        body: ReqBody,
-    ) -> Outcome<ResBody, S::Error>
-    where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-        ResBody: Body<Data = Bytes> + Unpin,
-        ResBody::Error: Into<BoxError>,
-    {
-        // The client's own validators are answered from the full response; ask with ours.
-        let client_headers = parts.headers.clone();
-        parts.headers.remove(IF_NONE_MATCH);
-        parts.headers.remove(IF_MODIFIED_SINCE);
-        if let Some(stale) = self.stale {
-            for (name, value) in policy::validators(stale.lookup.entry.headers()) {
-                parts.headers.insert(name, value);
-            }
+    // 1. The target, and the same-origin resources the response points to, changed.
+    let referenced = |name| {
+        let value = parts.headers.get(name)?.to_str().ok()?;
+        key::same_origin(&target, value)
+    };
+    let content_location = referenced(&CONTENT_LOCATION);
+    let changed = [
+        Some(target.clone()),
+        referenced(&LOCATION),
+        content_location.clone(),
+    ];
+    for uri in changed.iter().flatten() {
+        let path = uri
+            .parse::<http::Uri>()
+            .map_or_else(|_| "/".to_owned(), |uri| uri.path().to_owned());
+        let key_headers = &state.routes.rule_for(&path).key_headers;
+        // Failures are counted and logged; the origin's answer stands.
+        let _ = state
+            .cache
+            .invalidate(&key::key_for(uri, &request_headers, key_headers))
+            .await;
+    }
+
+    // 2. So did everything tagged with what the origin names.
+    let tags = state.tags_to_invalidate(&parts.headers);
+    if !tags.is_empty() {
+        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+        let _ = state.cache.invalidate_tags(&tags).await;
+    }
+
+    // 3. Write-through: the response is the new representation of the target.
+    let writes_through =
+        rule.write == WriteMode::Through || content_location.as_deref() == Some(target.as_str());
+    let representation = matches!(parts.status, StatusCode::OK | StatusCode::CREATED);
+    let plan = policy::plan_store(
+        &Method::GET,
+        &request_headers,
+        StatusCode::OK,
+        &parts.headers,
+        times.request,
+        times.response,
+        &state.settings(&rule),
+    );
+    let plan = match plan {
+        Ok(plan) if writes_through && representation => plan,
+        _ => return Ok(state.origin_response(parts, CacheBody::streaming(body), status)),
+    };
+    let (data, trailers) = match buffer(body, state.max_entry_size).await {
+        Buffered::Complete { data, trailers } => (data, trailers),
+        Buffered::TooLarge { prefix, rest } => {
+            return Ok(state.origin_response(parts, CacheBody::prefixed(prefix, rest), status))
         }
-        let request_time = SystemTime::now();
-        let response = match origin.call(Request::from_parts(parts, body)).await {
-            Ok(response) => response,
-            Err(error) => return (Err(error), None),
-        };
-        let times = (request_time, SystemTime::now());
-        let (response_parts, response_body) = response.into_parts();
-        match self.stale {
-            Some(stale) if response_parts.status == StatusCode::NOT_MODIFIED => {
-                self.refresh(stale, &response_parts.headers, &client_headers, times)
-                    .await
-            }
-            _ => {
-                self.store_or_pass(response_parts, response_body, &client_headers, times)
-                    .await
-            }
+        Buffered::Failed { prefix, error } => {
+            return Ok(state.origin_response(parts, CacheBody::failed(prefix, error), status))
         }
-    }
-
-    /// A 304 to our validation: the stored response, with the 304's header fields, is fresh
-    /// again (RFC 9111 §4.3.4); the client gets it whole.
-    async fn refresh<B, E>(
-        &self,
-        stale: &Found,
-        not_modified: &HeaderMap,
-        client_headers: &HeaderMap,
-        (request_time, response_time): (SystemTime, SystemTime),
-    ) -> Outcome<B, E> {
-        let stored = &stale.lookup.entry;
-        let mut headers = stored.headers().clone();
-        policy::update_headers(&mut headers, not_modified);
-        let plan = policy::plan_store(
-            &Method::GET,
-            client_headers,
-            stored.status(),
-            &headers,
-            request_time,
-            response_time,
-            &self.settings(),
-        );
-        let mut status = Status::forward(self.forward);
-        status.forward_status = Some(StatusCode::NOT_MODIFIED.as_u16());
-        let (entry, fetched) = match plan {
-            Ok(plan) => {
-                let entry = entry_from(
-                    stored.status(),
-                    headers,
-                    stored.body().clone(),
-                    stored.trailers().clone(),
-                    &plan,
-                    response_time,
-                );
-                let stored = self.store(&entry, client_headers).await;
-                status.stored = true;
-                (entry.clone(), Some(Fetched { entry, stored }))
-            }
-            Err(_) => {
-                self.forget_stale().await;
-                let plan = StorePlan {
-                    ttl: Duration::ZERO,
-                    initial_age: Duration::ZERO,
-                    keep_stale: Duration::ZERO,
-                    strip: Vec::new(),
-                };
-                let entry = entry_from(
-                    stored.status(),
-                    headers,
-                    stored.body().clone(),
-                    stored.trailers().clone(),
-                    &plan,
-                    response_time,
-                );
-                (entry, None)
-            }
-        };
-        let response = response::from_entry(
-            &Method::GET,
-            client_headers,
-            &entry,
-            status,
-            &self.state.cache_name,
-        );
-        (Ok(response), fetched)
-    }
-
-    /// A full response: stored when the policy allows and it fits, else streamed through.
-    async fn store_or_pass<B, E>(
-        &self,
-        parts: http::response::Parts,
-        body: B,
-        client_headers: &HeaderMap,
-        (request_time, response_time): (SystemTime, SystemTime),
-    ) -> Outcome<B, E>
-    where
-        B: Body<Data = Bytes> + Unpin,
-        B::Error: Into<BoxError>,
-    {
-        let mut status = Status::forward(self.forward);
-        status.forward_status = Some(parts.status.as_u16());
-        let plan = policy::plan_store(
-            &Method::GET,
-            client_headers,
-            parts.status,
-            &parts.headers,
-            request_time,
-            response_time,
-            &self.settings(),
-        );
-        let declared_too_large = body
-            .size_hint()
-            .exact()
-            .is_some_and(|length| length > self.state.max_entry_size);
-        let plan = match plan {
-            Ok(plan) if !declared_too_large => plan,
-            _ => {
-                // A final answer that may not be stored supersedes what was stored before.
-                if !parts.status.is_server_error() {
-                    self.forget_stale().await;
-                }
-                let response = response::from_origin(
-                    parts,
-                    CacheBody::streaming(body),
-                    status,
-                    &self.state.cache_name,
-                );
-                return (Ok(response), None);
-            }
-        };
-        let cache_name = &self.state.cache_name;
-        match buffer(body, self.state.max_entry_size).await {
-            Buffered::Complete { data, trailers } => {
-                let entry = entry_from(
-                    parts.status,
-                    parts.headers,
-                    data,
-                    trailers,
-                    &plan,
-                    response_time,
-                );
-                let stored = self.store(&entry, client_headers).await;
-                status.stored = true;
-                let response =
-                    response::from_entry(&Method::GET, client_headers, &entry, status, cache_name);
-                (Ok(response), Some(Fetched { entry, stored }))
-            }
-            Buffered::TooLarge { prefix, rest } => {
-                let body = CacheBody::prefixed(prefix, rest);
-                (
-                    Ok(response::from_origin(parts, body, status, cache_name)),
-                    None,
-                )
-            }
-            Buffered::Failed { prefix, error } => {
-                let body = CacheBody::failed(prefix, error);
-                (
-                    Ok(response::from_origin(parts, body, status, cache_name)),
-                    None,
-                )
-            }
-        }
-    }
-
-    fn settings(&self) -> Settings {
-        Settings {
-            default_ttl: self.state.default_ttl,
-            ttl_override: self.rule.ttl,
-            keep_stale: self.state.keep_stale,
-        }
-    }
-
-    async fn store(&self, entry: &CachedEntry, request_headers: &HeaderMap) -> Stored {
-        variants::store(
-            &self.state.cache,
-            self.primary,
-            request_headers,
-            entry,
-            self.variants,
-        )
-        .await
-    }
-
-    /// Drops the entry being validated; a Redis failure is already counted and logged.
-    async fn forget_stale(&self) {
-        if let Some(stale) = self.stale {
-            let _ = self.state.cache.invalidate(&stale.key).await;
-        }
-    }
-}
-
-/// The entry for a response: connection-specific and internal fields removed, the fields the
-/// origin asked not to share (`private="…"`, `no-cache="…"`) removed, a `Date` added if missing
-/// (RFC 9110 §6.6.1), and its age counted from when the origin generated it.
-fn entry_from(
-    status: StatusCode,
-    mut headers: HeaderMap,
-    body: Bytes,
-    trailers: HeaderMap,
-    plan: &StorePlan,
-    response_time: SystemTime,
-) -> CachedEntry {
-    policy::remove_hop_by_hop(&mut headers);
-    for name in plan.strip.iter().chain([&AGE, &CACHE_STATUS, &VARIANTS]) {
-        headers.remove(name);
-    }
-    if !headers.contains_key(DATE) {
-        if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(response_time)) {
-            headers.insert(DATE, date);
-        }
-    }
-    CachedEntry::new(body, plan.ttl)
-        .with_status(status)
-        .with_headers(headers)
-        .with_trailers(trailers)
-        .with_stale_ttl(plan.keep_stale)
-        .with_stored_at(
-            response_time
-                .checked_sub(plan.initial_age)
-                .unwrap_or(SystemTime::UNIX_EPOCH),
-        )
+    };
+    let received = Received {
+        status: StatusCode::OK,
+        headers: parts.headers.clone(),
+        body: data.clone(),
+        trailers: trailers.clone(),
+    };
+    let entry = state.entry(received, &plan, &rule, times);
+    let primary = key::key_for(&target, &request_headers, &rule.key_headers);
+    variants::store(&state.cache, &primary, &request_headers, &entry, None).await;
+    status.stored = true;
+    Ok(state.origin_response(parts, CacheBody::cached(data, trailers), status))
 }

@@ -61,7 +61,7 @@ async fn call(app: &Router, method: &str, uri: &str) -> (StatusCode, String, Str
 }
 
 #[tokio::test]
-async fn second_get_is_a_memory_hit_and_posts_bypass() {
+async fn second_get_is_a_memory_hit_and_a_post_goes_to_the_origin_and_invalidates() {
     let origin = Origin::default();
     let app = app(&origin);
     let (_, first, _) = call(&app, "GET", "/fast").await;
@@ -76,8 +76,10 @@ async fn second_get_is_a_memory_hit_and_posts_bypass() {
         )
     );
     let (_, post, _) = call(&app, "POST", "/fast").await;
-    assert_eq!(post, "tiered-cache; fwd=bypass");
-    assert_eq!(origin.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(post, "tiered-cache; fwd=method; fwd-status=200");
+    let (_, after_post, _) = call(&app, "GET", "/fast").await;
+    assert_eq!(after_post, "tiered-cache; fwd=miss; fwd-status=200; stored");
+    assert_eq!(origin.calls.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

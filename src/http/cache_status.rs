@@ -19,6 +19,8 @@ pub(crate) enum Forward {
     Stale,
     /// The request asked for validation (`no-cache`, `max-age=0`, ...).
     Request,
+    /// The method must reach the origin (PUT, POST, DELETE, ...).
+    Method,
 }
 
 impl Forward {
@@ -28,6 +30,7 @@ impl Forward {
             Self::Miss => "miss",
             Self::Stale => "stale",
             Self::Request => "request",
+            Self::Method => "method",
         }
     }
 }

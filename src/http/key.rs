@@ -7,35 +7,58 @@
 
 use http::header::HOST;
 use http::request::Parts;
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, Uri};
 
 /// Separates the parts of a key; cannot occur in a URI or a header value.
 const SEPARATOR: char = '\u{1f}';
 
 /// The primary key of a request. HEAD and GET share it: HEAD is answered from GET entries.
 pub(crate) fn primary_key(parts: &Parts, key_headers: &[HeaderName]) -> String {
-    let scheme = parts.uri.scheme_str().unwrap_or("http");
-    let host = parts
-        .uri
+    key_for(
+        &target_uri(&parts.uri, &parts.headers),
+        &parts.headers,
+        key_headers,
+    )
+}
+
+/// The primary key of the resource at `target` (an absolute URI, as [`target_uri`] makes).
+pub(crate) fn key_for(target: &str, headers: &HeaderMap, key_headers: &[HeaderName]) -> String {
+    let mut key = target.to_owned();
+    for name in key_headers {
+        append_field(&mut key, name.as_str(), headers);
+    }
+    key
+}
+
+/// The absolute target URI of a request, `scheme://host/path?query`, with the host from the
+/// request line's authority or else the `Host` header, lowercased.
+pub(crate) fn target_uri(uri: &Uri, headers: &HeaderMap) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let host = uri
         .authority()
         .map(|authority| authority.as_str().to_owned())
         .or_else(|| {
-            parts
-                .headers
+            headers
                 .get(HOST)
                 .map(|host| String::from_utf8_lossy(host.as_bytes()).into_owned())
         })
         .unwrap_or_default()
         .to_ascii_lowercase();
-    let path = parts
-        .uri
+    let path = uri
         .path_and_query()
         .map_or("/", |path_and_query| path_and_query.as_str());
-    let mut key = format!("{scheme}://{host}{path}");
-    for name in key_headers {
-        append_field(&mut key, name.as_str(), &parts.headers);
-    }
-    key
+    format!("{scheme}://{host}{path}")
+}
+
+/// `reference` (a `Location` or `Content-Location` value) resolved against `target`, when it
+/// names a resource of the same origin (RFC 9111 §4.4 only invalidates those).
+pub(crate) fn same_origin(target: &str, reference: &str) -> Option<String> {
+    let base = url::Url::parse(target).ok()?;
+    let resolved = base.join(reference.trim()).ok()?;
+    let same = resolved.scheme() == base.scheme()
+        && resolved.host_str() == base.host_str()
+        && resolved.port_or_known_default() == base.port_or_known_default();
+    same.then(|| resolved.to_string())
 }
 
 /// The key of one variant of `primary`: the request's values of the `Vary` fields, under the
@@ -133,6 +156,25 @@ mod tests {
         let one = primary_key(&parts("/a", &[("x-tenant", "1")]), &tenant);
         assert_ne!(absent, empty);
         assert_ne!(empty, one);
+    }
+
+    #[test]
+    fn only_same_origin_references_resolve() {
+        let target = "http://h.example/a/b";
+        assert_eq!(
+            same_origin(target, "/c").as_deref(),
+            Some("http://h.example/c")
+        );
+        assert_eq!(
+            same_origin(target, "c?x=1").as_deref(),
+            Some("http://h.example/a/c?x=1")
+        );
+        assert_eq!(
+            same_origin(target, "http://h.example:80/d").as_deref(),
+            Some("http://h.example/d")
+        );
+        assert_eq!(same_origin(target, "http://other.example/c"), None);
+        assert_eq!(same_origin(target, "https://h.example/c"), None);
     }
 
     #[test]

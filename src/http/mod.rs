@@ -4,10 +4,13 @@
 pub(crate) mod buffer;
 pub(crate) mod cache_control;
 pub(crate) mod cache_status;
+pub(crate) mod exchange;
 pub(crate) mod key;
 pub(crate) mod policy;
+pub(crate) mod purge;
 pub(crate) mod response;
 pub(crate) mod routes;
+pub(crate) mod state;
 pub(crate) mod variants;
 
 pub(crate) use routes::Routes;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use http::HeaderName;
 
-use crate::config::{CacheConfig, ConfigError};
+use crate::config::{CacheConfig, ConfigError, WriteMode};
 
 /// What applies to one request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -14,6 +14,8 @@ pub(crate) struct Rule {
     pub(crate) bypass: bool,
     /// Global key headers followed by the route's.
     pub(crate) key_headers: Vec<HeaderName>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) write: WriteMode,
 }
 
 #[derive(Debug)]
@@ -46,6 +48,8 @@ impl Routes {
                 ttl: route.ttl,
                 bypass: route.bypass,
                 key_headers,
+                tags: route.tags.clone(),
+                write: route.write,
             });
         }
         let globs = globs

@@ -1,0 +1,264 @@
+//! One exchange with the origin for a GET the cache could not answer: the (conditional)
+//! request, the 304 refresh or the store decision, and the response to the client.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, IF_MODIFIED_SINCE, IF_NONE_MATCH};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use tower::Service;
+
+use super::buffer::{buffer, Buffered};
+use super::cache_status::{Forward, Status};
+use super::policy::{self, Settings, StorePlan};
+use super::response;
+use super::routes::Rule;
+use super::state::{Received, State, Times};
+use super::variants::{self, Found, Stored, Variants};
+use crate::body::{BoxError, CacheBody};
+use crate::store::CachedEntry;
+
+/// A stored response shared with the requests that waited for it.
+#[derive(Clone)]
+pub(crate) struct Fetched {
+    pub(crate) entry: CachedEntry,
+    pub(crate) stored: Stored,
+}
+
+/// The flight's error when the leader's response could not be shared (not storable, too large,
+/// failed): each waiting request then asks the origin itself.
+#[derive(Debug)]
+pub(crate) struct Unshared;
+
+/// One exchange with the origin for a request the cache could not answer.
+pub(crate) struct Exchange<'a> {
+    pub(crate) state: &'a State,
+    pub(crate) rule: &'a Rule,
+    pub(crate) primary: &'a str,
+    pub(crate) variants: Option<&'a Variants>,
+    /// The stored response being validated, if any.
+    pub(crate) stale: Option<&'a Found>,
+    pub(crate) forward: Forward,
+}
+
+pub(crate) type Outcome<B, E> = (Result<Response<CacheBody<B>>, E>, Option<Fetched>);
+
+impl Exchange<'_> {
+    /// Forwards unchanged and passes the response on without storing it.
+    pub(crate) async fn pass_on<S, ReqBody, ResBody>(
+        &self,
+        mut origin: S,
+        parts: Parts,
+        body: ReqBody,
+    ) -> Result<Response<CacheBody<ResBody>>, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        let response = origin.call(Request::from_parts(parts, body)).await?;
+        let (parts, body) = response.into_parts();
+        let mut status = Status::forward(self.forward);
+        status.forward_status = Some(parts.status.as_u16());
+        Ok(self
+            .state
+            .origin_response(parts, CacheBody::streaming(body), status))
+    }
+
+    /// Asks the origin (conditionally, when a stale entry has validators), stores what may be
+    /// stored, and answers the client. The second value is the stored result, for sharing.
+    pub(crate) async fn fetch<S, ReqBody, ResBody>(
+        &self,
+        mut origin: S,
+        mut parts: Parts,
+        body: ReqBody,
+    ) -> Outcome<ResBody, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ResBody: Body<Data = Bytes> + Unpin,
+        ResBody::Error: Into<BoxError>,
+    {
+        // The client's own validators are answered from the full response; ask with ours.
+        let client_headers = parts.headers.clone();
+        parts.headers.remove(IF_NONE_MATCH);
+        parts.headers.remove(IF_MODIFIED_SINCE);
+        if let Some(stale) = self.stale {
+            for (name, value) in policy::validators(stale.lookup.entry.headers()) {
+                parts.headers.insert(name, value);
+            }
+        }
+        let request_time = SystemTime::now();
+        let response = match origin.call(Request::from_parts(parts, body)).await {
+            Ok(response) => response,
+            Err(error) => return (Err(error), None),
+        };
+        let times = Times {
+            request: request_time,
+            response: SystemTime::now(),
+        };
+        let (response_parts, response_body) = response.into_parts();
+        match self.stale {
+            Some(stale) if response_parts.status == StatusCode::NOT_MODIFIED => {
+                self.refresh(stale, &response_parts.headers, &client_headers, times)
+                    .await
+            }
+            _ => {
+                self.store_or_pass(response_parts, response_body, &client_headers, times)
+                    .await
+            }
+        }
+    }
+
+    /// A 304 to our validation: the stored response, with the 304's header fields, is fresh
+    /// again (RFC 9111 §4.3.4); the client gets it whole.
+    async fn refresh<B, E>(
+        &self,
+        stale: &Found,
+        not_modified: &HeaderMap,
+        client_headers: &HeaderMap,
+        times: Times,
+    ) -> Outcome<B, E> {
+        let stored = &stale.lookup.entry;
+        let mut headers = stored.headers().clone();
+        policy::update_headers(&mut headers, not_modified);
+        let received = |headers| Received {
+            status: stored.status(),
+            headers,
+            body: stored.body().clone(),
+            trailers: stored.trailers().clone(),
+        };
+        let Times {
+            request: request_time,
+            response: response_time,
+        } = times;
+        let plan = policy::plan_store(
+            &Method::GET,
+            client_headers,
+            stored.status(),
+            &headers,
+            request_time,
+            response_time,
+            &self.settings(),
+        );
+        let mut status = Status::forward(self.forward);
+        status.forward_status = Some(StatusCode::NOT_MODIFIED.as_u16());
+        let (entry, fetched) = match plan {
+            Ok(plan) => {
+                let entry = self.state.entry(received(headers), &plan, self.rule, times);
+                let stored = self.store(&entry, client_headers).await;
+                status.stored = true;
+                (entry.clone(), Some(Fetched { entry, stored }))
+            }
+            Err(_) => {
+                self.forget_stale().await;
+                let plan = StorePlan {
+                    ttl: Duration::ZERO,
+                    initial_age: Duration::ZERO,
+                    keep_stale: Duration::ZERO,
+                    strip: Vec::new(),
+                };
+                (
+                    self.state.entry(received(headers), &plan, self.rule, times),
+                    None,
+                )
+            }
+        };
+        let response = response::from_entry(
+            &Method::GET,
+            client_headers,
+            &entry,
+            status,
+            &self.state.cache_name,
+        );
+        (Ok(response), fetched)
+    }
+
+    /// A full response: stored when the policy allows and it fits, else streamed through.
+    async fn store_or_pass<B, E>(
+        &self,
+        parts: http::response::Parts,
+        body: B,
+        client_headers: &HeaderMap,
+        times: Times,
+    ) -> Outcome<B, E>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let mut status = Status::forward(self.forward);
+        status.forward_status = Some(parts.status.as_u16());
+        let plan = policy::plan_store(
+            &Method::GET,
+            client_headers,
+            parts.status,
+            &parts.headers,
+            times.request,
+            times.response,
+            &self.settings(),
+        );
+        let declared_too_large = body
+            .size_hint()
+            .exact()
+            .is_some_and(|length| length > self.state.max_entry_size);
+        let plan = match plan {
+            Ok(plan) if !declared_too_large => plan,
+            _ => {
+                // A final answer that may not be stored supersedes what was stored before.
+                if !parts.status.is_server_error() {
+                    self.forget_stale().await;
+                }
+                let response =
+                    self.state
+                        .origin_response(parts, CacheBody::streaming(body), status);
+                return (Ok(response), None);
+            }
+        };
+        let cache_name = &self.state.cache_name;
+        match buffer(body, self.state.max_entry_size).await {
+            Buffered::Complete { data, trailers } => {
+                let received = Received {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body: data,
+                    trailers,
+                };
+                let entry = self.state.entry(received, &plan, self.rule, times);
+                let stored = self.store(&entry, client_headers).await;
+                status.stored = true;
+                let response =
+                    response::from_entry(&Method::GET, client_headers, &entry, status, cache_name);
+                (Ok(response), Some(Fetched { entry, stored }))
+            }
+            Buffered::TooLarge { prefix, rest } => {
+                let body = CacheBody::prefixed(prefix, rest);
+                (Ok(self.state.origin_response(parts, body, status)), None)
+            }
+            Buffered::Failed { prefix, error } => {
+                let body = CacheBody::failed(prefix, error);
+                (Ok(self.state.origin_response(parts, body, status)), None)
+            }
+        }
+    }
+
+    fn settings(&self) -> Settings {
+        self.state.settings(self.rule)
+    }
+
+    async fn store(&self, entry: &CachedEntry, request_headers: &HeaderMap) -> Stored {
+        variants::store(
+            &self.state.cache,
+            self.primary,
+            request_headers,
+            entry,
+            self.variants,
+        )
+        .await
+    }
+
+    /// Drops the entry being validated; a Redis failure is already counted and logged.
+    async fn forget_stale(&self) {
+        if let Some(stale) = self.stale {
+            let _ = self.state.cache.invalidate(&stale.key).await;
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! `PURGE`: invalidation on request, for holders of the configured token.
+//!
+//! `PURGE <uri>` invalidates that URI; `PURGE` with `Surrogate-Key: a b` invalidates every entry
+//! tagged `a` or `b`. Only when `purge.token` is set and the request carries
+//! `Authorization: Bearer <token>`: without a token configured the method is not allowed (405),
+//! with a wrong or missing token it is unauthorized (401). Never forwarded to the origin.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::request::Parts;
+use http::{HeaderMap, Response, StatusCode};
+
+use super::cache_status::Status;
+use super::key;
+use super::routes::Rule;
+use super::state::State;
+use crate::body::CacheBody;
+
+pub(crate) async fn handle<ResBody>(
+    state: &State,
+    request: &Parts,
+    rule: &Rule,
+) -> Response<CacheBody<ResBody>> {
+    let Some(token) = &state.purge_token else {
+        let mut response = answer(
+            state,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "purge is not enabled\n",
+        );
+        response.headers_mut().insert(
+            ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+        return response;
+    };
+    if !authorized(&request.headers, token) {
+        let mut response = answer(
+            state,
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required\n",
+        );
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    let tags: Vec<&str> = request
+        .headers
+        .get_all(&state.surrogate_key_header)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(str::split_whitespace)
+        .collect();
+    let result = if tags.is_empty() {
+        let target = key::target_uri(&request.uri, &request.headers);
+        state
+            .cache
+            .invalidate(&key::key_for(&target, &request.headers, &rule.key_headers))
+            .await
+    } else {
+        state.cache.invalidate_tags(&tags).await
+    };
+    match result {
+        Ok(()) => answer(state, StatusCode::OK, "purged\n"),
+        Err(err) => {
+            tracing::warn!(error = %err, "purge did not reach every tier");
+            let mut response = answer(
+                state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "purge incomplete: the shared tier is unavailable\n",
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+        }
+    }
+}
+
+/// `Authorization: Bearer <token>`, compared in constant time.
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let presented = headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    presented.is_some_and(|presented| constant_time_eq(presented.as_bytes(), token.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+fn answer<B>(state: &State, status: StatusCode, text: &'static str) -> Response<CacheBody<B>> {
+    let mut response = Response::new(CacheBody::cached(
+        Bytes::from_static(text.as_bytes()),
+        HeaderMap::new(),
+    ));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    Status::detail("purge").append_to(&state.cache_name, response.headers_mut());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_must_match_exactly() {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer s3cret"));
+        assert!(authorized(&headers, "s3cret"));
+        assert!(!authorized(&headers, "s3cre"));
+        assert!(!authorized(&headers, "s3cret!"));
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic s3cret"));
+        assert!(!authorized(&headers, "s3cret"));
+    }
+}

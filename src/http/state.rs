@@ -1,0 +1,197 @@
+//! What every clone of a layer and its services share: the cache and the settings taken from
+//! the configuration, with the helpers that apply them to responses.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{AGE, DATE};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+
+use super::cache_status::{Status, CACHE_STATUS};
+use super::policy::{self, Settings, StorePlan};
+use super::routes::{Routes, Rule};
+use super::variants::VARIANTS;
+use crate::body::CacheBody;
+use crate::config::CacheConfig;
+use crate::store::coalesce::Coalescer;
+use crate::store::{CachedEntry, TieredCache};
+use crate::Error;
+
+use super::exchange::Fetched;
+
+pub(crate) struct State {
+    pub(crate) cache: TieredCache,
+    pub(crate) cache_name: String,
+    pub(crate) routes: Routes,
+    pub(crate) max_entry_size: u64,
+    pub(crate) default_ttl: Duration,
+    pub(crate) keep_stale: Duration,
+    pub(crate) flights: Coalescer<Fetched>,
+    pub(crate) tag_header: HeaderName,
+    pub(crate) surrogate_key_header: HeaderName,
+    pub(crate) invalidate_header: HeaderName,
+    pub(crate) strip_tag_headers: bool,
+    pub(crate) purge_token: Option<String>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("State")
+            .field("cache", &self.cache)
+            .field("cache_name", &self.cache_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    pub(crate) fn new(cache: TieredCache, config: &CacheConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let header = |name: &str| {
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                crate::ConfigError::invalid("tags", format!("invalid header name {name:?}"))
+            })
+        };
+        Ok(Self {
+            cache,
+            cache_name: config.http.status_header.clone(),
+            routes: Routes::new(config)?,
+            max_entry_size: config.http.max_entry_size,
+            default_ttl: config.http.default_ttl,
+            keep_stale: config.http.keep_stale,
+            flights: Coalescer::new(),
+            tag_header: header(&config.tags.tag_header)?,
+            surrogate_key_header: header(&config.tags.surrogate_key_header)?,
+            invalidate_header: header(&config.tags.invalidate_header)?,
+            strip_tag_headers: config.tags.strip_headers,
+            purge_token: config.purge.token.clone(),
+        })
+    }
+
+    /// The origin's response on its way to the client: tag headers removed (unless configured
+    /// otherwise) and this cache's `Cache-Status` appended.
+    pub(crate) fn origin_response<B>(
+        &self,
+        mut parts: http::response::Parts,
+        body: CacheBody<B>,
+        status: Status,
+    ) -> Response<CacheBody<B>> {
+        self.strip_tag_headers(&mut parts.headers);
+        let mut response = Response::from_parts(parts, body);
+        status.append_to(&self.cache_name, response.headers_mut());
+        response
+    }
+
+    pub(crate) fn strip_tag_headers(&self, headers: &mut HeaderMap) {
+        if self.strip_tag_headers {
+            for name in [
+                &self.tag_header,
+                &self.surrogate_key_header,
+                &self.invalidate_header,
+            ] {
+                headers.remove(name);
+            }
+        }
+    }
+
+    /// The storage policy's settings on `rule`'s route.
+    pub(crate) fn settings(&self, rule: &Rule) -> Settings {
+        Settings {
+            default_ttl: self.default_ttl,
+            ttl_override: rule.ttl,
+            keep_stale: self.keep_stale,
+        }
+    }
+
+    /// An entry's tags: the route's, `Cache-Tag` (comma-separated) and `Surrogate-Key`
+    /// (space-separated).
+    pub(crate) fn tags_of(&self, headers: &HeaderMap, rule: &Rule) -> Vec<String> {
+        let mut tags = rule.tags.clone();
+        tags.extend(list(headers, &self.tag_header, |c| c == ','));
+        tags.extend(list(
+            headers,
+            &self.surrogate_key_header,
+            char::is_whitespace,
+        ));
+        tags.sort();
+        tags.dedup();
+        tags
+    }
+
+    /// The tags a response to a mutating request asks to invalidate (comma-separated).
+    pub(crate) fn tags_to_invalidate(&self, headers: &HeaderMap) -> Vec<String> {
+        list(headers, &self.invalidate_header, |c| c == ',')
+    }
+}
+
+/// A complete response from the origin (or a stored one with refreshed headers).
+pub(crate) struct Received {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) trailers: HeaderMap,
+}
+
+/// When the request was sent and its response arrived.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Times {
+    pub(crate) request: SystemTime,
+    pub(crate) response: SystemTime,
+}
+
+impl State {
+    /// The entry for a response: its tags taken; connection-specific, internal and tag fields
+    /// removed (tag fields unless configured otherwise); the fields the origin asked not to
+    /// share (`private="…"`, `no-cache="…"`) removed; a `Date` added if missing (RFC 9110
+    /// §6.6.1); its age counted from when the origin generated it; obtained when the request
+    /// was sent (so a tag invalidation during the request kills it).
+    pub(crate) fn entry(
+        &self,
+        received: Received,
+        plan: &StorePlan,
+        rule: &Rule,
+        times: Times,
+    ) -> CachedEntry {
+        let Received {
+            status,
+            mut headers,
+            body,
+            trailers,
+        } = received;
+        let tags = self.tags_of(&headers, rule);
+        policy::remove_hop_by_hop(&mut headers);
+        for name in plan.strip.iter().chain([&AGE, &CACHE_STATUS, &VARIANTS]) {
+            headers.remove(name);
+        }
+        self.strip_tag_headers(&mut headers);
+        if !headers.contains_key(DATE) {
+            if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(times.response)) {
+                headers.insert(DATE, date);
+            }
+        }
+        let generated = times
+            .response
+            .checked_sub(plan.initial_age)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        CachedEntry::new(body, plan.ttl)
+            .with_status(status)
+            .with_headers(headers)
+            .with_trailers(trailers)
+            .with_tags(tags)
+            .with_stale_ttl(plan.keep_stale)
+            .with_stored_at(generated)
+            .with_inserted_at(times.request)
+    }
+}
+
+fn list(headers: &HeaderMap, name: &HeaderName, separator: fn(char) -> bool) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(separator))
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
