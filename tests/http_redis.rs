@@ -97,3 +97,61 @@ async fn vary_variants_are_shared_through_redis() {
         "tiered-cache; fwd=miss; fwd-status=200; stored"
     );
 }
+
+#[tokio::test]
+async fn an_invalidation_on_one_instance_reaches_the_other_within_a_second() {
+    let redis = RedisServer::start();
+    let server = MockServer::start().await;
+    Mock::given(wiremock::matchers::method("GET"))
+        .and(path("/inv"))
+        .respond_with(ResponseTemplate::new(200).insert_header("cache-control", "max-age=60"))
+        .expect(2)
+        .mount(&server)
+        .await;
+    Mock::given(wiremock::matchers::method("DELETE"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let first = cached(
+        config("cross").redis_url(redis.url()).build().unwrap(),
+        &server,
+    );
+    let second = cached(
+        config("cross").redis_url(redis.url()).build().unwrap(),
+        &server,
+    );
+    assert!(
+        first
+            .cache()
+            .wait_for_redis(std::time::Duration::from_secs(5))
+            .await
+    );
+    assert!(
+        second
+            .cache()
+            .wait_for_redis(std::time::Duration::from_secs(5))
+            .await
+    );
+    send(&first, get("/inv", &[])).await;
+    assert_eq!(
+        send(&second, get("/inv", &[])).await.cache_status(),
+        "tiered-cache; hit; detail=redis"
+    );
+    assert_eq!(
+        send(&second, get("/inv", &[])).await.cache_status(),
+        "tiered-cache; hit; detail=memory"
+    );
+    let mut events = second.cache().invalidation_events();
+
+    send(&first, common::origin::request("DELETE", "/inv", &[])).await;
+
+    tokio::time::timeout(std::time::Duration::from_secs(1), events.recv())
+        .await
+        .expect("the second instance hears of it within 1 s")
+        .unwrap();
+    assert_eq!(
+        send(&second, get("/inv", &[])).await.cache_status(),
+        "tiered-cache; fwd=miss; fwd-status=200; stored"
+    );
+}

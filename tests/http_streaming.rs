@@ -142,7 +142,10 @@ async fn unsafe_methods_go_to_the_origin_and_range_requests_bypass_the_cache() {
 
     for _ in 0..2 {
         let post = send(&service, request("POST", "/b", &[])).await;
-        assert_eq!(post.cache_status(), "tiered-cache; fwd=method; fwd-status=200");
+        assert_eq!(
+            post.cache_status(),
+            "tiered-cache; fwd=method; fwd-status=200"
+        );
         let ranged = send(&service, get("/b", &[("range", "bytes=0-1")])).await;
         assert_eq!(ranged.cache_status(), "tiered-cache; fwd=bypass");
     }
