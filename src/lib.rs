@@ -77,6 +77,7 @@ mod layer;
 mod service;
 mod stats;
 mod store;
+mod warm;
 
 #[doc(inline)]
 pub use body::{BoxError, CacheBody};
@@ -86,6 +87,8 @@ pub use future::ResponseFuture;
 pub use layer::CacheLayer;
 #[doc(inline)]
 pub use service::CacheService;
+#[doc(inline)]
+pub use warm::{spawn_warming, warm_paths, WarmReport};
 
 #[doc(inline)]
 pub use config::{CacheConfig, CacheConfigBuilder, ConfigError};

@@ -122,3 +122,55 @@ fn purged_with(memory: u64, redis: u64) -> Purged {
     purged.redis = redis;
     purged
 }
+
+#[tokio::test]
+async fn write_through_writes_the_source_first_then_both_tiers_and_other_instances_follow() {
+    let redis = RedisServer::start();
+    let first = cache_on(&redis, config("wt")).await;
+    let second = cache_on(&redis, config("wt")).await;
+    first
+        .set("user:1", CachedEntry::new("old", Duration::from_secs(300)))
+        .await;
+    assert_eq!(second.get("user:1").await.unwrap().body(), "old");
+    let mut events = second.invalidation_events();
+
+    let failed = first
+        .write_through(
+            "user:1",
+            CachedEntry::new("rejected", Duration::from_secs(300)),
+            |_| async { Err::<(), _>("constraint violation") },
+        )
+        .await;
+    assert_eq!(failed, Err("constraint violation"));
+    assert_eq!(
+        first.get("user:1").await.unwrap().body(),
+        "old",
+        "nothing cached on error"
+    );
+
+    let source = std::sync::Mutex::new(None);
+    let source_ref = &source;
+    first
+        .write_through(
+            "user:1",
+            CachedEntry::new("new", Duration::from_secs(300)),
+            |entry| async move {
+                *source_ref.lock().unwrap() = Some(entry.body().clone());
+                Ok::<_, std::convert::Infallible>(())
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(source.lock().unwrap().as_deref(), Some(&b"new"[..]));
+    assert_eq!(first.get("user:1").await.unwrap().body(), "new");
+
+    tokio::time::timeout(Duration::from_secs(1), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        second.get("user:1").await.unwrap().body(),
+        "new",
+        "read again from Redis"
+    );
+}

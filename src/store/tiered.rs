@@ -17,6 +17,7 @@ use super::tier::{Tier, TierError};
 use super::{CachedEntry, SharedTier};
 use crate::config::CacheConfig;
 use crate::stats::{Counter, Counters, Stats};
+use crate::warm::WarmReport;
 use crate::Error;
 
 /// The tier an entry was found in.
@@ -211,6 +212,83 @@ impl TieredCache {
             self.inner.counters.incr(Counter::CoalescedWaits);
         }
         result
+    }
+
+    /// Write-through: `writer` persists `entry` first (it is the source of truth); then both
+    /// tiers hold it, and other instances drop their memory copies of `key`. A writer error is
+    /// returned and nothing is cached.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_tiered_cache::{CacheConfig, CachedEntry, TieredCache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache = TieredCache::new(CacheConfig::default())?;
+    /// let entry = CachedEntry::new("Grace", Duration::from_secs(60));
+    /// cache
+    ///     .write_through("user:2", entry, |entry| async move {
+    ///         // e.g. UPDATE users SET name = $1 WHERE id = 2
+    ///         let _ = entry.body();
+    ///         Ok::<_, std::io::Error>(())
+    ///     })
+    ///     .await?;
+    /// assert_eq!(cache.get("user:2").await.unwrap().body(), "Grace");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn write_through<F, Fut, E>(
+        &self,
+        key: &str,
+        entry: CachedEntry,
+        writer: F,
+    ) -> Result<(), E>
+    where
+        F: FnOnce(CachedEntry) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        writer(entry.clone()).await?;
+        self.store(key, &entry).await;
+        // Failures are counted and logged; the write itself succeeded.
+        let _ = self.publish(Invalidation::Key(key.to_owned())).await;
+        Ok(())
+    }
+
+    /// Warming: loads each of `keys` that has no fresh entry, `concurrency` at a time, through
+    /// [`get_or_set`](Self::get_or_set). Failures are counted and logged, never fatal.
+    pub async fn warm<I, F, Fut, E>(&self, keys: I, concurrency: usize, loader: F) -> WarmReport
+    where
+        I: IntoIterator<Item = String>,
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Result<CachedEntry, E>>,
+        E: std::fmt::Display + Send + Sync + 'static,
+    {
+        use futures_util::stream::{self, StreamExt};
+        let outcomes: Vec<bool> = stream::iter(keys)
+            .map(|key| {
+                let load = loader(key.clone());
+                async move {
+                    match self.get_or_set(&key, || load).await {
+                        Ok(_) => true,
+                        Err(err) => {
+                            tracing::warn!(key, error = %err, "warming: loader failed");
+                            false
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+        let mut report = WarmReport::default();
+        for ok in outcomes {
+            report.record(ok);
+        }
+        tracing::info!(
+            attempted = report.attempted,
+            failed = report.failed,
+            "cache warmed"
+        );
+        report
     }
 
     /// Removes `key` from memory, then from Redis, and tells the other instances to drop it from
