@@ -27,14 +27,19 @@ pub struct WarmReport {
     pub failed: u64,
 }
 
-impl WarmReport {
-    pub(crate) fn record(&mut self, ok: bool) {
-        self.attempted += 1;
-        if ok {
-            self.succeeded += 1;
-        } else {
-            self.failed += 1;
+/// Counts outcomes: `true` for a success.
+impl FromIterator<bool> for WarmReport {
+    fn from_iter<I: IntoIterator<Item = bool>>(outcomes: I) -> Self {
+        let mut report = Self::default();
+        for ok in outcomes {
+            report.attempted += 1;
+            if ok {
+                report.succeeded += 1;
+            } else {
+                report.failed += 1;
+            }
         }
+        report
     }
 }
 
@@ -77,14 +82,12 @@ where
         let request = warm_request::<ReqBody>(path, &config.host);
         requests.push(warm_one(service.clone(), path.clone(), request));
     }
-    let outcomes: Vec<bool> = stream::iter(requests)
+    let report: WarmReport = stream::iter(requests)
         .buffer_unordered(config.concurrency.max(1))
-        .collect()
-        .await;
-    let mut report = WarmReport::default();
-    for ok in outcomes {
-        report.record(ok);
-    }
+        .collect::<Vec<bool>>()
+        .await
+        .into_iter()
+        .collect();
     tracing::info!(
         attempted = report.attempted,
         succeeded = report.succeeded,

@@ -7,7 +7,6 @@
 //! primary key therefore makes every variant unreachable at once, and a new marker (new
 //! generation) never revives variants stored before it.
 
-use std::hash::{BuildHasher, Hasher};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -15,7 +14,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::key::variant_key;
 use super::policy::vary_fields;
-use crate::store::{CachedEntry, Lookup, TieredCache};
+use crate::store::{random_id, CachedEntry, Lookup, TieredCache};
 
 /// Internal header of marker entries: `<generation> <field>,<field>`. Stripped from responses
 /// before they are stored, so an origin cannot forge one.
@@ -127,7 +126,7 @@ pub(crate) async fn store(
     }
     let now = SystemTime::now();
     let reusable = known.filter(|variants| variants.fields == fields);
-    let generation = reusable.map_or_else(new_generation, |variants| variants.generation.clone());
+    let generation = reusable.map_or_else(random_id, |variants| variants.generation.clone());
     let key = variant_key(primary, &generation, &fields, request_headers);
     cache.store(&key, entry).await;
     // The marker must outlive every variant it leads to.
@@ -153,17 +152,6 @@ pub(crate) async fn store(
             marker,
         }),
     }
-}
-
-fn new_generation() -> String {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    format!("{:016x}", hasher.finish())
 }
 
 #[cfg(test)]

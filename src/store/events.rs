@@ -24,6 +24,7 @@ pub enum Invalidation {
     Resubscribed,
 }
 
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 impl Invalidation {
     /// `{instance}\n{kind}\n{payload}`; keys and prefixes may contain anything after the second
     /// newline, tags are one per line (header values cannot contain newlines).

@@ -19,6 +19,19 @@ pub use events::Invalidation;
 pub use tier::TierError;
 pub use tiered::{Lookup, Purged, Source, TieredCache};
 
+/// 64 random bits as hex, for identifiers that must differ between processes and restarts.
+pub(crate) fn random_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("{:016x}", hasher.finish())
+}
+
 #[cfg(feature = "redis")]
 use redis::RedisTier as SharedTier;
 #[cfg(not(feature = "redis"))]

@@ -88,7 +88,7 @@ impl RedisTier {
             .map_err(client_error)?;
         let subscriber = builder.build_subscriber_client().map_err(client_error)?;
         let channel = format!("{}:inv", config.l2.prefix);
-        let instance = instance_id();
+        let instance = super::random_id();
         let subscribed = listen(&subscriber, &channel, &instance, events);
         // The connection tasks run until `quit`; failures are retried by the policy.
         drop(pool.connect());
@@ -320,19 +320,6 @@ fn listen(
         async { Ok(()) }
     }));
     receiver
-}
-
-/// A random identifier for this process's cache instance.
-fn instance_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    format!("{:016x}", hasher.finish())
 }
 
 fn tier_error(err: RedisError) -> TierError {

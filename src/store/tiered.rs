@@ -263,7 +263,7 @@ impl TieredCache {
         E: std::fmt::Display + Send + Sync + 'static,
     {
         use futures_util::stream::{self, StreamExt};
-        let outcomes: Vec<bool> = stream::iter(keys)
+        let report: WarmReport = stream::iter(keys)
             .map(|key| {
                 let load = loader(key.clone());
                 async move {
@@ -277,12 +277,10 @@ impl TieredCache {
                 }
             })
             .buffer_unordered(concurrency.max(1))
-            .collect()
-            .await;
-        let mut report = WarmReport::default();
-        for ok in outcomes {
-            report.record(ok);
-        }
+            .collect::<Vec<bool>>()
+            .await
+            .into_iter()
+            .collect();
         tracing::info!(
             attempted = report.attempted,
             failed = report.failed,
