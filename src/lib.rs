@@ -84,6 +84,8 @@ pub use body::{BoxError, CacheBody};
 #[doc(inline)]
 pub use future::ResponseFuture;
 #[doc(inline)]
+pub use http::policy::remove_hop_by_hop;
+#[doc(inline)]
 pub use layer::CacheLayer;
 #[doc(inline)]
 pub use service::CacheService;

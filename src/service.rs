@@ -108,8 +108,8 @@ enum Path {
     Mutate,
     /// `PURGE`: answered by the cache itself.
     Purge,
-    /// Untouched: bypass routes, OPTIONS and TRACE, range and upgrade requests,
-    /// `Cache-Control: no-store`, GETs with a body.
+    /// Untouched: bypass routes, OPTIONS and TRACE, upgrade requests, `Cache-Control: no-store`,
+    /// GETs with a body.
     Bypass,
 }
 
@@ -123,7 +123,6 @@ fn classify<B: Body>(request: &Request<B>, rule: &Rule) -> Path {
     } else if !method.is_safe() {
         Path::Mutate
     } else if !matches!(*method, Method::GET | Method::HEAD)
-        || headers.contains_key(RANGE)
         || headers.contains_key(UPGRADE)
         || CacheControl::from_headers(headers).no_store
         || !(request.body().is_end_stream() || request.body().size_hint().exact() == Some(0))
@@ -195,8 +194,9 @@ where
         forward,
     };
 
-    // 4. HEAD goes to the origin as is: it never creates or changes an entry.
-    if parts.method == Method::HEAD {
+    // 4. HEAD and range requests go to the origin as they are: they never create or change an
+    //    entry (a fresh complete entry answers ranges, above).
+    if parts.method == Method::HEAD || parts.headers.contains_key(RANGE) {
         return exchange.pass_on(origin, parts, body).await;
     }
 

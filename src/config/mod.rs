@@ -18,6 +18,7 @@
 //! | `http.keep_stale` | | `10m` | how long stale entries are kept for revalidation |
 //! | `http.status_header` | | `tiered-cache` | the cache's name in `Cache-Status` |
 //! | `http.key_headers` | | `[]` | request headers added to every cache key |
+//! | `http.store_set_cookie` | | `false` | store responses that set cookies (RFC-allowed, unsafe for per-user cookies) |
 //! | `[[route]] path` | | | glob on the request path (`*` within a segment, `**` across) |
 //! | `[[route]] ttl` | | | freshness used instead of the origin's on this route |
 //! | `[[route]] bypass` | | `false` | requests on this route pass straight through |
@@ -298,6 +299,10 @@ pub struct HttpConfig {
     pub status_header: String,
     /// Request headers added to every cache key (e.g. a tenant header).
     pub key_headers: Vec<String>,
+    /// Store responses carrying `Set-Cookie` (and replay the cookie to every client served from
+    /// them), as RFC 9111 allows. Off by default: a cookie is usually meant for one client.
+    #[serde(deserialize_with = "de::flag")]
+    pub store_set_cookie: bool,
 }
 
 impl Default for HttpConfig {
@@ -308,6 +313,7 @@ impl Default for HttpConfig {
             keep_stale: Duration::from_secs(600),
             status_header: "tiered-cache".to_owned(),
             key_headers: Vec::new(),
+            store_set_cookie: false,
         }
     }
 }

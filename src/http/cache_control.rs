@@ -157,6 +157,59 @@ impl CacheControl {
     }
 }
 
+/// `Surrogate-Control` (W3C Edge Architecture 1.0): directives for reverse proxies, which
+/// override `Cache-Control` and `Expires` for them. A directive may target one surrogate with a
+/// `;token` suffix (`max-age=60;edge`); only untargeted ones and those for `token` apply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SurrogateControl {
+    pub(crate) max_age: Option<Delta>,
+    pub(crate) no_store: bool,
+}
+
+impl SurrogateControl {
+    /// The directives that apply to the surrogate named `token`; `None` when there are none.
+    pub(crate) fn from_headers(headers: &HeaderMap, token: &str) -> Option<Self> {
+        let mut parsed = Self::default();
+        let mut applies = false;
+        for line in headers.get_all("surrogate-control") {
+            let text = String::from_utf8_lossy(line.as_bytes());
+            for (name, value) in directives(&text) {
+                let (name, name_target) = split_target(&name);
+                let (value, value_target) = match &value {
+                    Some(value) => {
+                        let (value, target) = split_target(value);
+                        (Some(value), target)
+                    }
+                    None => (None, None),
+                };
+                let target = name_target.or(value_target);
+                if target.is_some_and(|target| !target.eq_ignore_ascii_case(token)) {
+                    continue;
+                }
+                match name {
+                    "max-age" => {
+                        parsed.max_age.get_or_insert(Delta::parse(value));
+                        applies = true;
+                    }
+                    "no-store" => {
+                        parsed.no_store = true;
+                        applies = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        applies.then_some(parsed)
+    }
+}
+
+fn split_target(text: &str) -> (&str, Option<&str>) {
+    match text.split_once(';') {
+        Some((directive, target)) => (directive.trim(), Some(target.trim())),
+        None => (text, None),
+    }
+}
+
 /// Splits a field line into (lowercased name, unquoted value) pairs, honouring quoted strings.
 fn directives(line: &str) -> Vec<(String, Option<String>)> {
     let mut out = Vec::new();
@@ -275,6 +328,33 @@ mod tests {
         assert!(cc.no_store);
         assert_eq!(cc.max_age, Some(Delta::Invalid));
         assert_eq!(parse(&["no-cache, , private"]).private, Qualified::All);
+    }
+
+    #[test]
+    fn surrogate_control_applies_untargeted_and_own_directives() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "surrogate-control",
+            HeaderValue::from_static("max-age=3600;not-for-you"),
+        );
+        assert_eq!(SurrogateControl::from_headers(&headers, "edge"), None);
+        headers.insert(
+            "surrogate-control",
+            HeaderValue::from_static("MaX-aGe=60;edge, foobar"),
+        );
+        assert_eq!(
+            SurrogateControl::from_headers(&headers, "edge"),
+            Some(SurrogateControl {
+                max_age: Some(Delta::Seconds(60)),
+                no_store: false
+            })
+        );
+        headers.insert("surrogate-control", HeaderValue::from_static("no-store"));
+        assert!(
+            SurrogateControl::from_headers(&headers, "edge")
+                .unwrap()
+                .no_store
+        );
     }
 
     #[test]

@@ -56,6 +56,8 @@ impl Exchange<'_> {
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     {
+        let mut parts = parts;
+        self.state.to_origin(&mut parts.headers);
         let response = origin.call(Request::from_parts(parts, body)).await?;
         let (parts, body) = response.into_parts();
         let mut status = Status::forward(self.forward);
@@ -82,6 +84,7 @@ impl Exchange<'_> {
         let client_headers = parts.headers.clone();
         parts.headers.remove(IF_NONE_MATCH);
         parts.headers.remove(IF_MODIFIED_SINCE);
+        self.state.to_origin(&mut parts.headers);
         if let Some(stale) = self.stale {
             for (name, value) in policy::validators(stale.lookup.entry.headers()) {
                 parts.headers.insert(name, value);
@@ -218,15 +221,21 @@ impl Exchange<'_> {
             Buffered::Complete { data, trailers } => {
                 let received = Received {
                     status: parts.status,
-                    headers: parts.headers,
-                    body: data,
-                    trailers,
+                    headers: parts.headers.clone(),
+                    body: data.clone(),
+                    trailers: trailers.clone(),
                 };
                 let entry = self.state.entry(received, &plan, self.rule, times);
                 let stored = self.store(&entry, client_headers).await;
                 status.stored = true;
-                let response =
-                    response::from_entry(&Method::GET, client_headers, &entry, status, cache_name);
+                // The client gets the origin's response as it came (its own Age, fields the
+                // cache may not store), or a 304 when its own conditionals match.
+                let response = if policy::not_modified(client_headers, entry.headers()) {
+                    response::from_entry(&Method::GET, client_headers, &entry, status, cache_name)
+                } else {
+                    self.state
+                        .origin_response(parts, CacheBody::cached(data, trailers), status)
+                };
                 (Ok(response), Some(Fetched { entry, stored }))
             }
             Buffered::TooLarge { prefix, rest } => {
@@ -240,7 +249,7 @@ impl Exchange<'_> {
         }
     }
 
-    fn settings(&self) -> Settings {
+    fn settings(&self) -> Settings<'_> {
         self.state.settings(self.rule)
     }
 

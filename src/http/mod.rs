@@ -8,6 +8,7 @@ pub(crate) mod exchange;
 pub(crate) mod key;
 pub(crate) mod policy;
 pub(crate) mod purge;
+pub(crate) mod range;
 pub(crate) mod response;
 pub(crate) mod routes;
 pub(crate) mod state;

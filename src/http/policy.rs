@@ -11,20 +11,24 @@ use http::header::{
 };
 use http::{Method, StatusCode};
 
-use super::cache_control::{CacheControl, Delta, MaxStale, Qualified};
+use super::cache_control::{CacheControl, Delta, MaxStale, Qualified, SurrogateControl};
 
 /// Heuristic freshness is 10 % of the time since Last-Modified (§4.2.2), at most this long.
 const HEURISTIC_CAP: Duration = Duration::from_secs(24 * 3600);
 
 /// Settings of the policy that come from configuration.
 #[derive(Clone, Debug)]
-pub(crate) struct Settings {
+pub(crate) struct Settings<'a> {
     /// Freshness for storable responses with none of their own (0 = RFC only).
     pub(crate) default_ttl: Duration,
     /// Route override of the freshness lifetime.
     pub(crate) ttl_override: Option<Duration>,
     /// How long stale entries with validators are kept.
     pub(crate) keep_stale: Duration,
+    /// Store responses that set cookies (off by default: a cookie is for one client).
+    pub(crate) store_set_cookie: bool,
+    /// This cache's name as a surrogate, for targeted `Surrogate-Control` directives.
+    pub(crate) surrogate_token: &'a str,
 }
 
 /// Why a response is not stored.
@@ -62,11 +66,20 @@ fn heuristically_cacheable(status: StatusCode) -> bool {
     )
 }
 
-/// Statuses this cache understands well enough to store (§3): final, not partial content
-/// (ranges pass through), not 304 (only meaningful to a conditional request).
-fn understood(status: StatusCode) -> bool {
+/// Statuses this cache stores (§3): final, not partial content (ranges are served from complete
+/// responses), not 304 (only meaningful to a conditional request).
+fn storable_status(status: StatusCode) -> bool {
     let code = status.as_u16();
     (200..600).contains(&code) && code != 206 && code != 304
+}
+
+/// Statuses whose caching requirements this cache knows (RFC 9110 §15, RFC 6585, RFC 7725), for
+/// `must-understand` (§5.2.2.3).
+fn understood(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200..=206 | 300..=305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 428 | 429 | 431 | 451 | 500..=505 | 511
+    )
 }
 
 /// Whether `response` to `request` may be stored by a shared cache (RFC 9111 §3), and how.
@@ -82,12 +95,24 @@ pub(crate) fn plan_store(
     if method != Method::GET {
         return Err(NotStored::Method);
     }
-    if !understood(status) {
+    if !storable_status(status) {
         return Err(NotStored::Status);
     }
     let cc = CacheControl::from_headers(response);
-    // §5.2.2.3: must-understand overrides no-store for understood status codes.
-    if cc.no_store && !cc.must_understand {
+    let surrogate = SurrogateControl::from_headers(response, settings.surrogate_token);
+    // A surrogate's own directives win over Cache-Control (W3C Edge Architecture).
+    if surrogate
+        .as_ref()
+        .is_some_and(|surrogate| surrogate.no_store)
+    {
+        return Err(NotStored::NoStore);
+    }
+    let surrogate_max_age = surrogate.and_then(|surrogate| surrogate.max_age);
+    // §5.2.2.3: must-understand stores only understood statuses, and then overrides no-store.
+    if cc.must_understand && !understood(status) {
+        return Err(NotStored::Status);
+    }
+    if cc.no_store && !cc.must_understand && surrogate_max_age.is_none() {
         return Err(NotStored::NoStore);
     }
     // §5.2.2.7: a shared cache must not store a private response.
@@ -101,7 +126,8 @@ pub(crate) fn plan_store(
         return Err(NotStored::Authorization);
     }
     // Not an RFC rule: a cookie set for one client must never reach another.
-    if response.contains_key(SET_COOKIE) && !strips(&cc, &SET_COOKIE) {
+    if response.contains_key(SET_COOKIE) && !settings.store_set_cookie && !strips(&cc, &SET_COOKIE)
+    {
         return Err(NotStored::SetCookie);
     }
     // §4.1: Vary: * never matches; neither does a field name that is not a token.
@@ -111,20 +137,28 @@ pub(crate) fn plan_store(
     {
         return Err(NotStored::VaryStar);
     }
-    let explicit = explicit_lifetime(&cc, response, response_time);
+    let explicit = match surrogate_max_age {
+        Some(delta) => Some(Duration::from_secs(delta.seconds().unwrap_or(0))),
+        None => explicit_lifetime(&cc, response, response_time),
+    };
     let heuristic_allowed = cc.public || heuristically_cacheable(status);
     if explicit.is_none() && !heuristic_allowed && settings.ttl_override.is_none() {
         return Err(NotStored::Status);
     }
-    let ttl = settings
-        .ttl_override
-        .or(explicit)
-        .or_else(|| {
-            heuristic_allowed
-                .then(|| heuristic_lifetime(response, response_time))
-                .flatten()
-        })
-        .unwrap_or(settings.default_ttl);
+    let age = age_value(response);
+    let ttl = match age {
+        // An Age that does not parse could be any age: stale at once (§5.1).
+        AgeValue::Invalid => Duration::ZERO,
+        AgeValue::Absent | AgeValue::Seconds(_) => settings
+            .ttl_override
+            .or(explicit)
+            .or_else(|| {
+                heuristic_allowed
+                    .then(|| heuristic_lifetime(response, response_time))
+                    .flatten()
+            })
+            .unwrap_or(settings.default_ttl),
+    };
     let has_validators = response.contains_key(ETAG) || response.contains_key(LAST_MODIFIED);
     let keep_stale = if has_validators {
         settings.keep_stale
@@ -136,7 +170,7 @@ pub(crate) fn plan_store(
     }
     Ok(StorePlan {
         ttl,
-        initial_age: initial_age(response, request_time, response_time),
+        initial_age: initial_age(response, age, request_time, response_time),
         keep_stale,
         strip: stripped_fields(&cc),
     })
@@ -196,6 +230,7 @@ fn heuristic_lifetime(response: &HeaderMap, response_time: SystemTime) -> Option
 /// §4.2.3: the corrected initial age of a response received at `response_time`.
 fn initial_age(
     response: &HeaderMap,
+    age: AgeValue,
     request_time: SystemTime,
     response_time: SystemTime,
 ) -> Duration {
@@ -205,21 +240,44 @@ fn initial_age(
     let response_delay = response_time
         .duration_since(request_time)
         .unwrap_or(Duration::ZERO);
-    let corrected_age_value = age_value(response).unwrap_or(Duration::ZERO) + response_delay;
+    let age_value = match age {
+        AgeValue::Seconds(age) => age,
+        AgeValue::Absent | AgeValue::Invalid => Duration::ZERO,
+    };
+    let corrected_age_value = age_value + response_delay;
     apparent_age.max(corrected_age_value)
 }
 
-/// §5.1: `Age` is one non-negative integer; anything else is ignored.
-fn age_value(response: &HeaderMap) -> Option<Duration> {
+/// The `Age` of a response (§5.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AgeValue {
+    Absent,
+    Seconds(Duration),
+    /// Several field lines, or anything but digits: the response's age is unknown.
+    Invalid,
+}
+
+/// §5.1: one field line of delta-seconds. A list of digits without spaces (`0,7200`, as one
+/// line) counts by its first member; anything else (two lines, `0, 0`, `-1`, `1.5`, `1;x`) is
+/// invalid, which makes the response stale.
+fn age_value(response: &HeaderMap) -> AgeValue {
     let mut lines = response.get_all(AGE).iter();
-    let first = lines.next()?;
+    let Some(first) = lines.next() else {
+        return AgeValue::Absent;
+    };
     if lines.next().is_some() {
-        return None;
+        return AgeValue::Invalid;
     }
-    let text = first.to_str().ok()?.trim();
-    match Delta::parse_str(text) {
-        Delta::Seconds(seconds) => Some(Duration::from_secs(seconds)),
-        Delta::Invalid => None,
+    let bytes = first.as_bytes();
+    let well_formed = bytes
+        .split(|byte| *byte == b',')
+        .all(|member| !member.is_empty() && member.iter().all(u8::is_ascii_digit));
+    let first_member = bytes.split(|byte| *byte == b',').next().unwrap_or_default();
+    match std::str::from_utf8(first_member).map(Delta::parse_str) {
+        Ok(Delta::Seconds(seconds)) if well_formed => {
+            AgeValue::Seconds(Duration::from_secs(seconds))
+        }
+        _ => AgeValue::Invalid,
     }
 }
 
@@ -351,9 +409,21 @@ pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
     modified.is_some_and(|modified| modified <= since)
 }
 
-/// Fields that describe one connection, never stored or replayed (RFC 9110 §7.6.1), plus those
-/// named by `Connection`.
-pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes the fields that describe one connection (RFC 9110 §7.6.1: `Connection` and the
+/// fields it names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`,
+/// `Upgrade`, `Proxy-Authenticate`, `Proxy-Authorization`). The cache never stores them; a proxy
+/// removes them from what it forwards.
+///
+/// ```
+/// use http::HeaderMap;
+/// let mut headers = HeaderMap::new();
+/// headers.insert("connection", "close, x-hop".parse().unwrap());
+/// headers.insert("x-hop", "1".parse().unwrap());
+/// headers.insert("etag", "\"a\"".parse().unwrap());
+/// tower_tiered_cache::remove_hop_by_hop(&mut headers);
+/// assert_eq!(headers.len(), 1);
+/// ```
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -383,10 +453,13 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
 pub(crate) fn update_headers(stored: &mut HeaderMap, not_modified: &HeaderMap) {
     let mut fresh = not_modified.clone();
     remove_hop_by_hop(&mut fresh);
+    // The stored body keeps its own description, and its validator (a 304 may carry another).
     for name in [
         http::header::CONTENT_LENGTH,
         http::header::CONTENT_ENCODING,
         http::header::CONTENT_RANGE,
+        ETAG,
+        HeaderName::from_static("content-md5"),
     ] {
         fresh.remove(name);
     }
@@ -418,11 +491,13 @@ mod tests {
         map
     }
 
-    fn settings() -> Settings {
+    fn settings() -> Settings<'static> {
         Settings {
             default_ttl: Duration::ZERO,
             ttl_override: None,
             keep_stale: Duration::from_secs(600),
+            store_set_cookie: false,
+            surrogate_token: "tc",
         }
     }
 
@@ -557,14 +632,85 @@ mod tests {
     fn initial_age_takes_the_larger_of_apparent_and_corrected_age() {
         let response = headers(&[("date", &date(90)), ("age", "30")]);
         assert_eq!(
-            initial_age(&response, at(98), at(100)),
+            initial_age(&response, age_value(&response), at(98), at(100)),
             Duration::from_secs(32)
         );
         let response = headers(&[("date", &date(50))]);
         assert_eq!(
-            initial_age(&response, at(100), at(100)),
+            initial_age(&response, age_value(&response), at(100), at(100)),
             Duration::from_secs(50)
         );
+    }
+
+    #[test]
+    fn only_one_line_of_digits_is_a_valid_age() {
+        assert_eq!(age_value(&headers(&[])), AgeValue::Absent);
+        assert_eq!(
+            age_value(&headers(&[("age", "7200")])),
+            AgeValue::Seconds(Duration::from_secs(7200))
+        );
+        assert_eq!(
+            age_value(&headers(&[("age", "0,7200")])),
+            AgeValue::Seconds(Duration::ZERO)
+        );
+        for invalid in ["abc", "-7200", "7200.0", "0, 0", "7200;foo=bar", "", "1,"] {
+            assert_eq!(
+                age_value(&headers(&[("age", invalid)])),
+                AgeValue::Invalid,
+                "{invalid:?}"
+            );
+        }
+        assert_eq!(
+            age_value(&headers(&[("age", "0"), ("age", "0")])),
+            AgeValue::Invalid
+        );
+    }
+
+    #[test]
+    fn an_invalid_age_makes_the_response_stale() {
+        let stored = plan(
+            200,
+            &[
+                ("cache-control", "max-age=3600"),
+                ("age", "abc"),
+                ("etag", "\"x\""),
+            ],
+        )
+        .unwrap();
+        assert_eq!(stored.ttl, Duration::ZERO);
+    }
+
+    #[test]
+    fn surrogate_control_overrides_cache_control() {
+        let ttl = |response: &[(&str, &str)]| plan(200, response).map(|plan| plan.ttl);
+        assert_eq!(
+            ttl(&[
+                ("cache-control", "no-store"),
+                ("surrogate-control", "max-age=60;tc")
+            ]),
+            Ok(Duration::from_secs(60))
+        );
+        assert_eq!(
+            ttl(&[
+                ("cache-control", "max-age=60"),
+                ("surrogate-control", "no-store")
+            ]),
+            Err(NotStored::NoStore)
+        );
+        assert_eq!(
+            ttl(&[
+                ("cache-control", "max-age=60"),
+                ("surrogate-control", "max-age=1")
+            ]),
+            Ok(Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn must_understand_stores_only_understood_statuses() {
+        let cc = [("cache-control", "max-age=60, must-understand, no-store")];
+        assert_eq!(plan(599, &cc), Err(NotStored::Status));
+        assert!(plan(200, &cc).is_ok());
     }
 
     #[test]

@@ -8,12 +8,13 @@ use http::header::{
 use http::{HeaderMap, Method, Response, StatusCode};
 
 use super::cache_status::Status;
-use super::policy;
+use super::{policy, range};
 use crate::body::CacheBody;
 use crate::store::CachedEntry;
 
 /// A response from a stored entry, with its current `Age`. A request whose conditionals the
-/// entry satisfies gets `304 Not Modified`; a HEAD request gets no body.
+/// entry satisfies gets `304 Not Modified`; a single byte range of a complete 200 gets `206`; a
+/// HEAD request gets no body.
 pub(crate) fn from_entry<B>(
     method: &Method,
     request: &HeaderMap,
@@ -25,14 +26,25 @@ pub(crate) fn from_entry<B>(
     let mut response = if policy::not_modified(request, entry.headers()) {
         not_modified(entry.headers())
     } else {
+        let mut code = entry.status();
+        let mut headers = entry.headers().clone();
+        let mut body = entry.body().clone();
+        let length = body.len();
+        if let Some(range) = (code == StatusCode::OK)
+            .then(|| range::requested(request, length))
+            .flatten()
+        {
+            range::partial(&mut code, &mut headers, &range, length);
+            body = body.slice(range);
+        }
         let body = if method == Method::HEAD {
             CacheBody::empty()
         } else {
-            CacheBody::cached(entry.body().clone(), entry.trailers().clone())
+            CacheBody::cached(body, entry.trailers().clone())
         };
         let mut response = Response::new(body);
-        *response.status_mut() = entry.status();
-        *response.headers_mut() = entry.headers().clone();
+        *response.status_mut() = code;
+        *response.headers_mut() = headers;
         response
     };
     response.headers_mut().insert(AGE, HeaderValue::from(age));

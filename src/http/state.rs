@@ -32,6 +32,10 @@ pub(crate) struct State {
     pub(crate) invalidate_header: HeaderName,
     pub(crate) strip_tag_headers: bool,
     pub(crate) purge_token: Option<String>,
+    pub(crate) store_set_cookie: bool,
+    /// `Surrogate-Capability: <name>="Surrogate/1.0"`, announced on origin requests so the
+    /// origin may target `Surrogate-Control` at this cache.
+    pub(crate) surrogate_capability: HeaderValue,
 }
 
 impl std::fmt::Debug for State {
@@ -65,7 +69,21 @@ impl State {
             invalidate_header: header(&config.tags.invalidate_header)?,
             strip_tag_headers: config.tags.strip_headers,
             purge_token: config.purge.token.clone(),
+            store_set_cookie: config.http.store_set_cookie,
+            surrogate_capability: HeaderValue::from_str(&format!(
+                "{}=\"Surrogate/1.0\"",
+                config.http.status_header
+            ))
+            .map_err(|_| crate::ConfigError::invalid("http.status_header", "not a valid token"))?,
         })
+    }
+
+    /// Prepares a request for the origin: announces this cache as a surrogate.
+    pub(crate) fn to_origin(&self, headers: &mut HeaderMap) {
+        headers.insert(
+            SURROGATE_CAPABILITY.clone(),
+            self.surrogate_capability.clone(),
+        );
     }
 
     /// The origin's response on its way to the client: tag headers removed (unless configured
@@ -95,11 +113,13 @@ impl State {
     }
 
     /// The storage policy's settings on `rule`'s route.
-    pub(crate) fn settings(&self, rule: &Rule) -> Settings {
+    pub(crate) fn settings(&self, rule: &Rule) -> Settings<'_> {
         Settings {
             default_ttl: self.default_ttl,
             ttl_override: rule.ttl,
             keep_stale: self.keep_stale,
+            store_set_cookie: self.store_set_cookie,
+            surrogate_token: &self.cache_name,
         }
     }
 
@@ -183,6 +203,8 @@ impl State {
             .with_inserted_at(times.request)
     }
 }
+
+static SURROGATE_CAPABILITY: HeaderName = HeaderName::from_static("surrogate-capability");
 
 fn list(headers: &HeaderMap, name: &HeaderName, separator: fn(char) -> bool) -> Vec<String> {
     headers
