@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LOCATION, LOCATION, RANGE, UPGRADE};
+use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower::Service;
@@ -16,13 +17,14 @@ use crate::future::ResponseFuture;
 use crate::http::buffer::{buffer, Buffered};
 use crate::http::cache_control::CacheControl;
 use crate::http::cache_status::{Forward, Status};
-use crate::http::exchange::{Exchange, Unshared};
+use crate::http::exchange::{Exchange, Fetched, Unshared};
 use crate::http::policy::{self, Reuse};
 use crate::http::routes::Rule;
 use crate::http::state::{Received, State, Times};
+use crate::http::variants::{Found, Stored, Variants};
 use crate::http::{key, purge, response, variants};
 use crate::store::coalesce::Turn;
-use crate::store::TieredCache;
+use crate::store::{Lookup, TieredCache};
 
 /// Caches the responses of the wrapped service; built by [`CacheLayer`](crate::CacheLayer).
 ///
@@ -141,8 +143,11 @@ async fn serve<S, ReqBody, ResBody>(
     rule: Rule,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Body<Data = Bytes> + Unpin,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     let (parts, body) = request.into_parts();
@@ -173,7 +178,33 @@ where
         ));
     }
 
-    // 3. `only-if-cached` with nothing usable: no request to the origin (RFC 9111 §5.2.1.7).
+    // 3. Stale, but within stale-while-revalidate: answered at once, refreshed in the background.
+    if let (Some(found), Some(Reuse::ValidateStale)) = (&resolved.found, reuse) {
+        let entry = &found.lookup.entry;
+        let windows = policy::stale_windows(entry.headers(), &parts.headers, state.default_stale);
+        let staleness = entry.age_at(now).saturating_sub(entry.ttl());
+        let may_serve_stale =
+            !windows.while_revalidate.is_zero() && staleness <= windows.while_revalidate;
+        if may_serve_stale && parts.method == Method::GET && !parts.headers.contains_key(RANGE) {
+            let response = response::from_entry(
+                &parts.method,
+                &parts.headers,
+                entry,
+                Status::stale(found.lookup.source, None),
+                &state.cache_name,
+            );
+            let refresh = Refresh {
+                found: found.clone(),
+                variants: resolved.variants.clone(),
+                primary,
+                rule,
+            };
+            tokio::spawn(refresh.run(state, origin, parts, body));
+            return Ok(response);
+        }
+    }
+
+    // 4. `only-if-cached` with nothing usable: no request to the origin (RFC 9111 §5.2.1.7).
     if CacheControl::from_headers(&parts.headers).only_if_cached {
         let status = Status::detail("only-if-cached");
         return Ok(response::gateway_timeout(status, &state.cache_name));
@@ -194,18 +225,18 @@ where
         forward,
     };
 
-    // 4. HEAD and range requests go to the origin as they are: they never create or change an
+    // 5. HEAD and range requests go to the origin as they are: they never create or change an
     //    entry (a fresh complete entry answers ranges, above).
     if parts.method == Method::HEAD || parts.headers.contains_key(RANGE) {
         return exchange.pass_on(origin, parts, body).await;
     }
 
-    // 5. An authorized GET is answered for that client alone.
+    // 6. An authorized GET is answered for that client alone.
     if parts.headers.contains_key(AUTHORIZATION) {
         return exchange.fetch(origin, parts, body).await.0;
     }
 
-    // 6. Other GETs: one origin request per key at a time; the others share its result.
+    // 7. Other GETs: one origin request per key at a time; the others share its result.
     let flight_key = match (&stale, &resolved.variants) {
         (Some(found), _) => found.key.clone(),
         (None, Some(variants)) => variants.key_for(&primary, &parts.headers),
@@ -328,4 +359,55 @@ where
     variants::store(&state.cache, &primary, &request_headers, &entry, None).await;
     status.stored = true;
     Ok(state.origin_response(parts, CacheBody::cached(data, trailers), status))
+}
+
+/// A background revalidation of an entry served stale (stale-while-revalidate): at most one
+/// per entry at a time, and none if another request refreshed it meanwhile.
+struct Refresh {
+    found: Found,
+    variants: Option<Variants>,
+    primary: String,
+    rule: Rule,
+}
+
+impl Refresh {
+    async fn run<S, ReqBody, ResBody>(
+        self,
+        state: Arc<State>,
+        origin: S,
+        parts: Parts,
+        body: ReqBody,
+    ) where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ResBody: Body<Data = Bytes> + Unpin,
+        ResBody::Error: Into<BoxError>,
+    {
+        let Turn::Lead(flight) = state.flights.turn::<Unshared>(&self.found.key).await else {
+            return;
+        };
+        if let Some(current) = state
+            .cache
+            .find(&self.found.key)
+            .await
+            .filter(Lookup::is_fresh)
+        {
+            let stored = Stored::at(self.found.key.clone(), self.variants.clone());
+            flight.finish(Ok(Fetched {
+                entry: current.entry,
+                stored,
+            }));
+            return;
+        }
+        let exchange = Exchange {
+            state: &state,
+            rule: &self.rule,
+            primary: &self.primary,
+            variants: self.variants.as_ref(),
+            stale: Some(&self.found),
+            forward: Forward::Stale,
+        };
+        // The client was answered already; the response only matters for what it stored.
+        let (_response, fetched) = exchange.fetch(origin, parts, body).await;
+        flight.finish(fetched.ok_or(Arc::new(Unshared)));
+    }
 }

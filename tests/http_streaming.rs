@@ -128,12 +128,19 @@ async fn a_large_body_is_not_buffered_when_its_length_is_declared() {
 #[tokio::test]
 async fn range_requests_are_forwarded_on_a_miss_and_served_from_a_complete_entry() {
     let server = MockServer::start().await;
-    Mock::given(method("GET")).respond_with(cacheable("01234567890")).expect(2).mount(&server).await;
+    Mock::given(method("GET"))
+        .respond_with(cacheable("01234567890"))
+        .expect(2)
+        .mount(&server)
+        .await;
     let service = cached(CacheConfig::default(), &server);
 
     // A miss: forwarded as it is (the origin may answer 206), never stored.
     let forwarded = send(&service, get("/r", &[("range", "bytes=0-1")])).await;
-    assert_eq!(forwarded.cache_status(), "tiered-cache; fwd=miss; fwd-status=200");
+    assert_eq!(
+        forwarded.cache_status(),
+        "tiered-cache; fwd=miss; fwd-status=200"
+    );
 
     send(&service, get("/r", &[])).await;
     for (range, body, content_range) in [
@@ -155,11 +162,18 @@ async fn range_requests_are_forwarded_on_a_miss_and_served_from_a_complete_entry
 #[tokio::test]
 async fn unsafe_methods_go_to_the_origin() {
     let server = MockServer::start().await;
-    Mock::given(method("POST")).respond_with(cacheable("posted")).expect(2).mount(&server).await;
+    Mock::given(method("POST"))
+        .respond_with(cacheable("posted"))
+        .expect(2)
+        .mount(&server)
+        .await;
     let service = cached(CacheConfig::default(), &server);
     for _ in 0..2 {
         let post = send(&service, request("POST", "/b", &[])).await;
-        assert_eq!(post.cache_status(), "tiered-cache; fwd=method; fwd-status=200");
+        assert_eq!(
+            post.cache_status(),
+            "tiered-cache; fwd=method; fwd-status=200"
+        );
     }
 }
 

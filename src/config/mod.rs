@@ -15,7 +15,10 @@
 //! | `compression.quality` | | `4` | brotli quality, 0–11 (11 is ~100× slower) |
 //! | `http.max_entry_size` | | `8MB` | largest body stored; larger ones stream through uncached |
 //! | `http.default_ttl` | | `0s` | freshness for storable responses without their own; `0s` = RFC 9111 only |
-//! | `http.keep_stale` | | `10m` | how long stale entries are kept for revalidation |
+//! | `http.keep_stale` | | `10m` | how long stale entries with validators are kept for revalidation |
+//! | `http.stale_while_revalidate` | | `0s` | default `stale-while-revalidate` (RFC 5861) |
+//! | `http.stale_if_error` | | `0s` | default `stale-if-error` (RFC 5861) |
+//! | `http.origin_timeout` | | `0s` | longest wait for the origin's headers (`0s`: no limit) |
 //! | `http.status_header` | | `tiered-cache` | the cache's name in `Cache-Status` |
 //! | `http.key_headers` | | `[]` | request headers added to every cache key |
 //! | `http.store_set_cookie` | | `false` | store responses that set cookies (RFC-allowed, unsafe for per-user cookies) |
@@ -292,9 +295,21 @@ pub struct HttpConfig {
     /// `s-maxage` or `Expires`) and get none from the heuristic; `0s` keeps to RFC 9111.
     #[serde(deserialize_with = "de::duration")]
     pub default_ttl: Duration,
-    /// How long a stale entry is kept for revalidation (and, later, stale serving).
+    /// How long a stale entry with validators is kept for revalidation.
     #[serde(deserialize_with = "de::duration")]
     pub keep_stale: Duration,
+    /// `stale-while-revalidate` for responses that do not give one (RFC 5861): serve a stale
+    /// entry this long past its freshness while one background request refreshes it.
+    #[serde(deserialize_with = "de::duration")]
+    pub stale_while_revalidate: Duration,
+    /// `stale-if-error` for responses that do not give one (RFC 5861): serve a stale entry this
+    /// long past its freshness when the origin answers 5xx, fails or times out.
+    #[serde(deserialize_with = "de::duration")]
+    pub stale_if_error: Duration,
+    /// Longest wait for the origin's response headers; `0s` waits as long as the origin takes.
+    /// On timeout, a stale entry (within `stale-if-error`) answers, or the cache's own 504.
+    #[serde(deserialize_with = "de::duration")]
+    pub origin_timeout: Duration,
     /// The cache's name in `Cache-Status` (RFC 9211).
     pub status_header: String,
     /// Request headers added to every cache key (e.g. a tenant header).
@@ -311,6 +326,9 @@ impl Default for HttpConfig {
             max_entry_size: 8_000_000,
             default_ttl: Duration::ZERO,
             keep_stale: Duration::from_secs(600),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            origin_timeout: Duration::ZERO,
             status_header: "tiered-cache".to_owned(),
             key_headers: Vec::new(),
             store_set_cookie: false,
@@ -614,6 +632,24 @@ impl CacheConfigBuilder {
     /// `http.keep_stale`: how long stale entries are kept for revalidation.
     pub fn keep_stale(mut self, keep: Duration) -> Self {
         self.config.http.keep_stale = keep;
+        self
+    }
+
+    /// `http.stale_while_revalidate`: default window to serve stale while refreshing.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.config.http.stale_while_revalidate = window;
+        self
+    }
+
+    /// `http.stale_if_error`: default window to serve stale when the origin fails.
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.config.http.stale_if_error = window;
+        self
+    }
+
+    /// `http.origin_timeout`: longest wait for the origin's response headers.
+    pub fn origin_timeout(mut self, timeout: Duration) -> Self {
+        self.config.http.origin_timeout = timeout;
         self
     }
 

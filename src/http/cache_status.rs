@@ -72,6 +72,16 @@ impl Status {
         }
     }
 
+    /// A stale entry served: while it is revalidated in the background (`fwd_status` unknown),
+    /// or because the origin failed (`fwd_status` its 5xx, if it answered).
+    pub(crate) fn stale(source: Source, fwd_status: Option<u16>) -> Self {
+        Self {
+            forward: Some(Forward::Stale),
+            forward_status: fwd_status,
+            ..Self::hit(source)
+        }
+    }
+
     /// Not forwarded and not a hit: the cache answered by itself (e.g. `only-if-cached`).
     pub(crate) fn detail(detail: &'static str) -> Self {
         Self {

@@ -43,6 +43,12 @@ pub(crate) struct Exchange<'a> {
     pub(crate) forward: Forward,
 }
 
+/// Why the origin gave no response.
+enum OriginFailure<E> {
+    Error(E),
+    Timeout,
+}
+
 pub(crate) type Outcome<B, E> = (Result<Response<CacheBody<B>>, E>, Option<Fetched>);
 
 impl Exchange<'_> {
@@ -58,13 +64,77 @@ impl Exchange<'_> {
     {
         let mut parts = parts;
         self.state.to_origin(&mut parts.headers);
-        let response = origin.call(Request::from_parts(parts, body)).await?;
+        let response = match self
+            .call_origin(&mut origin, Request::from_parts(parts, body))
+            .await
+        {
+            Ok(response) => response,
+            Err(OriginFailure::Error(error)) => return Err(error),
+            Err(OriginFailure::Timeout) => return Ok(self.timed_out()),
+        };
         let (parts, body) = response.into_parts();
         let mut status = Status::forward(self.forward);
         status.forward_status = Some(parts.status.as_u16());
         Ok(self
             .state
             .origin_response(parts, CacheBody::streaming(body), status))
+    }
+
+    /// Calls the origin, bounded by `http.origin_timeout` when one is set.
+    async fn call_origin<S, ReqBody, ResBody>(
+        &self,
+        origin: &mut S,
+        request: Request<ReqBody>,
+    ) -> Result<Response<ResBody>, OriginFailure<S::Error>>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        let call = origin.call(request);
+        let result = match self.state.origin_timeout {
+            Some(limit) => tokio::time::timeout(limit, call)
+                .await
+                .map_err(|_| OriginFailure::Timeout)?,
+            None => call.await,
+        };
+        result.map_err(OriginFailure::Error)
+    }
+
+    /// The stale entry, when the origin failed (`fwd_status` is its 5xx, if it answered) and
+    /// `stale-if-error` allows it (RFC 5861 §4).
+    fn stale_on_error<B>(
+        &self,
+        client_headers: &HeaderMap,
+        fwd_status: Option<StatusCode>,
+    ) -> Option<Response<CacheBody<B>>> {
+        let stale = self.stale?;
+        let entry = &stale.lookup.entry;
+        let windows =
+            policy::stale_windows(entry.headers(), client_headers, self.state.default_stale);
+        let staleness = entry.age_at(SystemTime::now()).saturating_sub(entry.ttl());
+        if windows.if_error.is_zero() || staleness > windows.if_error {
+            return None;
+        }
+        tracing::debug!(
+            key = stale.key,
+            "origin failed; serving stale (stale-if-error)"
+        );
+        let status = Status::stale(
+            stale.lookup.source,
+            fwd_status.map(|status| status.as_u16()),
+        );
+        Some(response::from_entry(
+            &Method::GET,
+            client_headers,
+            entry,
+            status,
+            &self.state.cache_name,
+        ))
+    }
+
+    /// The cache's own answer when the origin did not answer in time.
+    fn timed_out<B>(&self) -> Response<CacheBody<B>> {
+        let status = Status::forward(self.forward);
+        response::gateway_timeout(status, &self.state.cache_name)
     }
 
     /// Asks the origin (conditionally, when a stale entry has validators), stores what may be
@@ -91,9 +161,24 @@ impl Exchange<'_> {
             }
         }
         let request_time = SystemTime::now();
-        let response = match origin.call(Request::from_parts(parts, body)).await {
+        let request = Request::from_parts(parts, body);
+        let response = match self.call_origin(&mut origin, request).await {
+            Ok(response) if response.status().is_server_error() => {
+                match self.stale_on_error(&client_headers, Some(response.status())) {
+                    Some(stale) => return (Ok(stale), None),
+                    None => response,
+                }
+            }
             Ok(response) => response,
-            Err(error) => return (Err(error), None),
+            Err(failure) => {
+                if let Some(stale) = self.stale_on_error(&client_headers, None) {
+                    return (Ok(stale), None);
+                }
+                return match failure {
+                    OriginFailure::Error(error) => (Err(error), None),
+                    OriginFailure::Timeout => (Ok(self.timed_out()), None),
+                };
+            }
         };
         let times = Times {
             request: request_time,

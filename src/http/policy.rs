@@ -25,6 +25,8 @@ pub(crate) struct Settings<'a> {
     pub(crate) ttl_override: Option<Duration>,
     /// How long stale entries with validators are kept.
     pub(crate) keep_stale: Duration,
+    /// `stale-while-revalidate` and `stale-if-error` for responses without their own.
+    pub(crate) default_stale: StaleWindows,
     /// Store responses that set cookies (off by default: a cookie is for one client).
     pub(crate) store_set_cookie: bool,
     /// This cache's name as a surrogate, for targeted `Surrogate-Control` directives.
@@ -160,11 +162,15 @@ pub(crate) fn plan_store(
             .unwrap_or(settings.default_ttl),
     };
     let has_validators = response.contains_key(ETAG) || response.contains_key(LAST_MODIFIED);
-    let keep_stale = if has_validators {
+    let for_validation = if has_validators {
         settings.keep_stale
     } else {
         Duration::ZERO
     };
+    let windows = stale_windows(response, &HeaderMap::new(), settings.default_stale);
+    let keep_stale = for_validation
+        .max(windows.while_revalidate)
+        .max(windows.if_error);
     if ttl.is_zero() && keep_stale.is_zero() {
         return Err(NotStored::Useless);
     }
@@ -302,6 +308,37 @@ pub(crate) fn vary_fields(response: &HeaderMap) -> Vec<String> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// How long past its freshness a stored response may still be served (RFC 5861).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct StaleWindows {
+    /// While one background request revalidates it.
+    pub(crate) while_revalidate: Duration,
+    /// When the origin answers 5xx, fails or times out.
+    pub(crate) if_error: Duration,
+}
+
+/// The stale windows of a stored response for a request: its own directives (the request may
+/// also grant `stale-if-error`), else `defaults`; none where the response forbids serving
+/// stale (`must-revalidate`, `proxy-revalidate`, `s-maxage`, `no-cache`, RFC 9111 §4.2.4).
+pub(crate) fn stale_windows(
+    stored: &HeaderMap,
+    request: &HeaderMap,
+    defaults: StaleWindows,
+) -> StaleWindows {
+    let cc = CacheControl::from_headers(stored);
+    if cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() || cc.no_cache.is_all() {
+        return StaleWindows::default();
+    }
+    let seconds = |delta: Option<Delta>| delta.and_then(Delta::seconds).map(Duration::from_secs);
+    let requested = seconds(CacheControl::from_headers(request).stale_if_error).unwrap_or_default();
+    StaleWindows {
+        while_revalidate: seconds(cc.stale_while_revalidate).unwrap_or(defaults.while_revalidate),
+        if_error: seconds(cc.stale_if_error)
+            .unwrap_or(defaults.if_error)
+            .max(requested),
+    }
 }
 
 /// What a stored response can do for a request (RFC 9111 §4).
@@ -496,6 +533,7 @@ mod tests {
             default_ttl: Duration::ZERO,
             ttl_override: None,
             keep_stale: Duration::from_secs(600),
+            default_stale: StaleWindows::default(),
             store_set_cookie: false,
             surrogate_token: "tc",
         }
@@ -711,6 +749,58 @@ mod tests {
         let cc = [("cache-control", "max-age=60, must-understand, no-store")];
         assert_eq!(plan(599, &cc), Err(NotStored::Status));
         assert!(plan(200, &cc).is_ok());
+    }
+
+    #[test]
+    fn stale_windows_come_from_directives_or_defaults_unless_forbidden() {
+        let defaults = StaleWindows {
+            while_revalidate: Duration::from_secs(5),
+            if_error: Duration::from_secs(7),
+        };
+        let windows = |stored: &[(&str, &str)], request: &[(&str, &str)]| {
+            stale_windows(&headers(stored), &headers(request), defaults)
+        };
+        assert_eq!(windows(&[("cache-control", "max-age=1")], &[]), defaults);
+        assert_eq!(
+            windows(
+                &[(
+                    "cache-control",
+                    "max-age=1, stale-while-revalidate=30, stale-if-error=60"
+                )],
+                &[]
+            ),
+            StaleWindows {
+                while_revalidate: Duration::from_secs(30),
+                if_error: Duration::from_secs(60)
+            }
+        );
+        assert_eq!(
+            windows(
+                &[("cache-control", "max-age=1")],
+                &[("cache-control", "stale-if-error=90")]
+            )
+            .if_error,
+            Duration::from_secs(90)
+        );
+        for forbidding in [
+            "must-revalidate",
+            "proxy-revalidate",
+            "s-maxage=1",
+            "no-cache",
+        ] {
+            let stored = [("cache-control", forbidding)];
+            assert_eq!(
+                windows(&stored, &[]),
+                StaleWindows::default(),
+                "{forbidding}"
+            );
+        }
+    }
+
+    #[test]
+    fn stale_windows_keep_entries_without_validators() {
+        let stored = plan(200, &[("cache-control", "max-age=0, stale-if-error=60")]).unwrap();
+        assert_eq!(stored.keep_stale, Duration::from_secs(60));
     }
 
     #[test]

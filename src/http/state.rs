@@ -8,7 +8,7 @@ use http::header::{AGE, DATE};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use super::cache_status::{Status, CACHE_STATUS};
-use super::policy::{self, Settings, StorePlan};
+use super::policy::{self, Settings, StaleWindows, StorePlan};
 use super::routes::{Routes, Rule};
 use super::variants::VARIANTS;
 use crate::body::CacheBody;
@@ -26,6 +26,8 @@ pub(crate) struct State {
     pub(crate) max_entry_size: u64,
     pub(crate) default_ttl: Duration,
     pub(crate) keep_stale: Duration,
+    pub(crate) default_stale: StaleWindows,
+    pub(crate) origin_timeout: Option<Duration>,
     pub(crate) flights: Coalescer<Fetched>,
     pub(crate) tag_header: HeaderName,
     pub(crate) surrogate_key_header: HeaderName,
@@ -63,6 +65,11 @@ impl State {
             max_entry_size: config.http.max_entry_size,
             default_ttl: config.http.default_ttl,
             keep_stale: config.http.keep_stale,
+            default_stale: StaleWindows {
+                while_revalidate: config.http.stale_while_revalidate,
+                if_error: config.http.stale_if_error,
+            },
+            origin_timeout: Some(config.http.origin_timeout).filter(|timeout| !timeout.is_zero()),
             flights: Coalescer::new(),
             tag_header: header(&config.tags.tag_header)?,
             surrogate_key_header: header(&config.tags.surrogate_key_header)?,
@@ -118,6 +125,7 @@ impl State {
             default_ttl: self.default_ttl,
             ttl_override: rule.ttl,
             keep_stale: self.keep_stale,
+            default_stale: self.default_stale,
             store_set_cookie: self.store_set_cookie,
             surrogate_token: &self.cache_name,
         }

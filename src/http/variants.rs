@@ -99,6 +99,10 @@ pub(crate) struct Stored {
 }
 
 impl Stored {
+    pub(crate) fn at(key: String, variants: Option<Variants>) -> Self {
+        Self { key, variants }
+    }
+
     /// Whether a request for `primary` with `request_headers` selects this entry.
     pub(crate) fn selected_by(&self, primary: &str, request_headers: &HeaderMap) -> bool {
         match &self.variants {
