@@ -78,6 +78,7 @@ mod service;
 mod stats;
 mod store;
 mod warm;
+mod write_behind;
 
 #[doc(inline)]
 pub use body::{BoxError, CacheBody};
@@ -102,4 +103,8 @@ pub use stats::Stats;
 pub use store::{
     CachedEntry, DecodeError, EncodeError, Invalidation, Lookup, Purged, Source, TierError,
     TieredCache,
+};
+#[doc(inline)]
+pub use write_behind::{
+    DurableTarget, QueueFull, WriteBehind, WriteBehindStats, WriteError, WriteJob, Writer,
 };

@@ -83,6 +83,53 @@ struct WireMeta {
     body_len: u64,
 }
 
+/// Key, method, URI and headers of a queued write-behind job (its body travels separately).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct JobMeta {
+    pub(crate) key: String,
+    pub(crate) method: String,
+    pub(crate) uri: String,
+    pub(crate) headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Bumped on any change to [`JobMeta`] or its layout.
+pub(crate) const JOB_FORMAT: u8 = 1;
+/// Upper bound on an encoded [`JobMeta`].
+const JOB_META_LIMIT: usize = 16 << 20;
+
+fn job_bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<JOB_META_LIMIT>()
+}
+
+/// `[JOB_FORMAT][bincode(meta)]`.
+pub(crate) fn encode_job_meta(meta: &JobMeta) -> Result<Vec<u8>, EncodeError> {
+    let encoded = bincode::serde::encode_to_vec(meta, job_bincode_config())
+        .map_err(|err| EncodeError(err.to_string()))?;
+    let mut field = Vec::with_capacity(1 + encoded.len());
+    field.push(JOB_FORMAT);
+    field.extend_from_slice(&encoded);
+    Ok(field)
+}
+
+/// The inverse of [`encode_job_meta`]; hostile input is an error, never a panic or an
+/// unbounded allocation.
+pub(crate) fn decode_job_meta(field: &[u8]) -> Result<JobMeta, DecodeError> {
+    let (&format, encoded) = field.split_first().ok_or(DecodeError::Truncated)?;
+    if format != JOB_FORMAT {
+        return Err(DecodeError::UnsupportedVersion(format));
+    }
+    let (meta, read): (JobMeta, usize) =
+        bincode::serde::decode_from_slice(encoded, job_bincode_config())
+            .map_err(|err| DecodeError::Meta(err.to_string()))?;
+    if read != encoded.len() {
+        return Err(DecodeError::Meta(format!(
+            "{} trailing bytes",
+            encoded.len() - read
+        )));
+    }
+    Ok(meta)
+}
+
 /// Encoder/decoder with the configured compression and size limit.
 #[derive(Clone, Debug)]
 pub(crate) struct Codec {

@@ -3,7 +3,7 @@
 // Only the shared tiers encode entries.
 pub(crate) mod coalesce;
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-mod codec;
+pub(crate) mod codec;
 mod entry;
 mod events;
 mod memory;

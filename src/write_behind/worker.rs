@@ -1,0 +1,144 @@
+//! The replay loop both queues share: take a delivery, hand it to the writer with retries and
+//! backoff, then let the queue settle it (free its slot, or acknowledge its stream entry).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinHandle;
+
+use super::{Counters, WriteError, WriteJob, Writer};
+
+/// Longest wait between two attempts, however large `backoff` and the attempt number.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A job taken from a queue, with what the queue needs to settle it.
+pub(super) struct Delivery<T> {
+    pub(super) job: WriteJob,
+    pub(super) ticket: T,
+}
+
+/// How a job ended.
+pub(super) enum Outcome {
+    Written,
+    /// Given up, with the reason (already logged and counted).
+    // Only the durable queue keeps the reason (in its dead stream).
+    Dropped(#[cfg_attr(not(feature = "redis"), allow(dead_code))] String),
+}
+
+/// What a queue does with a job once it was written or dropped.
+pub(super) trait Settle: Send + Sync + 'static {
+    type Ticket: Send + 'static;
+
+    fn settle(
+        &self,
+        ticket: Self::Ticket,
+        job: WriteJob,
+        outcome: Outcome,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Retry {
+    pub(super) max_attempts: u32,
+    pub(super) backoff: Duration,
+}
+
+impl Retry {
+    /// Wait after failed attempt number `attempt` (from 1): `backoff`, doubling, at most 30 s.
+    fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(31);
+        self.backoff.saturating_mul(factor).min(MAX_BACKOFF)
+    }
+}
+
+/// Spawns `workers` tasks sharing `deliveries`; each ends when the channel is closed and empty.
+pub(super) fn spawn<S: Settle>(
+    workers: usize,
+    deliveries: mpsc::Receiver<Delivery<S::Ticket>>,
+    settle: Arc<S>,
+    writer: Arc<dyn Writer>,
+    counters: Arc<Counters>,
+    retry: Retry,
+) -> Vec<JoinHandle<()>> {
+    let deliveries = Arc::new(Mutex::new(deliveries));
+    (0..workers)
+        .map(|_| {
+            let deliveries = Arc::clone(&deliveries);
+            let settle = Arc::clone(&settle);
+            let writer = Arc::clone(&writer);
+            let counters = Arc::clone(&counters);
+            tokio::spawn(async move {
+                loop {
+                    let next = deliveries.lock().await.recv().await;
+                    let Some(Delivery { job, ticket }) = next else {
+                        return;
+                    };
+                    let outcome = replay(&*writer, &job, retry, &counters).await;
+                    settle.settle(ticket, job, outcome).await;
+                }
+            })
+        })
+        .collect()
+}
+
+/// Hands `job` to the writer until it is written or given up, counting both and the retries.
+async fn replay(writer: &dyn Writer, job: &WriteJob, retry: Retry, counters: &Counters) -> Outcome {
+    let mut attempt = 1;
+    loop {
+        // A panicking writer must not take the worker down with it.
+        let result = AssertUnwindSafe(async { writer.write(job.clone()).await })
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(WriteError::Permanent("the writer panicked".to_owned())));
+        let reason = match result {
+            Ok(()) => {
+                Counters::add(&counters.written);
+                return Outcome::Written;
+            }
+            Err(WriteError::Retry(reason)) if attempt < retry.max_attempts => {
+                Counters::add(&counters.retried);
+                let delay = retry.delay(attempt);
+                tracing::debug!(key = %job.key, attempt, ?delay, %reason, "write-behind write failed, retrying");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+                continue;
+            }
+            Err(WriteError::Retry(reason)) => {
+                format!("still failing after {attempt} attempts: {reason}")
+            }
+            Err(WriteError::Permanent(reason)) => format!("permanent error: {reason}"),
+        };
+        Counters::add(&counters.dropped);
+        tracing::error!(
+            key = %job.key,
+            method = %job.method,
+            uri = %job.uri,
+            attempts = attempt,
+            %reason,
+            "write-behind job dropped"
+        );
+        return Outcome::Dropped(reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_thirty_seconds() {
+        let retry = Retry {
+            max_attempts: 100,
+            backoff: Duration::from_millis(100),
+        };
+        assert_eq!(retry.delay(1), Duration::from_millis(100));
+        assert_eq!(retry.delay(2), Duration::from_millis(200));
+        assert_eq!(retry.delay(4), Duration::from_millis(800));
+        assert_eq!(retry.delay(10), MAX_BACKOFF);
+        assert_eq!(retry.delay(64), MAX_BACKOFF);
+    }
+}
