@@ -32,6 +32,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tower::{BoxError, Layer, Service, ServiceExt};
+use tower_tiered_cache::config::WriteMode;
 use tower_tiered_cache::{remove_hop_by_hop, CacheConfig, CacheLayer, CacheService};
 
 #[derive(Parser, Debug)]
@@ -54,14 +55,48 @@ struct Args {
 const VIA_VALUE: &str = "1.1 tiered-cache";
 
 /// The upstream: an HTTP/1.1 client with a keep-alive pool, sending origin-form requests.
-#[derive(Clone)]
-struct Upstream {
-    client: Client<HttpConnector, Incoming>,
+struct Upstream<B> {
+    client: Client<HttpConnector, B>,
     scheme: Scheme,
     authority: Authority,
 }
 
-impl Service<Request<Incoming>> for Upstream {
+impl<B> Clone for Upstream<B> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            scheme: self.scheme.clone(),
+            authority: self.authority.clone(),
+        }
+    }
+}
+
+impl<B> Upstream<B>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn new(scheme: Scheme, authority: Authority) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Self {
+            client,
+            scheme,
+            authority,
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for Upstream<B>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     type Response = Response<Incoming>;
     type Error = hyper_util::client::legacy::Error;
     type Future = hyper_util::client::legacy::ResponseFuture;
@@ -70,7 +105,7 @@ impl Service<Request<Incoming>> for Upstream {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let path = request
             .uri()
             .path_and_query()
@@ -86,7 +121,7 @@ impl Service<Request<Incoming>> for Upstream {
     }
 }
 
-type Cached = CacheService<Upstream>;
+type Cached = CacheService<Upstream<Incoming>>;
 type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// One client request: hop-by-hop fields off, `Via` on, through the cache to the upstream.
@@ -148,17 +183,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("--upstream needs a host, e.g. http://127.0.0.1:8000")?;
     let scheme = args.upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
 
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector);
-    let layer = CacheLayer::try_new(config)?;
-    let cache = layer.layer(Upstream {
-        client,
-        scheme,
-        authority,
-    });
+    let writes_behind = config
+        .route
+        .iter()
+        .any(|route| route.write == WriteMode::Behind);
+    let mut layer = CacheLayer::try_new(config)?;
+    if writes_behind {
+        // Queued writes are replayed to the upstream directly, not through the cache.
+        let replay = Upstream::<Full<Bytes>>::new(scheme.clone(), authority.clone());
+        layer = layer.write_behind_to(replay)?;
+    }
+    let cache = layer.layer(Upstream::new(scheme, authority));
 
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, upstream = %args.upstream, "cache proxy ready");

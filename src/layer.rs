@@ -1,13 +1,19 @@
 //! [`CacheLayer`]: wraps a service in a [`CacheService`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tower::Layer;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::{Layer, Service};
 
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, ConfigError};
 use crate::http::state::State;
+use crate::http::write_behind::ReplayTo;
 use crate::service::CacheService;
 use crate::store::TieredCache;
+use crate::write_behind::WriteBehind;
 use crate::Error;
 
 /// A tower layer that caches the wrapped service's responses in memory and, when configured, in
@@ -75,6 +81,46 @@ impl CacheLayer {
     /// The cache behind the layer, for statistics and invalidation.
     pub fn cache(&self) -> &TieredCache {
         &self.state.cache
+    }
+
+    /// Enables write-behind for `write = "behind"` routes: writes are answered `202` from the
+    /// cache and replayed to `target` from the `[write_behind]` queue (in Redis when
+    /// `write_behind.durable`). `target` is what the layer wraps (or an upstream client), without
+    /// the cache in front, so replays do not loop.
+    ///
+    /// Without a target, `behind` routes write through synchronously instead.
+    pub fn write_behind_to<T, B>(self, target: T) -> Result<Self, Error>
+    where
+        T: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+        T::Future: Send,
+        T::Error: std::fmt::Display,
+        B: Send + 'static,
+    {
+        let state = &self.state;
+        let queue = WriteBehind::start(
+            &state.write_behind_config,
+            state.durable_target.clone(),
+            ReplayTo::new(target),
+        )?;
+        state.write_behind.set(queue).map_err(|_| {
+            ConfigError::invalid("write_behind", "a replay target was already given")
+        })?;
+        Ok(self)
+    }
+
+    /// The write-behind queue, when [`write_behind_to`](Self::write_behind_to) started one.
+    pub fn write_behind(&self) -> Option<&WriteBehind> {
+        self.state.write_behind.get()
+    }
+
+    /// Graceful shutdown: waits (at most `deadline`) until queued writes were replayed. Returns
+    /// how many were still queued (0 when drained; durable ones stay in Redis for the next
+    /// start).
+    pub async fn shutdown(&self, deadline: Duration) -> usize {
+        match self.state.write_behind.get() {
+            Some(queue) => queue.shutdown(deadline).await,
+            None => 0,
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use crate::http::policy::{self, Reuse};
 use crate::http::routes::Rule;
 use crate::http::state::{Received, State, Times};
 use crate::http::variants::{Found, Stored, Variants};
-use crate::http::{key, purge, response, variants};
+use crate::http::{key, purge, response, variants, write_behind};
 use crate::store::coalesce::Turn;
 use crate::store::{Lookup, TieredCache};
 
@@ -275,9 +275,16 @@ async fn mutate<S, ReqBody, ResBody>(
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: Body,
     ResBody: Body<Data = Bytes> + Unpin,
     ResBody::Error: Into<BoxError>,
 {
+    if rule.write == WriteMode::Behind {
+        if state.write_behind.get().is_some() {
+            return Ok(write_behind::accept(&state, request, &rule).await);
+        }
+        tracing::warn!("write = \"behind\" without CacheLayer::write_behind_to: writing through");
+    }
     let target = key::target_uri(request.uri(), request.headers());
     let request_headers = request.headers().clone();
     let request_time = SystemTime::now();

@@ -13,5 +13,6 @@ pub(crate) mod response;
 pub(crate) mod routes;
 pub(crate) mod state;
 pub(crate) mod variants;
+pub(crate) mod write_behind;
 
 pub(crate) use routes::Routes;

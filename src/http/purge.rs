@@ -5,15 +5,13 @@
 //! `Authorization: Bearer <token>`: without a token configured the method is not allowed (405),
 //! with a wrong or missing token it is unauthorized (401). Never forwarded to the origin.
 
-use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::request::Parts;
 use http::{HeaderMap, Response, StatusCode};
 
-use super::cache_status::Status;
-use super::key;
 use super::routes::Rule;
 use super::state::State;
+use super::{key, response};
 use crate::body::CacheBody;
 
 pub(crate) async fn handle<ResBody>(
@@ -92,17 +90,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn answer<B>(state: &State, status: StatusCode, text: &'static str) -> Response<CacheBody<B>> {
-    let mut response = Response::new(CacheBody::cached(
-        Bytes::from_static(text.as_bytes()),
-        HeaderMap::new(),
-    ));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain"),
-    );
-    Status::detail("purge").append_to(&state.cache_name, response.headers_mut());
-    response
+    response::text(status, text, "purge", &state.cache_name)
 }
 
 #[cfg(test)]

@@ -85,6 +85,24 @@ pub(crate) fn from_origin<B>(
     response
 }
 
+/// A short plain-text answer of the cache's own (purge, write-behind), labelled `detail`.
+pub(crate) fn text<B>(
+    status: StatusCode,
+    text: &'static str,
+    detail: &'static str,
+    cache_name: &str,
+) -> Response<CacheBody<B>> {
+    let body = CacheBody::cached(bytes::Bytes::from_static(text.as_bytes()), HeaderMap::new());
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    Status::detail(detail).append_to(cache_name, response.headers_mut());
+    response
+}
+
 /// RFC 9111 §5.2.1.7: `only-if-cached` without a usable stored response.
 pub(crate) fn gateway_timeout<B>(status: Status, cache_name: &str) -> Response<CacheBody<B>> {
     let mut response = Response::new(CacheBody::empty());

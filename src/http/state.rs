@@ -1,6 +1,7 @@
 //! What every clone of a layer and its services share: the cache and the settings taken from
 //! the configuration, with the helpers that apply them to responses.
 
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -12,9 +13,10 @@ use super::policy::{self, Settings, StaleWindows, StorePlan};
 use super::routes::{Routes, Rule};
 use super::variants::VARIANTS;
 use crate::body::CacheBody;
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, WriteBehindConfig};
 use crate::store::coalesce::Coalescer;
 use crate::store::{CachedEntry, TieredCache};
+use crate::write_behind::{DurableTarget, WriteBehind};
 use crate::Error;
 
 use super::exchange::Fetched;
@@ -38,6 +40,11 @@ pub(crate) struct State {
     /// `Surrogate-Capability: <name>="Surrogate/1.0"`, announced on origin requests so the
     /// origin may target `Surrogate-Control` at this cache.
     pub(crate) surrogate_capability: HeaderValue,
+    /// The write-behind queue, once a replay target is given.
+    pub(crate) write_behind: OnceLock<WriteBehind>,
+    pub(crate) write_behind_config: WriteBehindConfig,
+    /// Where a durable write-behind queue lives.
+    pub(crate) durable_target: Option<DurableTarget>,
 }
 
 impl std::fmt::Debug for State {
@@ -77,6 +84,14 @@ impl State {
             strip_tag_headers: config.tags.strip_headers,
             purge_token: config.purge.token.clone(),
             store_set_cookie: config.http.store_set_cookie,
+            write_behind: OnceLock::new(),
+            write_behind_config: config.write_behind.clone(),
+            durable_target: config.l2.url.as_ref().map(|url| DurableTarget {
+                url: url.clone(),
+                prefix: config.l2.prefix.clone(),
+                queue: "http".to_owned(),
+                timeout: config.l2.timeout,
+            }),
             surrogate_capability: HeaderValue::from_str(&format!(
                 "{}=\"Surrogate/1.0\"",
                 config.http.status_header

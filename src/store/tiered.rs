@@ -18,6 +18,7 @@ use super::{CachedEntry, SharedTier};
 use crate::config::CacheConfig;
 use crate::stats::{Counter, Counters, Stats};
 use crate::warm::WarmReport;
+use crate::write_behind::{QueueFull, WriteBehind, WriteJob};
 use crate::Error;
 
 /// The tier an entry was found in.
@@ -249,6 +250,24 @@ impl TieredCache {
         writer(entry.clone()).await?;
         self.store(key, &entry).await;
         // Failures are counted and logged; the write itself succeeded.
+        let _ = self.publish(Invalidation::Key(key.to_owned())).await;
+        Ok(())
+    }
+
+    /// Write-behind: queues the write of `entry` for `queue`'s writer (which persists it in the
+    /// background, with retries), then stores it in both tiers so readers see it at once; other
+    /// instances drop their copies. A full queue refuses at once and nothing is stored.
+    pub async fn write_behind(
+        &self,
+        queue: &WriteBehind,
+        key: &str,
+        entry: CachedEntry,
+    ) -> Result<(), QueueFull> {
+        queue
+            .enqueue(WriteJob::new(key, entry.body().clone()))
+            .await?;
+        self.store(key, &entry).await;
+        // Failures are counted and logged; the write is queued.
         let _ = self.publish(Invalidation::Key(key.to_owned())).await;
         Ok(())
     }
