@@ -11,8 +11,9 @@ pub enum Error {
     /// The configuration cannot be used.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// A Redis tier was configured outside a Tokio runtime.
-    #[error("the Redis tier starts its connection task on Tokio: create the cache inside a Tokio runtime (e.g. under #[tokio::main])")]
+    /// Something that runs background tasks (the Redis tier, write-behind workers) was created
+    /// outside a Tokio runtime.
+    #[error("background tasks (Redis connections, write-behind workers) need a Tokio runtime: create the cache inside one (e.g. under #[tokio::main])")]
     NoRuntime,
     /// An operation on the shared tier failed; the memory tier was updated.
     #[error("L2 {operation} failed: {source}")]
