@@ -82,8 +82,17 @@ where
         let request = warm_request::<ReqBody>(path, &config.host);
         requests.push(warm_one(service.clone(), path.clone(), request));
     }
-    let report: WarmReport = stream::iter(requests)
-        .buffer_unordered(config.concurrency.max(1))
+    run(requests, config.concurrency).await
+}
+
+/// Runs warming `attempts` (each says whether it succeeded), `concurrency` at a time, and logs
+/// the outcome.
+pub(crate) async fn run<F>(attempts: impl IntoIterator<Item = F>, concurrency: usize) -> WarmReport
+where
+    F: std::future::Future<Output = bool>,
+{
+    let report: WarmReport = stream::iter(attempts)
+        .buffer_unordered(concurrency.max(1))
         .collect::<Vec<bool>>()
         .await
         .into_iter()

@@ -8,7 +8,7 @@ mod entry;
 mod events;
 mod memory;
 #[cfg(feature = "redis")]
-mod redis;
+pub(crate) mod redis;
 mod tags;
 mod tier;
 mod tiered;

@@ -63,26 +63,7 @@ impl RedisTier {
             ConfigError::invalid("l2.url", format!("invalid Redis URL: {}", err.details()))
         })?;
         let timeout = config.l2.timeout;
-        let mut builder = fred::types::Builder::from_config(redis_config);
-        builder
-            .with_performance_config(|performance| performance.default_command_timeout = timeout)
-            .with_connection_config(|connection| {
-                connection.connection_timeout = CONNECT_TIMEOUT;
-                connection.internal_command_timeout = timeout.max(Duration::from_millis(500));
-                connection.max_command_attempts = 1;
-            })
-            .set_policy(ReconnectPolicy::new_exponential(
-                0,
-                RECONNECT_MIN_DELAY_MS,
-                RECONNECT_MAX_DELAY_MS,
-                2,
-            ));
-        let client_error = |err: RedisError| {
-            ConfigError::invalid(
-                "l2.url",
-                format!("cannot build a Redis client: {}", err.details()),
-            )
-        };
+        let builder = builder(redis_config, timeout);
         let pool = builder
             .build_pool(config.l2.pool_size)
             .map_err(client_error)?;
@@ -258,6 +239,34 @@ impl Tier for RedisTier {
         }
         Ok(removed)
     }
+}
+
+/// A fred builder with the cache's connection rules: every command bounded by `timeout` and
+/// tried once, background reconnection with exponential backoff (also after a refused start).
+pub(crate) fn builder(config: Config, timeout: Duration) -> fred::types::Builder {
+    let mut builder = fred::types::Builder::from_config(config);
+    builder
+        .with_performance_config(|performance| performance.default_command_timeout = timeout)
+        .with_connection_config(|connection| {
+            connection.connection_timeout = CONNECT_TIMEOUT;
+            connection.internal_command_timeout = timeout.max(Duration::from_millis(500));
+            connection.max_command_attempts = 1;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(
+            0,
+            RECONNECT_MIN_DELAY_MS,
+            RECONNECT_MAX_DELAY_MS,
+            2,
+        ));
+    builder
+}
+
+/// A client that cannot be built: reported as a problem of `l2.url`.
+pub(crate) fn client_error(err: RedisError) -> ConfigError {
+    ConfigError::invalid(
+        "l2.url",
+        format!("cannot build a Redis client: {}", err.details()),
+    )
 }
 
 impl Drop for RedisTier {

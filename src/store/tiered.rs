@@ -281,31 +281,19 @@ impl TieredCache {
         Fut: Future<Output = Result<CachedEntry, E>>,
         E: std::fmt::Display + Send + Sync + 'static,
     {
-        use futures_util::stream::{self, StreamExt};
-        let report: WarmReport = stream::iter(keys)
-            .map(|key| {
-                let load = loader(key.clone());
-                async move {
-                    match self.get_or_set(&key, || load).await {
-                        Ok(_) => true,
-                        Err(err) => {
-                            tracing::warn!(key, error = %err, "warming: loader failed");
-                            false
-                        }
+        let attempts = keys.into_iter().map(|key| {
+            let load = loader(key.clone());
+            async move {
+                match self.get_or_set(&key, || load).await {
+                    Ok(_) => true,
+                    Err(err) => {
+                        tracing::warn!(key, error = %err, "warming: loader failed");
+                        false
                     }
                 }
-            })
-            .buffer_unordered(concurrency.max(1))
-            .collect::<Vec<bool>>()
-            .await
-            .into_iter()
-            .collect();
-        tracing::info!(
-            attempted = report.attempted,
-            failed = report.failed,
-            "cache warmed"
-        );
-        report
+            }
+        });
+        crate::warm::run(attempts, concurrency).await
     }
 
     /// Removes `key` from memory, then from Redis, and tells the other instances to drop it from

@@ -23,7 +23,7 @@ use fred::clients::Client;
 use crate::store::codec::{decode_job_meta, encode_job_meta, JobMeta};
 use fred::error::Error as RedisError;
 use fred::interfaces::{ClientLike, StreamsInterface};
-use fred::types::config::{Config, Options, ReconnectPolicy};
+use fred::types::config::{Config, Options};
 use fred::types::streams::XReadResponse;
 use fred::types::{ClusterHash, CustomCommand, FromValue, Value};
 use tokio::sync::{mpsc, watch};
@@ -51,9 +51,6 @@ const LOST_IDLE_MS: u64 = 5_000;
 const CLAIM_PAGE: u64 = 100;
 const ERROR_PAUSE: Duration = Duration::from_millis(500);
 const WARN_EVERY: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const RECONNECT_MIN_DELAY_MS: u32 = 50;
-const RECONNECT_MAX_DELAY_MS: u32 = 2_000;
 /// Reading the own pending list after this ID returns nothing, and still counts as activity.
 const MAX_ID: &str = "18446744073709551615-18446744073709551615";
 
@@ -163,28 +160,11 @@ pub(super) fn start(
 }
 
 fn build_client(config: Config, timeout: Duration, named: bool) -> Result<Client, Error> {
-    let mut builder = fred::types::Builder::from_config(config);
+    let mut builder = crate::store::redis::builder(config, timeout);
+    builder.with_connection_config(|connection| connection.auto_client_setname = named);
     builder
-        .with_performance_config(|performance| performance.default_command_timeout = timeout)
-        .with_connection_config(|connection| {
-            connection.connection_timeout = CONNECT_TIMEOUT;
-            connection.internal_command_timeout = timeout.max(Duration::from_millis(500));
-            connection.max_command_attempts = 1;
-            connection.auto_client_setname = named;
-        })
-        .set_policy(ReconnectPolicy::new_exponential(
-            0,
-            RECONNECT_MIN_DELAY_MS,
-            RECONNECT_MAX_DELAY_MS,
-            2,
-        ));
-    builder.build().map_err(|err| {
-        ConfigError::invalid(
-            "l2.url",
-            format!("cannot build a Redis client: {}", err.details()),
-        )
-        .into()
-    })
+        .build()
+        .map_err(|err| crate::store::redis::client_error(err).into())
 }
 
 impl DurableHandle {
