@@ -24,7 +24,7 @@ use crate::http::state::{Received, State, Times};
 use crate::http::variants::{Found, Stored, Variants};
 use crate::http::{key, purge, response, variants, write_behind};
 use crate::store::coalesce::Turn;
-use crate::store::{Lookup, TieredCache};
+use crate::store::{LoadLock, Lookup, Source, TieredCache};
 
 /// Caches the responses of the wrapped service; built by [`CacheLayer`](crate::CacheLayer).
 ///
@@ -244,7 +244,33 @@ where
     };
     match state.flights.turn::<Unshared>(&flight_key).await {
         Turn::Lead(flight) => {
+            // Across instances (`l2.lock`): one loads, the others take its stored response.
+            let lock = match &stale {
+                Some(_) => LoadLock::NotNeeded,
+                None => {
+                    let filled = || stored_by_another(&state, &primary, &parts.headers);
+                    state.cache.lock_load(&flight_key, filled).await
+                }
+            };
+            let held = match lock {
+                LoadLock::Filled(fetched) => {
+                    let mut status = Status::hit(Source::Redis);
+                    status.collapsed = true;
+                    let response = response::from_entry(
+                        &parts.method,
+                        &parts.headers,
+                        &fetched.entry,
+                        status,
+                        &state.cache_name,
+                    );
+                    flight.finish(Ok(fetched));
+                    return Ok(response);
+                }
+                LoadLock::Held(lock) => Some(lock),
+                LoadLock::NotNeeded => None,
+            };
             let (result, fetched) = exchange.fetch(origin, parts, body).await;
+            state.cache.release(held).await;
             flight.finish(fetched.ok_or(Arc::new(Unshared)));
             result
         }
@@ -366,6 +392,20 @@ where
     variants::store(&state.cache, &primary, &request_headers, &entry, None).await;
     status.stored = true;
     Ok(state.origin_response(parts, CacheBody::cached(data, trailers), status))
+}
+
+/// A fresh response another instance stored for this request meanwhile.
+async fn stored_by_another(
+    state: &State,
+    primary: &str,
+    headers: &http::HeaderMap,
+) -> Option<Fetched> {
+    let resolved = variants::resolve(&state.cache, primary, headers).await;
+    let found = resolved.found.filter(|found| found.lookup.is_fresh())?;
+    Some(Fetched {
+        entry: found.lookup.entry,
+        stored: Stored::at(found.key, resolved.variants),
+    })
 }
 
 /// A background revalidation of an entry served stale (stale-while-revalidate): at most one

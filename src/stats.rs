@@ -41,6 +41,12 @@ pub struct Stats {
     pub l2_errors: u64,
     /// Redis values that did not decode as entries; each was treated as a miss and deleted.
     pub l2_decode_errors: u64,
+    /// Redis operations skipped at once because the circuit breaker was open.
+    pub l2_skipped: u64,
+    /// Whether the Redis circuit breaker is open now (Redis being skipped).
+    pub l2_circuit_open: bool,
+    /// Misses another instance loaded while this one waited on the Redis lock (`l2.lock`).
+    pub lock_waits_filled: u64,
 }
 
 impl Stats {
@@ -71,9 +77,11 @@ pub(crate) enum Counter {
     MemoryExpirations,
     L2Errors,
     L2DecodeErrors,
+    L2Skipped,
+    LockWaitsFilled,
 }
 
-const COUNTERS: usize = Counter::L2DecodeErrors as usize + 1;
+const COUNTERS: usize = Counter::LockWaitsFilled as usize + 1;
 
 /// Lock-free counters shared by every clone of a cache.
 #[derive(Debug, Default)]
@@ -103,6 +111,8 @@ impl Counters {
             memory_expirations: self.get(Counter::MemoryExpirations),
             l2_errors: self.get(Counter::L2Errors),
             l2_decode_errors: self.get(Counter::L2DecodeErrors),
+            l2_skipped: self.get(Counter::L2Skipped),
+            lock_waits_filled: self.get(Counter::LockWaitsFilled),
             ..Stats::default()
         }
     }

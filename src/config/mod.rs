@@ -7,9 +7,15 @@
 //! | `l1.size` | `L1_CACHE_SIZE` | `100MB` | memory tier budget in bytes of entries; `0` disables L1 |
 //! | `l1.max_ttl` | | `60s` | longest stay of any entry in memory, whatever its own TTL |
 //! | `l2.url` | `REDIS_URL` | empty | Redis URL (`redis://[user:pass@]host:port[/db]`); empty = no L2 |
+//! | `l2.cluster` | | `[]` | Redis Cluster node URLs, instead of `l2.url` |
 //! | `l2.prefix` | | `ttc` | prefix of every Redis key |
 //! | `l2.timeout` | | `50ms` | bound on every Redis command; slower = miss |
 //! | `l2.pool_size` | | `4` | Redis connections |
+//! | `l2.breaker_threshold` | | `5` | consecutive failures that open the circuit (Redis skipped) |
+//! | `l2.breaker_cooldown` | | `1s` | time before a probe is let through an open circuit |
+//! | `l2.lock` | | `false` | coalesce misses across instances with a Redis lock |
+//! | `l2.lock_ttl` | | `5s` | lifetime of that lock (a crashed holder frees it by then) |
+//! | `l2.lock_wait` | | `2s` | longest wait for another instance's load |
 //! | `compression.enabled` | `CACHE_COMPRESSION` | `true` | brotli for bodies stored in Redis |
 //! | `compression.min_size` | | `1KiB` | smallest body worth compressing |
 //! | `compression.quality` | | `4` | brotli quality, 0–11 (11 is ~100× slower) |
@@ -236,6 +242,8 @@ pub struct L2Config {
     /// Redis URL; `None` (or an empty string in TOML) runs memory only.
     #[serde(deserialize_with = "de::optional_string")]
     pub url: Option<String>,
+    /// Redis Cluster node URLs (one is enough, the others are discovered), instead of `url`.
+    pub cluster: Vec<String>,
     /// Prefix of every key this cache writes, so several caches can share one Redis.
     pub prefix: String,
     /// Bound on each Redis command. A slower answer is treated as a miss.
@@ -244,15 +252,45 @@ pub struct L2Config {
     /// Number of Redis connections.
     #[serde(deserialize_with = "de::count")]
     pub pool_size: usize,
+    /// Consecutive failures (errors or timeouts) that open the circuit: Redis is then skipped,
+    /// without waiting, until a probe succeeds.
+    #[serde(deserialize_with = "de::count")]
+    pub breaker_threshold: u32,
+    /// How long the circuit stays open before one probe is let through.
+    #[serde(deserialize_with = "de::duration")]
+    pub breaker_cooldown: Duration,
+    /// Coalesce misses across instances with a Redis lock: one instance loads, the others wait
+    /// for its entry (at most `lock_wait`, then they load themselves).
+    #[serde(deserialize_with = "de::flag")]
+    pub lock: bool,
+    /// Lifetime of the lock, so a crashed holder cannot block a key for longer.
+    #[serde(deserialize_with = "de::duration")]
+    pub lock_ttl: Duration,
+    /// Longest wait for another instance's load before loading anyway.
+    #[serde(deserialize_with = "de::duration")]
+    pub lock_wait: Duration,
+}
+
+impl L2Config {
+    /// Whether a shared tier is configured (`url` or `cluster`).
+    pub fn enabled(&self) -> bool {
+        self.url.is_some() || !self.cluster.is_empty()
+    }
 }
 
 impl Default for L2Config {
     fn default() -> Self {
         Self {
             url: None,
+            cluster: Vec::new(),
             prefix: "ttc".to_owned(),
             timeout: Duration::from_millis(50),
             pool_size: 4,
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(1),
+            lock: false,
+            lock_ttl: Duration::from_secs(5),
+            lock_wait: Duration::from_secs(2),
         }
     }
 }
@@ -426,7 +464,28 @@ impl CacheConfig {
             return Err(ConfigError::invalid("l1.max_ttl", "must be greater than 0"));
         }
         if let Some(url) = &self.l2.url {
-            validate_redis_url(url)?;
+            validate_redis_url("l2.url", url)?;
+        }
+        if self.l2.url.is_some() && !self.l2.cluster.is_empty() {
+            return Err(ConfigError::invalid(
+                "l2.cluster",
+                "set either l2.url (one Redis) or l2.cluster (Redis Cluster), not both",
+            ));
+        }
+        for (index, url) in self.l2.cluster.iter().enumerate() {
+            validate_redis_url(&format!("l2.cluster[{index}]"), url)?;
+        }
+        if self.l2.breaker_threshold == 0 {
+            return Err(ConfigError::invalid(
+                "l2.breaker_threshold",
+                "must be at least 1",
+            ));
+        }
+        if self.l2.lock && (self.l2.lock_ttl.is_zero() || self.l2.lock_wait.is_zero()) {
+            return Err(ConfigError::invalid(
+                "l2.lock_ttl",
+                "lock_ttl and lock_wait must be greater than 0",
+            ));
         }
         if self.l2.prefix.is_empty() || self.l2.prefix.chars().any(char::is_whitespace) {
             return Err(ConfigError::invalid(
@@ -477,7 +536,7 @@ impl CacheConfig {
         if self.write_behind.durable && self.l2.url.is_none() {
             return Err(ConfigError::invalid(
                 "write_behind.durable",
-                "a durable queue lives in Redis: set l2.url",
+                "a durable queue lives in one Redis: set l2.url (Redis Cluster is not supported for it)",
             ));
         }
         if self.warm.concurrency == 0 {
@@ -517,27 +576,24 @@ fn validate_token(key: &str, value: &str) -> Result<(), ConfigError> {
 }
 
 #[cfg(feature = "redis")]
-fn validate_redis_url(url: &str) -> Result<(), ConfigError> {
+fn validate_redis_url(key: &str, url: &str) -> Result<(), ConfigError> {
     if !url.starts_with("redis://") {
         return Err(ConfigError::invalid(
-            "l2.url",
+            key,
             format!("invalid Redis URL {url:?}: use redis://[user:password@]host:port[/db]"),
         ));
     }
     fred::types::config::Config::from_url(url)
         .map(drop)
         .map_err(|err| {
-            ConfigError::invalid(
-                "l2.url",
-                format!("invalid Redis URL {url:?}: {}", err.details()),
-            )
+            ConfigError::invalid(key, format!("invalid Redis URL {url:?}: {}", err.details()))
         })
 }
 
 #[cfg(not(feature = "redis"))]
-fn validate_redis_url(_url: &str) -> Result<(), ConfigError> {
+fn validate_redis_url(key: &str, _url: &str) -> Result<(), ConfigError> {
     Err(ConfigError::invalid(
-        "l2.url",
+        key,
         "a Redis URL is set, but this build has no `redis` feature",
     ))
 }
@@ -578,6 +634,27 @@ impl CacheConfigBuilder {
     /// `l2.url`: the Redis to use as the shared tier.
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.config.l2.url = Some(url.into());
+        self
+    }
+
+    /// `l2.cluster`: Redis Cluster nodes to use as the shared tier (instead of `l2.url`).
+    pub fn redis_cluster<I: IntoIterator<Item = S>, S: Into<String>>(mut self, nodes: I) -> Self {
+        self.config.l2.cluster = nodes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// `l2.breaker_threshold` and `l2.breaker_cooldown`: the circuit breaker of the Redis tier.
+    pub fn l2_breaker(mut self, threshold: u32, cooldown: Duration) -> Self {
+        self.config.l2.breaker_threshold = threshold;
+        self.config.l2.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// `l2.lock`, `l2.lock_ttl`, `l2.lock_wait`: coalescing of misses across instances.
+    pub fn l2_lock(mut self, ttl: Duration, wait: Duration) -> Self {
+        self.config.l2.lock = true;
+        self.config.l2.lock_ttl = ttl;
+        self.config.l2.lock_wait = wait;
         self
     }
 

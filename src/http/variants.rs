@@ -63,17 +63,27 @@ pub(crate) struct Resolved {
     pub(crate) variants: Option<Variants>,
 }
 
+/// What is stored for a request, counted in the cache's statistics.
 pub(crate) async fn lookup(
     cache: &TieredCache,
     primary: &str,
     request_headers: &HeaderMap,
 ) -> Resolved {
+    let resolved = resolve(cache, primary, request_headers).await;
+    cache.count_lookup(resolved.found.as_ref().map(|found| &found.lookup));
+    resolved
+}
+
+/// What is stored for a request, without counting (for re-checks).
+pub(crate) async fn resolve(
+    cache: &TieredCache,
+    primary: &str,
+    request_headers: &HeaderMap,
+) -> Resolved {
     let Some(primary_hit) = cache.find(primary).await else {
-        cache.count_lookup(None);
         return Resolved::default();
     };
     let Some(variants) = Variants::of(&primary_hit.entry) else {
-        cache.count_lookup(Some(&primary_hit));
         return Resolved {
             found: Some(Found {
                 lookup: primary_hit,
@@ -84,7 +94,6 @@ pub(crate) async fn lookup(
     };
     let key = variants.key_for(primary, request_headers);
     let variant = cache.find(&key).await;
-    cache.count_lookup(variant.as_ref());
     Resolved {
         found: variant.map(|lookup| Found { lookup, key }),
         variants: Some(variants),

@@ -1,6 +1,8 @@
 //! Storage: the tiers, the entry and its codec, coalescing, and [`TieredCache`] over them.
 
 // Only the shared tiers encode entries.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+mod breaker;
 pub(crate) mod coalesce;
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) mod codec;
@@ -17,6 +19,7 @@ pub use codec::{DecodeError, EncodeError};
 pub use entry::CachedEntry;
 pub use events::Invalidation;
 pub use tier::TierError;
+pub(crate) use tiered::LoadLock;
 pub use tiered::{Lookup, Purged, Source, TieredCache};
 
 /// 64 random bits as hex, for identifiers that must differ between processes and restarts.
@@ -54,16 +57,15 @@ mod without_redis {
     pub(crate) enum NoSharedTier {}
 
     impl NoSharedTier {
-        pub(crate) fn connect(
-            _: &CacheConfig,
-            _: &str,
-            _: Codec,
-            _: EventSink,
-        ) -> Result<Self, Error> {
+        pub(crate) fn connect(_: &CacheConfig, _: Codec, _: EventSink) -> Result<Self, Error> {
             Err(ConfigError::invalid("l2.url", "this build has no `redis` feature").into())
         }
 
         pub(crate) async fn wait_connected(&self, _: Duration) -> bool {
+            match *self {}
+        }
+
+        pub(crate) fn circuit_open(&self) -> bool {
             match *self {}
         }
 
@@ -72,6 +74,19 @@ mod without_redis {
         }
 
         pub(crate) async fn tag_stamps(&self, _: &[&str]) -> Result<Vec<u64>, TierError> {
+            match *self {}
+        }
+
+        pub(crate) async fn try_lock(
+            &self,
+            _: &str,
+            _: &str,
+            _: Duration,
+        ) -> Result<bool, TierError> {
+            match *self {}
+        }
+
+        pub(crate) async fn unlock(&self, _: &str, _: &str) -> Result<(), TierError> {
             match *self {}
         }
 

@@ -9,23 +9,25 @@
 //! time; invalidations are published on `{prefix}:inv` and a subscriber connection receives the
 //! other instances' (each (re)connection is reported, since events may have been missed).
 
-use std::pin::pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use fred::clients::{Pool, SubscriberClient};
 use fred::error::{Error as RedisError, ErrorKind};
+use fred::interfaces::LuaInterface;
 use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
-use fred::types::config::{Config, Options, ReconnectPolicy};
+use fred::types::config::{Config, Options, ReconnectPolicy, ServerConfig};
 use fred::types::scan::Scanner;
-use fred::types::Expiration;
+use fred::types::{Expiration, SetOptions};
 use futures_util::StreamExt;
 
+use super::breaker::Breaker;
 use super::codec::Codec;
 use super::events::{BackplaneEvent, EventSink, Invalidation};
 use super::tier::{Tier, TierError};
 use super::CachedEntry;
-use crate::config::{CacheConfig, ConfigError};
+use crate::config::{CacheConfig, ConfigError, L2Config};
 use crate::Error;
 
 /// Keys asked for per SCAN page, and so deleted per UNLINK, in prefix invalidation.
@@ -33,11 +35,15 @@ const SCAN_PAGE: u32 = 1000;
 /// Redis rejects expiries that overflow its clock; a century is far enough.
 const MAX_PX_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 const RECONNECT_MIN_DELAY_MS: u32 = 50;
-const RECONNECT_MAX_DELAY_MS: u32 = 2_000;
+/// Short, so that Redis coming back is noticed within about half a second.
+const RECONNECT_MAX_DELAY_MS: u32 = 500;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(crate) struct RedisTier {
     pool: Pool,
+    /// Redis Cluster: multi-key commands are split by key (keys hash to different slots).
+    clustered: bool,
+    breaker: Arc<Breaker>,
     subscriber: SubscriberClient,
     /// Becomes true once the subscriber listens on the invalidation channel.
     subscribed: tokio::sync::watch::Receiver<bool>,
@@ -54,14 +60,12 @@ impl RedisTier {
     /// for Redis.
     pub(crate) fn connect(
         config: &CacheConfig,
-        url: &str,
         codec: Codec,
         events: EventSink,
     ) -> Result<Self, Error> {
         tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        let redis_config = Config::from_url(url).map_err(|err| {
-            ConfigError::invalid("l2.url", format!("invalid Redis URL: {}", err.details()))
-        })?;
+        let redis_config = redis_config(&config.l2)?;
+        let clustered = redis_config.server.is_clustered();
         let timeout = config.l2.timeout;
         let builder = builder(redis_config, timeout);
         let pool = builder
@@ -71,6 +75,18 @@ impl RedisTier {
         let channel = format!("{}:inv", config.l2.prefix);
         let instance = super::random_id();
         let subscribed = listen(&subscriber, &channel, &instance, events);
+        let breaker = Arc::new(Breaker::new(
+            config.l2.breaker_threshold,
+            config.l2.breaker_cooldown,
+        ));
+        for client in pool.clients() {
+            // A new connection is Redis answering again: no need to wait for a probe.
+            let breaker = Arc::clone(&breaker);
+            drop(client.on_reconnect(move |_server| {
+                breaker.succeeded();
+                async { Ok(()) }
+            }));
+        }
         // The connection tasks run until `quit`; failures are retried by the policy.
         drop(pool.connect());
         drop(subscriber.connect());
@@ -80,6 +96,8 @@ impl RedisTier {
             subscribed,
             channel,
             instance,
+            clustered,
+            breaker,
             prefix: config.l2.prefix.clone(),
             codec,
             options: Options {
@@ -102,29 +120,108 @@ impl RedisTier {
             }
             let _ = subscribed.wait_for(|listening| *listening).await;
         };
-        tokio::time::timeout(timeout, connected).await.is_ok()
+        let connected = tokio::time::timeout(timeout, connected).await.is_ok();
+        if connected {
+            // Connected now: whatever opened the circuit is over.
+            self.breaker.succeeded();
+        }
+        connected
     }
 
     /// Tells the other instances about an invalidation.
     pub(crate) async fn publish(&self, event: &Invalidation) -> Result<(), TierError> {
-        self.pool
-            .next()
-            .with_options(&self.options)
-            .publish::<(), _, _>(self.channel.as_str(), event.encode(&self.instance))
-            .await
-            .map_err(tier_error)
+        self.guarded(async {
+            self.pool
+                .next()
+                .with_options(&self.options)
+                .publish::<(), _, _>(self.channel.as_str(), event.encode(&self.instance))
+                .await
+                .map_err(tier_error)
+        })
+        .await
     }
 
-    /// The invalidation stamps of `tags` (0 for tags never invalidated), in order.
+    /// The invalidation stamps of `tags` (0 for tags never invalidated), in order. One GET per
+    /// tag, sent together: stamp keys hash to different cluster slots.
     pub(crate) async fn tag_stamps(&self, tags: &[&str]) -> Result<Vec<u64>, TierError> {
-        let keys: Vec<String> = tags.iter().map(|tag| self.tag_key(tag)).collect();
-        let values: Vec<Option<u64>> = self
-            .pool
-            .with_options(&self.options)
-            .mget(keys)
-            .await
-            .map_err(tier_error)?;
-        Ok(values.into_iter().map(Option::unwrap_or_default).collect())
+        self.guarded(async {
+            let reader = self.pool.with_options(&self.options);
+            let reads = tags
+                .iter()
+                .map(|tag| reader.get::<Option<u64>, _>(self.tag_key(tag)));
+            futures_util::future::join_all(reads)
+                .await
+                .into_iter()
+                .map(|stamp| stamp.map(Option::unwrap_or_default).map_err(tier_error))
+                .collect()
+        })
+        .await
+    }
+
+    /// Takes the lock of `key` for `ttl` with `token` (SET NX PX); false if someone holds it.
+    pub(crate) async fn try_lock(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, TierError> {
+        let px_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        self.guarded(async {
+            let taken: Option<String> = self
+                .pool
+                .with_options(&self.options)
+                .set(
+                    self.lock_key(key),
+                    token,
+                    Some(Expiration::PX(px_ms)),
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await
+                .map_err(tier_error)?;
+            Ok(taken.is_some())
+        })
+        .await
+    }
+
+    /// Releases the lock of `key` if `token` still holds it (it may have expired and been taken).
+    pub(crate) async fn unlock(&self, key: &str, token: &str) -> Result<(), TierError> {
+        const RELEASE: &str =
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+        self.guarded(async {
+            self.pool
+                .with_options(&self.options)
+                .eval::<i64, _, _, _>(RELEASE, self.lock_key(key), token)
+                .await
+                .map(drop)
+                .map_err(tier_error)
+        })
+        .await
+    }
+
+    pub(crate) fn circuit_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    fn lock_key(&self, key: &str) -> String {
+        format!("{}:lock:{key}", self.prefix)
+    }
+
+    /// Runs `operation` unless the circuit is open (then fails at once), and feeds the outcome
+    /// to the breaker. A value that does not decode is Redis working, not failing.
+    async fn guarded<T>(
+        &self,
+        operation: impl std::future::Future<Output = Result<T, TierError>>,
+    ) -> Result<T, TierError> {
+        if !self.breaker.allow() {
+            return Err(TierError::CircuitOpen);
+        }
+        let result = operation.await;
+        match &result {
+            Ok(_) | Err(TierError::Decode(_)) => self.breaker.succeeded(),
+            Err(_) => self.breaker.failed(),
+        }
+        result
     }
 
     /// Records `stamp` as the invalidation time of each tag, kept for `ttl`.
@@ -137,20 +234,23 @@ impl RedisTier {
         let px_ms = i64::try_from(ttl.as_millis())
             .unwrap_or(i64::MAX)
             .clamp(1, MAX_PX_MS as i64);
-        let writer = self.pool.with_options(&self.options);
-        let writes = tags.iter().map(|tag| {
-            writer.set::<(), _, _>(
-                self.tag_key(tag),
-                stamp,
-                Some(Expiration::PX(px_ms)),
-                None,
-                false,
-            )
-        });
-        for result in futures_util::future::join_all(writes).await {
-            result.map_err(tier_error)?;
-        }
-        Ok(())
+        self.guarded(async {
+            let writer = self.pool.with_options(&self.options);
+            let writes = tags.iter().map(|tag| {
+                writer.set::<(), _, _>(
+                    self.tag_key(tag),
+                    stamp,
+                    Some(Expiration::PX(px_ms)),
+                    None,
+                    false,
+                )
+            });
+            for result in futures_util::future::join_all(writes).await {
+                result.map_err(tier_error)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     fn tag_key(&self, tag: &str) -> String {
@@ -160,18 +260,74 @@ impl RedisTier {
     fn entry_key(&self, key: &str) -> String {
         format!("{}:e:{key}", self.prefix)
     }
-
-    async fn delete(&self, redis_key: String) -> Result<u64, TierError> {
-        self.pool
-            .with_options(&self.options)
-            .unlink(redis_key)
-            .await
-            .map_err(tier_error)
-    }
 }
 
 impl Tier for RedisTier {
     async fn get(&self, key: &str) -> Result<Option<CachedEntry>, TierError> {
+        self.guarded(self.read(key)).await
+    }
+
+    async fn set(&self, key: &str, entry: &CachedEntry) -> Result<(), TierError> {
+        let lifetime = entry.remaining_lifetime_at(SystemTime::now());
+        let px_ms = u64::try_from(lifetime.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(MAX_PX_MS);
+        if px_ms == 0 {
+            return Ok(());
+        }
+        let bytes = Bytes::from(self.codec.encode(entry)?);
+        self.guarded(async {
+            self.pool
+                .with_options(&self.options)
+                .set::<(), _, _>(
+                    self.entry_key(key),
+                    bytes,
+                    Some(Expiration::PX(px_ms as i64)),
+                    None,
+                    false,
+                )
+                .await
+                .map_err(tier_error)
+        })
+        .await
+    }
+
+    async fn remove(&self, key: &str) -> Result<(), TierError> {
+        self.guarded(self.delete(vec![self.entry_key(key)]))
+            .await
+            .map(drop)
+    }
+
+    /// SCAN (never KEYS) page by page, on every primary of a cluster, deleting each page.
+    async fn remove_prefix(&self, prefix: &str) -> Result<u64, TierError> {
+        let pattern = format!("{}*", glob_escape(&self.entry_key(prefix)));
+        self.guarded(async {
+            let client = self.pool.next();
+            let mut pages = if self.clustered {
+                client.scan_cluster(pattern, Some(SCAN_PAGE), None).boxed()
+            } else {
+                client.scan(pattern, Some(SCAN_PAGE), None).boxed()
+            };
+            let mut removed = 0;
+            while let Some(page) = pages.next().await {
+                let mut page = page.map_err(tier_error)?;
+                let keys: Vec<String> = page
+                    .take_results()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|key| key.into_string())
+                    .collect();
+                removed += self.delete(keys).await?;
+                page.next();
+            }
+            Ok(removed)
+        })
+        .await
+    }
+}
+
+impl RedisTier {
+    async fn read(&self, key: &str) -> Result<Option<CachedEntry>, TierError> {
         let redis_key = self.entry_key(key);
         let value: Option<Bytes> = self
             .pool
@@ -187,58 +343,54 @@ impl Tier for RedisTier {
             Err(err) => {
                 // A bad value would fail every read until it expires; if the delete fails too,
                 // the next read retries it.
-                let _ = self.delete(redis_key).await;
+                let _ = self.delete(vec![redis_key]).await;
                 Err(TierError::Decode(err))
             }
         }
     }
 
-    async fn set(&self, key: &str, entry: &CachedEntry) -> Result<(), TierError> {
-        let lifetime = entry.remaining_lifetime_at(SystemTime::now());
-        let px_ms = u64::try_from(lifetime.as_millis())
-            .unwrap_or(u64::MAX)
-            .min(MAX_PX_MS);
-        if px_ms == 0 {
-            return Ok(());
+    /// UNLINK: one command for all `keys` on one Redis, one per key on a cluster (where they
+    /// hash to different slots), sent together.
+    async fn delete(&self, keys: Vec<String>) -> Result<u64, TierError> {
+        if keys.is_empty() {
+            return Ok(0);
         }
-        let bytes = Bytes::from(self.codec.encode(entry)?);
-        self.pool
-            .with_options(&self.options)
-            .set::<(), _, _>(
-                self.entry_key(key),
-                bytes,
-                Some(Expiration::PX(px_ms as i64)),
-                None,
-                false,
-            )
+        let client = self.pool.with_options(&self.options);
+        if !self.clustered {
+            return client.unlink(keys).await.map_err(tier_error);
+        }
+        let unlinks = keys.into_iter().map(|key| client.unlink::<u64, _>(key));
+        futures_util::future::join_all(unlinks)
             .await
-            .map_err(tier_error)
+            .into_iter()
+            .map(|removed| removed.map_err(tier_error))
+            .sum()
     }
+}
 
-    async fn remove(&self, key: &str) -> Result<(), TierError> {
-        self.delete(self.entry_key(key)).await.map(drop)
+/// The fred configuration for `[l2]`: one Redis (`url`) or a cluster (`cluster` nodes).
+fn redis_config(l2: &L2Config) -> Result<Config, ConfigError> {
+    let parse = |key: String, url: &str| {
+        Config::from_url(url).map_err(|err| {
+            ConfigError::invalid(key, format!("invalid Redis URL: {}", err.details()))
+        })
+    };
+    if let Some(url) = &l2.url {
+        return parse("l2.url".to_owned(), url);
     }
-
-    /// SCAN (never KEYS) page by page, deleting each page with one UNLINK.
-    async fn remove_prefix(&self, prefix: &str) -> Result<u64, TierError> {
-        let pattern = format!("{}*", glob_escape(&self.entry_key(prefix)));
-        let client = self.pool.next();
-        let mut pages = pin!(client.scan(pattern, Some(SCAN_PAGE), None));
-        let mut removed = 0;
-        while let Some(page) = pages.next().await {
-            let mut page = page.map_err(tier_error)?;
-            let keys = page.take_results().unwrap_or_default();
-            if !keys.is_empty() {
-                removed += client
-                    .with_options(&self.options)
-                    .unlink::<u64, _>(keys)
-                    .await
-                    .map_err(tier_error)?;
-            }
-            page.next();
-        }
-        Ok(removed)
+    let mut nodes = Vec::with_capacity(l2.cluster.len());
+    let mut first = None;
+    for (index, url) in l2.cluster.iter().enumerate() {
+        let node = parse(format!("l2.cluster[{index}]"), url)?;
+        nodes.extend(node.server.hosts());
+        first.get_or_insert(node);
     }
+    let mut config = first.ok_or_else(|| ConfigError::invalid("l2.url", "no Redis configured"))?;
+    config.server = ServerConfig::Clustered {
+        hosts: nodes,
+        policy: Default::default(),
+    };
+    Ok(config)
 }
 
 /// A fred builder with the cache's connection rules: every command bounded by `timeout` and

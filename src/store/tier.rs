@@ -27,6 +27,9 @@ pub enum TierError {
     /// No answer within `l2.timeout`.
     #[error("timed out")]
     Timeout,
+    /// Skipped: the circuit breaker is open after repeated failures.
+    #[error("skipped: circuit open after repeated failures")]
+    CircuitOpen,
     /// Not connected (refused, killed, reconnecting).
     #[error("unavailable: {0}")]
     Unavailable(String),

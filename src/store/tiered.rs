@@ -67,6 +67,8 @@ pub struct TieredCache {
 }
 
 struct Inner {
+    /// `l2.lock`: (lock lifetime, longest wait) when misses are coalesced across instances.
+    lock: Option<(Duration, Duration)>,
     memory: Arc<MemoryTier>,
     stamps: Arc<TagStamps>,
     shared: Option<SharedTier>,
@@ -105,12 +107,17 @@ impl TieredCache {
             let (memory, stamps, events) = (memory.clone(), stamps.clone(), events.clone());
             Arc::new(move |event| apply_remote(&memory, &stamps, &events, event))
         };
-        let shared = match &config.l2.url {
-            Some(url) => Some(SharedTier::connect(&config, url, codec, sink)?),
-            None => None,
+        let shared = if config.l2.enabled() {
+            Some(SharedTier::connect(&config, codec, sink)?)
+        } else {
+            None
         };
         Ok(Self {
             inner: Arc::new(Inner {
+                lock: config
+                    .l2
+                    .lock
+                    .then_some((config.l2.lock_ttl, config.l2.lock_wait)),
                 memory,
                 stamps,
                 shared,
@@ -197,6 +204,11 @@ impl TieredCache {
                 if let Some(found) = found.filter(Lookup::is_fresh) {
                     return Ok(found.entry);
                 }
+                let lock = match self.lock_load(key, || self.fresh_in_redis(key)).await {
+                    LoadLock::Filled(entry) => return Ok(entry),
+                    LoadLock::Held(lock) => Some(lock),
+                    LoadLock::NotNeeded => None,
+                };
                 self.inner.counters.incr(Counter::LoaderCalls);
                 let load_started = SystemTime::now();
                 let entry = loader()
@@ -206,6 +218,7 @@ impl TieredCache {
                     })?
                     .with_inserted_at(load_started);
                 self.store(key, &entry).await;
+                self.release(lock).await;
                 Ok(entry)
             })
             .await;
@@ -213,6 +226,64 @@ impl TieredCache {
             self.inner.counters.incr(Counter::CoalescedWaits);
         }
         result
+    }
+
+    /// Cross-instance coalescing (`l2.lock`): before loading `key`, take its Redis lock. If
+    /// another instance holds it, wait for that instance's result (checked with `filled`) until
+    /// `l2.lock_wait`, then load anyway. Locks expire after `l2.lock_ttl`, so a crashed holder
+    /// delays others at most that long; a failing Redis means loading without a lock.
+    pub(crate) async fn lock_load<T, F, Fut>(&self, key: &str, filled: F) -> LoadLock<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let (Some((ttl, wait)), Some(shared)) = (self.inner.lock, &self.inner.shared) else {
+            return LoadLock::NotNeeded;
+        };
+        let token = super::random_id();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match shared.try_lock(key, &token, ttl).await {
+                Ok(true) => {
+                    return LoadLock::Held(HeldLock {
+                        key: key.to_owned(),
+                        token,
+                    })
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    self.l2_failed("lock", err);
+                    return LoadLock::NotNeeded;
+                }
+            }
+            if let Some(value) = filled().await {
+                self.inner.counters.incr(Counter::LockWaitsFilled);
+                return LoadLock::Filled(value);
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                tracing::debug!(key, "lock wait over; loading without the lock");
+                return LoadLock::NotNeeded;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Releases a lock taken by [`lock_load`](Self::lock_load).
+    pub(crate) async fn release(&self, lock: Option<HeldLock>) {
+        if let (Some(lock), Some(shared)) = (lock, &self.inner.shared) {
+            if let Err(err) = shared.unlock(&lock.key, &lock.token).await {
+                self.l2_failed("unlock", err);
+            }
+        }
+    }
+
+    /// A fresh entry in Redis (promoted to memory), for instances waiting on a lock.
+    async fn fresh_in_redis(&self, key: &str) -> Option<CachedEntry> {
+        let entry = self.read_shared(key).await.filter(CachedEntry::is_fresh)?;
+        self.inner.memory.set(key, &entry).await.ok();
+        Some(entry)
     }
 
     /// Write-through: `writer` persists `entry` first (it is the source of truth); then both
@@ -400,6 +471,11 @@ impl TieredCache {
     pub fn stats(&self) -> Stats {
         let memory = self.inner.memory.usage();
         Stats {
+            l2_circuit_open: self
+                .inner
+                .shared
+                .as_ref()
+                .is_some_and(SharedTier::circuit_open),
             memory_entries: memory.entries,
             memory_bytes: memory.bytes,
             memory_evictions: memory.evictions,
@@ -553,10 +629,13 @@ impl TieredCache {
     fn l2_failed(&self, operation: &'static str, source: TierError) -> Error {
         let counter = match source {
             TierError::Decode(_) => Counter::L2DecodeErrors,
+            TierError::CircuitOpen => Counter::L2Skipped,
             _ => Counter::L2Errors,
         };
         self.inner.counters.incr(counter);
-        if self.inner.l2_warnings.allow() {
+        if matches!(source, TierError::CircuitOpen) {
+            // The breaker logged when it opened; skipping is what it is for.
+        } else if self.inner.l2_warnings.allow() {
             tracing::warn!(operation, error = %source, "redis tier failed; serving without it");
         } else {
             tracing::debug!(operation, error = %source, "redis tier failed");
@@ -598,6 +677,23 @@ fn apply_remote(
             let _ = events.send(invalidation);
         }
     }
+}
+
+/// The outcome of [`TieredCache::lock_load`].
+pub(crate) enum LoadLock<T> {
+    /// No lock configured (or Redis unavailable, or the wait ran out): load.
+    NotNeeded,
+    /// This instance holds the lock: load, store, then release it.
+    Held(HeldLock),
+    /// Another instance loaded it meanwhile.
+    Filled(T),
+}
+
+/// A held Redis lock: released with its token, so an expired lock taken by another instance is
+/// never released by mistake.
+pub(crate) struct HeldLock {
+    key: String,
+    token: String,
 }
 
 /// Lets one event through per interval.
