@@ -10,7 +10,6 @@ use pin_project_lite::pin_project;
 
 use crate::body::CacheBody;
 use crate::http::cache_status::{Forward, Status};
-use crate::http::response;
 use crate::http::state::State;
 
 type CachedFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
@@ -63,11 +62,10 @@ where
             KindProj::Bypass { future, state } => {
                 let (parts, body) = ready!(future.poll(cx))?.into_parts();
                 let status = Status::forward(Forward::Bypass);
-                Poll::Ready(Ok(response::from_origin(
+                Poll::Ready(Ok(state.origin_response(
                     parts,
                     CacheBody::streaming(body),
                     status,
-                    &state.cache_name,
                 )))
             }
             KindProj::Cached { future } => future.as_mut().poll(cx),

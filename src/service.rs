@@ -67,8 +67,10 @@ impl<S> CacheService<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CacheService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    // No `'static` bounds on the projections (`S: 'static` implies them): stated, they make
+    // futures awaiting this service unprovably `Send` when `S::Error` is a trait object.
+    S::Future: Send,
+    S::Error: Send,
     ReqBody: Body + Send + 'static,
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,

@@ -155,3 +155,57 @@ async fn an_invalidation_on_one_instance_reaches_the_other_within_a_second() {
         "tiered-cache; fwd=miss; fwd-status=200; stored"
     );
 }
+
+#[tokio::test]
+async fn a_layer_starts_while_redis_refuses_and_uses_it_once_it_is_up() {
+    let mut redis = RedisServer::not_started();
+    let server = MockServer::start().await;
+    Mock::given(path("/late"))
+        .respond_with(ResponseTemplate::new(200).insert_header("cache-control", "max-age=60"))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let first = cached(
+        config("late").redis_url(redis.url()).build().unwrap(),
+        &server,
+    );
+    let before = send(&first, get("/late", &[])).await;
+    assert_eq!(
+        before.status, 200,
+        "served by the origin while Redis refuses"
+    );
+
+    redis.restart();
+    assert!(
+        first
+            .cache()
+            .wait_for_redis(std::time::Duration::from_secs(10))
+            .await
+    );
+    let second = cached(
+        config("late").redis_url(redis.url()).build().unwrap(),
+        &server,
+    );
+    assert!(
+        second
+            .cache()
+            .wait_for_redis(std::time::Duration::from_secs(5))
+            .await
+    );
+    // The first answer never reached Redis; the next miss does.
+    send(&second, get("/late", &[])).await;
+    let third = cached(
+        config("late").redis_url(redis.url()).build().unwrap(),
+        &server,
+    );
+    assert!(
+        third
+            .cache()
+            .wait_for_redis(std::time::Duration::from_secs(5))
+            .await
+    );
+    assert_eq!(
+        send(&third, get("/late", &[])).await.cache_status(),
+        "tiered-cache; hit; detail=redis"
+    );
+}

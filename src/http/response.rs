@@ -73,18 +73,6 @@ fn not_modified<B>(stored: &HeaderMap) -> Response<CacheBody<B>> {
     response
 }
 
-/// The origin's response, passed on with this cache's `Cache-Status` appended.
-pub(crate) fn from_origin<B>(
-    parts: http::response::Parts,
-    body: CacheBody<B>,
-    status: Status,
-    cache_name: &str,
-) -> Response<CacheBody<B>> {
-    let mut response = Response::from_parts(parts, body);
-    status.append_to(cache_name, response.headers_mut());
-    response
-}
-
 /// A short plain-text answer of the cache's own (purge, write-behind), labelled `detail`.
 pub(crate) fn text<B>(
     status: StatusCode,

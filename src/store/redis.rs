@@ -395,7 +395,10 @@ fn redis_config(l2: &L2Config) -> Result<Config, ConfigError> {
 
 /// A fred builder with the cache's connection rules: every command bounded by `timeout` and
 /// tried once, background reconnection with exponential backoff (also after a refused start).
-pub(crate) fn builder(config: Config, timeout: Duration) -> fred::types::Builder {
+pub(crate) fn builder(mut config: Config, timeout: Duration) -> fred::types::Builder {
+    // Retry the first connection too (fred gives up after one attempt otherwise); commands
+    // still fail fast while disconnected, through their own options.
+    config.fail_fast = false;
     let mut builder = fred::types::Builder::from_config(config);
     builder
         .with_performance_config(|performance| performance.default_command_timeout = timeout)

@@ -6,3 +6,6 @@ pub mod origin;
 mod redis;
 #[cfg(feature = "redis")]
 pub use redis::*;
+
+#[cfg(feature = "redis")]
+pub mod load;
