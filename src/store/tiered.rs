@@ -246,10 +246,17 @@ impl TieredCache {
         loop {
             match shared.try_lock(key, &token, ttl).await {
                 Ok(true) => {
-                    return LoadLock::Held(HeldLock {
+                    let lock = HeldLock {
                         key: key.to_owned(),
                         token,
-                    })
+                    };
+                    // The previous holder may have stored it just before letting go.
+                    if let Some(value) = filled().await {
+                        self.release(Some(lock)).await;
+                        self.inner.counters.incr(Counter::LockWaitsFilled);
+                        return LoadLock::Filled(value);
+                    }
+                    return LoadLock::Held(lock);
                 }
                 Ok(false) => {}
                 Err(err) => {

@@ -8,7 +8,8 @@ use std::time::Duration;
 use fred::clients::Client;
 use fred::interfaces::ClientLike;
 use fred::types::config::Config;
-use tower_tiered_cache::{CacheConfig, CacheConfigBuilder, TieredCache};
+pub use tower_tiered_cache::CacheConfigBuilder;
+use tower_tiered_cache::{CacheConfig, TieredCache};
 
 /// A `redis-server` on a free loopback port, without persistence, killed on drop.
 pub struct RedisServer {
@@ -118,6 +119,10 @@ fn free_port() -> u16 {
 /// Spawns redis-server and waits for its "Ready to accept connections" line; `None` if it exits
 /// first (for example because the port was taken).
 fn spawn_redis(port: u16, dir: &std::path::Path) -> Option<Child> {
+    spawn_redis_with(port, dir, &[])
+}
+
+fn spawn_redis_with(port: u16, dir: &std::path::Path, extra: &[&str]) -> Option<Child> {
     let mut child = Command::new("redis-server")
         .args([
             "--port",
@@ -135,6 +140,7 @@ fn spawn_redis(port: u16, dir: &std::path::Path) -> Option<Child> {
         ])
         .arg("--dir")
         .arg(dir)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -170,6 +176,121 @@ pub async fn cache_on(server: &RedisServer, builder: CacheConfigBuilder) -> Tier
     assert!(
         cache.wait_for_redis(Duration::from_secs(5)).await,
         "cache connects to its test redis"
+    );
+    cache
+}
+
+/// A three-primary Redis Cluster on loopback (no replicas), killed on drop.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut nodes = Vec::new();
+        let mut ports = Vec::new();
+        while nodes.len() < 3 {
+            let port = free_cluster_port();
+            let node_dir = dir.path().join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("node dir");
+            let args = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"];
+            if let Some(child) = spawn_redis_with(port, &node_dir, &args) {
+                nodes.push(child);
+                ports.push(port);
+            }
+        }
+        let addresses: Vec<String> = ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli is installed");
+        assert!(created.success(), "redis-cli --cluster create");
+        let cluster = Self {
+            nodes,
+            ports,
+            _dir: dir,
+        };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// Polls `CLUSTER INFO` on every node until the slots are all assigned and agreed on: the
+    /// nodes announce nothing a test could wait on.
+    fn wait_until_ok(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        for port in &self.ports {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli runs");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "cluster did not become ok"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// One node's URL; the others are discovered.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.ports[0])
+    }
+
+    /// A cluster-aware fred client, to look at what the cache wrote.
+    pub async fn client(&self) -> Client {
+        let mut config = Config::from_url(&self.url()).unwrap();
+        config.server = fred::types::config::ServerConfig::new_clustered(
+            self.ports.iter().map(|port| ("127.0.0.1", *port)).collect(),
+        );
+        let client = Client::new(config, None, None, None);
+        client
+            .init()
+            .await
+            .expect("test client connects to the cluster");
+        client
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+}
+
+/// A port that is free, and whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A cache on `cluster`, connected before it is returned.
+pub async fn cache_on_cluster(cluster: &RedisCluster, builder: CacheConfigBuilder) -> TieredCache {
+    let cache = TieredCache::new(builder.redis_cluster([cluster.url()]).build().unwrap()).unwrap();
+    assert!(
+        cache.wait_for_redis(Duration::from_secs(10)).await,
+        "cache connects to its test cluster"
     );
     cache
 }

@@ -1,0 +1,114 @@
+//! The Redis tier on a three-primary Redis Cluster: the L2 behaviour of the single-node tests
+//! (promotion, expiry, prefix invalidation, corrupt values) and tag and cross-instance
+//! invalidation, with keys spread over every slot.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{cache_on_cluster, config, RedisCluster};
+use fred::interfaces::KeysInterface;
+use tower_tiered_cache::{CachedEntry, Invalidation, Source};
+
+fn entry(body: &'static str) -> CachedEntry {
+    CachedEntry::new(body, Duration::from_secs(300))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_tier_works_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let client = cluster.client().await;
+
+    // Promotion: another instance reads what the first stored.
+    let writer = cache_on_cluster(&cluster, config("cl")).await;
+    for i in 0..200 {
+        writer.set(&format!("user:{i}"), entry("v")).await;
+    }
+    let reader = cache_on_cluster(&cluster, config("cl")).await;
+    for i in 0..200 {
+        let found = reader
+            .lookup(&format!("user:{i}"))
+            .await
+            .expect("in the cluster");
+        assert_eq!(found.source, Source::Redis);
+    }
+    assert_eq!(writer.stats().l2_errors + reader.stats().l2_errors, 0);
+
+    // Expiry in both tiers.
+    writer
+        .set("short", CachedEntry::new("v", Duration::from_millis(300)))
+        .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(reader.get("short").await.is_none());
+    let exists: u64 = client.exists("cl:e:short").await.unwrap();
+    assert_eq!(exists, 0);
+
+    // Prefix invalidation scans every primary and deletes across slots.
+    writer.set("order:1", entry("o")).await;
+    let purged = writer.invalidate_prefix("user:").await.unwrap();
+    assert_eq!(purged.redis, 200);
+    let fresh = cache_on_cluster(&cluster, config("cl")).await;
+    assert!(fresh.get("user:7").await.is_none());
+    assert!(fresh.get("order:1").await.is_some());
+
+    // Garbage under a key is a miss, deleted and counted.
+    let _: () = client
+        .set(
+            "cl:e:junk",
+            Bytes::from_static(b"not an entry"),
+            None,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(fresh.get("junk").await.is_none());
+    let exists: u64 = client.exists("cl:e:junk").await.unwrap();
+    assert_eq!(exists, 0);
+    assert_eq!(fresh.stats().l2_decode_errors, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_and_cross_instance_invalidation_work_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let first = cache_on_cluster(&cluster, config("ct")).await;
+    let second = cache_on_cluster(&cluster, config("ct")).await;
+    for i in 0..1000 {
+        let tag = if i % 2 == 0 { "even" } else { "odd" };
+        first
+            .set(&format!("item:{i}"), entry("v").with_tags([tag, "all"]))
+            .await;
+    }
+    // The second instance holds memory copies of a few.
+    for i in 0..10 {
+        assert!(second.get(&format!("item:{i}")).await.is_some());
+    }
+    let mut events = second.invalidation_events();
+
+    first.invalidate_tags(&["even"]).await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(1), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(event, Invalidation::Tags { .. }), "{event:?}");
+
+    for cache in [&first, &second] {
+        for i in 0..1000 {
+            assert_eq!(
+                cache.get(&format!("item:{i}")).await.is_some(),
+                i % 2 == 1,
+                "item:{i}"
+            );
+        }
+    }
+    first.invalidate("item:1").await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(1), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(event, Invalidation::Key("item:1".into()));
+    assert!(second.get("item:1").await.is_none());
+    assert_eq!(first.stats().l2_errors + second.stats().l2_errors, 0);
+}
