@@ -21,7 +21,7 @@ use crate::http::exchange::{Exchange, Fetched, Unshared};
 use crate::http::policy::{self, Reuse};
 use crate::http::routes::Rule;
 use crate::http::state::{Received, State, Times};
-use crate::http::variants::{Found, Stored, Variants};
+use crate::http::variants::{Found, Placement, Stored, Variants};
 use crate::http::{key, purge, response, variants, write_behind};
 use crate::store::coalesce::Turn;
 use crate::store::{LoadLock, Lookup, Source, TieredCache};
@@ -391,8 +391,16 @@ where
     };
     let entry = state.entry(received, &plan, &rule, times);
     let primary = key::key_for(&target, &request_headers, &rule.key_headers);
-    variants::store(&state.cache, &primary, &request_headers, &entry, None).await;
-    status.stored = true;
+    let placement = Placement {
+        primary: &primary,
+        request_headers: &request_headers,
+        known: None,
+        new_variant: true,
+        max_variants: state.max_variants,
+    };
+    status.stored = variants::store(&state.cache, placement, &entry)
+        .await
+        .is_some();
     Ok(state.origin_response(parts, CacheBody::cached(data, trailers), status))
 }
 

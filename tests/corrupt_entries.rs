@@ -77,3 +77,26 @@ async fn metadata_announcing_a_huge_length_is_a_miss() {
     value.extend_from_slice(&[0xff; 64]);
     assert_treated_as_miss_and_deleted(Bytes::from(value)).await;
 }
+
+#[tokio::test]
+async fn a_huge_foreign_value_is_a_miss() {
+    let mut value = vec![2u8, 0];
+    value.resize(20_000_000, 0xab);
+    assert_treated_as_miss_and_deleted(Bytes::from(value)).await;
+}
+
+#[tokio::test]
+async fn an_entry_larger_than_this_instances_limit_is_a_miss() {
+    let redis = RedisServer::start();
+    let generous = cache_on(&redis, config("big").max_entry_size(20_000_000)).await;
+    let noise: Vec<u8> = (0..10_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    generous
+        .set("k", CachedEntry::new(noise, Duration::from_secs(60)))
+        .await;
+    let stored: Bytes = redis.client().await.get("big:e:k").await.unwrap();
+    drop((generous, redis));
+
+    assert_treated_as_miss_and_deleted(stored).await;
+}

@@ -27,6 +27,7 @@
 //! | `http.origin_timeout` | | `0s` | longest wait for the origin's headers (`0s`: no limit) |
 //! | `http.status_header` | | `tiered-cache` | the cache's name in `Cache-Status` |
 //! | `http.key_headers` | | `[]` | request headers added to every cache key |
+//! | `http.max_variants` | | `32` | most `Vary` variants stored per URL |
 //! | `http.store_set_cookie` | | `false` | store responses that set cookies (RFC-allowed, unsafe for per-user cookies) |
 //! | `[[route]] path` | | | glob on the request path (`*` within a segment, `**` across) |
 //! | `[[route]] ttl` | | | freshness used instead of the origin's on this route |
@@ -352,6 +353,9 @@ pub struct HttpConfig {
     pub status_header: String,
     /// Request headers added to every cache key (e.g. a tenant header).
     pub key_headers: Vec<String>,
+    /// Most `Vary` variants kept per URL; more are served but not stored.
+    #[serde(deserialize_with = "de::count")]
+    pub max_variants: u32,
     /// Store responses carrying `Set-Cookie` (and replay the cookie to every client served from
     /// them), as RFC 9111 allows. Off by default: a cookie is usually meant for one client.
     #[serde(deserialize_with = "de::flag")]
@@ -370,6 +374,7 @@ impl Default for HttpConfig {
             status_header: "tiered-cache".to_owned(),
             key_headers: Vec::new(),
             store_set_cookie: false,
+            max_variants: 32,
         }
     }
 }
@@ -537,6 +542,12 @@ impl CacheConfig {
             return Err(ConfigError::invalid(
                 "write_behind.durable",
                 "a durable queue lives in one Redis: set l2.url (Redis Cluster is not supported for it)",
+            ));
+        }
+        if self.http.max_variants == 0 {
+            return Err(ConfigError::invalid(
+                "http.max_variants",
+                "must be at least 1",
             ));
         }
         if self.warm.concurrency == 0 {

@@ -16,7 +16,7 @@ use super::policy::{self, Settings, StorePlan};
 use super::response;
 use super::routes::Rule;
 use super::state::{Received, State, Times};
-use super::variants::{self, Found, Stored, Variants};
+use super::variants::{self, Found, Placement, Stored, Variants};
 use crate::body::{BoxError, CacheBody};
 use crate::store::CachedEntry;
 
@@ -234,8 +234,12 @@ impl Exchange<'_> {
             Ok(plan) => {
                 let entry = self.state.entry(received(headers), &plan, self.rule, times);
                 let stored = self.store(&entry, client_headers).await;
-                status.stored = true;
-                (entry.clone(), Some(Fetched { entry, stored }))
+                status.stored = stored.is_some();
+                let fetched = stored.map(|stored| Fetched {
+                    entry: entry.clone(),
+                    stored,
+                });
+                (entry, fetched)
             }
             Err(_) => {
                 self.forget_stale().await;
@@ -312,7 +316,7 @@ impl Exchange<'_> {
                 };
                 let entry = self.state.entry(received, &plan, self.rule, times);
                 let stored = self.store(&entry, client_headers).await;
-                status.stored = true;
+                status.stored = stored.is_some();
                 // The client gets the origin's response as it came (its own Age, fields the
                 // cache may not store), or a 304 when its own conditionals match.
                 let response = if policy::not_modified(client_headers, entry.headers()) {
@@ -321,7 +325,8 @@ impl Exchange<'_> {
                     self.state
                         .origin_response(parts, CacheBody::cached(data, trailers), status)
                 };
-                (Ok(response), Some(Fetched { entry, stored }))
+                let fetched = stored.map(|stored| Fetched { entry, stored });
+                (Ok(response), fetched)
             }
             Buffered::TooLarge { prefix, rest } => {
                 let body = CacheBody::prefixed(prefix, rest);
@@ -338,15 +343,15 @@ impl Exchange<'_> {
         self.state.settings(self.rule)
     }
 
-    async fn store(&self, entry: &CachedEntry, request_headers: &HeaderMap) -> Stored {
-        variants::store(
-            &self.state.cache,
-            self.primary,
+    async fn store(&self, entry: &CachedEntry, request_headers: &HeaderMap) -> Option<Stored> {
+        let placement = Placement {
+            primary: self.primary,
             request_headers,
-            entry,
-            self.variants,
-        )
-        .await
+            known: self.variants,
+            new_variant: self.stale.is_none(),
+            max_variants: self.state.max_variants,
+        };
+        variants::store(&self.state.cache, placement, entry).await
     }
 
     /// Drops the entry being validated; a Redis failure is already counted and logged.

@@ -2,8 +2,12 @@
 //!
 //! The primary key is the absolute URI, `scheme://host/path?query`, with the host lowercased and
 //! nothing else normalised (so `/a.css` and `/a;.css` stay distinct), followed by any configured
-//! key headers. It is readable, so prefix invalidation works on URLs. Headers that are not part of
-//! the key (`X-Forwarded-Host`, `X-Original-URL`, ...) never influence which entry is used.
+//! key headers. It is readable, so prefix invalidation works on URLs.
+//!
+//! Headers that frameworks use to rebuild URLs (`X-Forwarded-Host`, `X-Original-URL`, ...) are
+//! classic cache-poisoning vectors: unkeyed, a request carrying a forged one could make the
+//! origin generate a response that is then stored for everyone. They are part of the key when
+//! present, so such a response is only ever served to requests carrying the same values.
 
 use http::header::HOST;
 use http::request::Parts;
@@ -11,6 +15,23 @@ use http::{HeaderMap, HeaderName, Uri};
 
 /// Separates the parts of a key; cannot occur in a URI or a header value.
 const SEPARATOR: char = '\u{1f}';
+
+/// Request headers that can change the URL an application believes it serves.
+const URL_OVERRIDING_HEADERS: &[&str] = &[
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-scheme",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-host",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 /// The primary key of a request. HEAD and GET share it: HEAD is answered from GET entries.
 pub(crate) fn primary_key(parts: &Parts, key_headers: &[HeaderName]) -> String {
@@ -26,6 +47,11 @@ pub(crate) fn key_for(target: &str, headers: &HeaderMap, key_headers: &[HeaderNa
     let mut key = target.to_owned();
     for name in key_headers {
         append_field(&mut key, name.as_str(), headers);
+    }
+    for name in URL_OVERRIDING_HEADERS {
+        if headers.contains_key(*name) {
+            append_field(&mut key, name, headers);
+        }
     }
     key
 }
@@ -125,8 +151,9 @@ mod tests {
     }
 
     #[test]
-    fn unkeyed_headers_do_not_change_the_key() {
-        let plain = primary_key(&parts("/a", &[("host", "h")]), &[]);
+    fn url_overriding_headers_are_keyed_when_present() {
+        let plain = primary_key(&parts("/a", &[("host", "h"), ("x-unrelated", "1")]), &[]);
+        assert_eq!(plain, "http://h/a");
         let forwarded = primary_key(
             &parts(
                 "/a",
@@ -138,7 +165,7 @@ mod tests {
             ),
             &[],
         );
-        assert_eq!(plain, forwarded);
+        assert_ne!(plain, forwarded);
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub(crate) struct State {
     pub(crate) cache_name: String,
     pub(crate) routes: Routes,
     pub(crate) max_entry_size: u64,
+    pub(crate) max_variants: u32,
     pub(crate) default_ttl: Duration,
     pub(crate) keep_stale: Duration,
     pub(crate) default_stale: StaleWindows,
@@ -70,6 +71,7 @@ impl State {
             cache_name: config.http.status_header.clone(),
             routes: Routes::new(config)?,
             max_entry_size: config.http.max_entry_size,
+            max_variants: config.http.max_variants,
             default_ttl: config.http.default_ttl,
             keep_stale: config.http.keep_stale,
             default_stale: StaleWindows {

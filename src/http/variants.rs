@@ -16,14 +16,16 @@ use super::key::variant_key;
 use super::policy::vary_fields;
 use crate::store::{random_id, CachedEntry, Lookup, TieredCache};
 
-/// Internal header of marker entries: `<generation> <field>,<field>`. Stripped from responses
-/// before they are stored, so an origin cannot forge one.
+/// Internal header of marker entries: `<generation> <variant count> <field>,<field>`. Stripped
+/// from responses before they are stored, so an origin cannot forge one.
 pub(crate) static VARIANTS: HeaderName = HeaderName::from_static("x-tiered-cache-variants");
 
 /// The variant list of a primary key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Variants {
     generation: String,
+    /// Variants stored under this generation (approximate under concurrent stores).
+    count: u32,
     fields: Vec<String>,
     marker: CachedEntry,
 }
@@ -31,9 +33,13 @@ pub(crate) struct Variants {
 impl Variants {
     fn of(marker: &CachedEntry) -> Option<Self> {
         let value = marker.headers().get(&VARIANTS)?.to_str().ok()?;
-        let (generation, fields) = value.split_once(' ').unwrap_or((value, ""));
+        let mut parts = value.splitn(3, ' ');
+        let generation = parts.next()?;
+        let count = parts.next()?.parse().ok()?;
+        let fields = parts.next().unwrap_or_default();
         Some(Self {
             generation: generation.to_owned(),
+            count,
             fields: fields
                 .split(',')
                 .filter(|f| !f.is_empty())
@@ -121,24 +127,48 @@ impl Stored {
     }
 }
 
-/// Stores `entry`, the response to a request with `request_headers`.
+/// How to store one response.
+pub(crate) struct Placement<'a> {
+    pub(crate) primary: &'a str,
+    pub(crate) request_headers: &'a HeaderMap,
+    /// The variant list found by the lookup, if any.
+    pub(crate) known: Option<&'a Variants>,
+    /// Whether the lookup found no entry for this variant (so storing adds one).
+    pub(crate) new_variant: bool,
+    /// Most variants kept per resource (`http.max_variants`).
+    pub(crate) max_variants: u32,
+}
+
+/// Stores `entry`, the response to a request with `request_headers`; `None` when the resource
+/// already has `max_variants` variants (a client could otherwise fill the cache with variants
+/// of one URL by varying a header).
 pub(crate) async fn store(
     cache: &TieredCache,
-    primary: &str,
-    request_headers: &HeaderMap,
+    placement: Placement<'_>,
     entry: &CachedEntry,
-    known: Option<&Variants>,
-) -> Stored {
+) -> Option<Stored> {
+    let Placement {
+        primary,
+        request_headers,
+        known,
+        new_variant,
+        max_variants,
+    } = placement;
     let fields = vary_fields(entry.headers());
     if fields.is_empty() {
         cache.store(primary, entry).await;
-        return Stored {
+        return Some(Stored {
             key: primary.to_owned(),
             variants: None,
-        };
+        });
     }
     let now = SystemTime::now();
     let reusable = known.filter(|variants| variants.fields == fields);
+    let count = match reusable {
+        Some(variants) if new_variant && variants.count >= max_variants => return None,
+        Some(variants) => variants.count + u32::from(new_variant),
+        None => 1,
+    };
     let generation = reusable.map_or_else(random_id, |variants| variants.generation.clone());
     let key = variant_key(primary, &generation, &fields, request_headers);
     cache.store(&key, entry).await;
@@ -147,7 +177,7 @@ pub(crate) async fn store(
         .map(|variants| variants.marker.remaining_lifetime_at(now))
         .unwrap_or_default()
         .max(entry.remaining_lifetime_at(now));
-    let value = format!("{generation} {}", fields.join(","));
+    let value = format!("{generation} {count} {}", fields.join(","));
     let mut headers = HeaderMap::new();
     // Field names are tokens and the generation is hex, so the value is always valid.
     if let Ok(value) = HeaderValue::from_str(&value) {
@@ -157,14 +187,15 @@ pub(crate) async fn store(
         .with_stored_at(now)
         .with_headers(headers);
     cache.store(primary, &marker).await;
-    Stored {
+    Some(Stored {
         key,
         variants: Some(Variants {
             generation,
+            count,
             fields,
             marker,
         }),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -180,6 +211,16 @@ mod tests {
         headers
     }
 
+    fn placement<'a>(headers: &'a HeaderMap, known: Option<&'a Variants>) -> Placement<'a> {
+        Placement {
+            primary: "p",
+            request_headers: headers,
+            known,
+            new_variant: true,
+            max_variants: 32,
+        }
+    }
+
     fn response(body: &'static str) -> CachedEntry {
         let mut headers = HeaderMap::new();
         headers.insert("vary", "Accept-Encoding".parse().unwrap());
@@ -189,15 +230,13 @@ mod tests {
     #[tokio::test]
     async fn each_variant_has_its_own_entry() {
         let cache = TieredCache::new(CacheConfig::default()).unwrap();
-        store(&cache, "p", &request("gzip"), &response("gz"), None).await;
+        store(&cache, placement(&request("gzip"), None), &response("gz")).await;
         let known = lookup(&cache, "p", &request("br")).await;
         assert!(known.found.is_none());
         store(
             &cache,
-            "p",
-            &request("br"),
+            placement(&request("br"), known.variants.as_ref()),
             &response("br"),
-            known.variants.as_ref(),
         )
         .await;
 
@@ -210,12 +249,37 @@ mod tests {
     #[tokio::test]
     async fn removing_the_primary_key_hides_all_variants_for_good() {
         let cache = TieredCache::new(CacheConfig::default()).unwrap();
-        store(&cache, "p", &request("gzip"), &response("gz"), None).await;
+        store(&cache, placement(&request("gzip"), None), &response("gz")).await;
         cache.invalidate("p").await.unwrap();
         assert!(lookup(&cache, "p", &request("gzip")).await.found.is_none());
 
         // A new variant list starts a new generation: the old gzip variant stays unreachable.
-        store(&cache, "p", &request("br"), &response("br"), None).await;
+        store(&cache, placement(&request("br"), None), &response("br")).await;
         assert!(lookup(&cache, "p", &request("gzip")).await.found.is_none());
+    }
+
+    #[tokio::test]
+    async fn variants_per_resource_are_capped() {
+        let cache = TieredCache::new(CacheConfig::default()).unwrap();
+        let no_headers = HeaderMap::new();
+        let mut max = placement(&no_headers, None);
+        max.max_variants = 3;
+        for encoding in ["a", "b", "c", "d"] {
+            let headers = request(encoding);
+            let known = lookup(&cache, "p", &headers).await.variants;
+            let stored = store(
+                &cache,
+                Placement {
+                    request_headers: &headers,
+                    known: known.as_ref(),
+                    ..max
+                },
+                &response("x"),
+            )
+            .await;
+            assert_eq!(stored.is_some(), encoding != "d", "{encoding}");
+        }
+        assert!(lookup(&cache, "p", &request("c")).await.found.is_some());
+        assert!(lookup(&cache, "p", &request("d")).await.found.is_none());
     }
 }
