@@ -47,7 +47,7 @@ async fn writing_ten_times_the_memory_budget_keeps_rss_within_it() {
                 CachedEntry::new(body.clone(), Duration::from_secs(600)),
             )
             .await;
-        if i % 500 == 0 {
+        if i.is_multiple_of(500) {
             peak = peak.max(rss_bytes());
         }
     }
@@ -103,7 +103,7 @@ async fn a_one_gigabyte_response_streams_through_with_flat_memory() {
             .into_data()
             .map_or(0, |data| data.len() as u64);
         frames += 1;
-        if frames % 1000 == 0 {
+        if frames.is_multiple_of(1000) {
             peak = peak.max(rss_bytes());
         }
     }
