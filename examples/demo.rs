@@ -6,6 +6,7 @@
 //! curl -i localhost:3000/slow/1    # 200 ms, Cache-Status: tiered-cache; fwd=miss; ...; stored
 //! curl -i localhost:3000/slow/1    # at once, Cache-Status: tiered-cache; hit; detail=memory
 //! curl localhost:3000/cache/stats  # counters as JSON
+//! curl localhost:3000/metrics      # Prometheus metrics
 //! ```
 
 use std::time::Duration;
@@ -15,6 +16,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower_tiered_cache::config::RouteConfig;
 use tower_tiered_cache::{CacheConfig, CacheLayer, TieredCache};
 
@@ -27,8 +29,18 @@ async fn slow(Path(id): Path<u32>) -> impl IntoResponse {
     )
 }
 
-async fn stats(State(cache): State<TieredCache>) -> impl IntoResponse {
-    Json(cache.stats())
+async fn stats(State(app): State<AppState>) -> impl IntoResponse {
+    Json(app.cache.stats())
+}
+
+async fn prometheus(State(app): State<AppState>) -> impl IntoResponse {
+    app.metrics.render()
+}
+
+#[derive(Clone)]
+struct AppState {
+    cache: TieredCache,
+    metrics: PrometheusHandle,
 }
 
 #[tokio::main]
@@ -36,14 +48,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
+    let metrics = PrometheusBuilder::new().install_recorder()?;
     let mut config = CacheConfig::from_env()?;
     config.route.push(RouteConfig::new("/cache/**").bypass());
+    config.route.push(RouteConfig::new("/metrics").bypass());
     let layer = CacheLayer::try_new(config.clone())?;
 
     let app = Router::new()
         .route("/slow/{id}", get(slow))
         .route("/cache/stats", get(stats))
-        .with_state(layer.cache().clone())
+        .route("/metrics", get(prometheus))
+        .with_state(AppState {
+            cache: layer.cache().clone(),
+            metrics,
+        })
         .layer(layer.clone());
 
     let port = std::env::var("PORT").unwrap_or_else(|_| "3000".to_owned());
@@ -56,7 +74,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             format!("memory + Redis at {url}")
         });
     println!(
-        "demo on http://{} ({tier}); try /slow/1 twice, then /cache/stats",
+        "demo on http://{} ({tier}); try /slow/1 twice, then /cache/stats and /metrics",
         listener.local_addr()?
     );
     axum::serve(listener, app)

@@ -64,6 +64,12 @@ impl CacheLayer {
         Self::try_new(config).unwrap_or_else(|err| panic!("tower-tiered-cache: {err}"))
     }
 
+    /// A builder with a setter for every configuration key, ending in
+    /// [`build_layer`](crate::CacheConfigBuilder::build_layer).
+    pub fn builder() -> crate::CacheConfigBuilder {
+        CacheConfig::builder()
+    }
+
     /// Like [`CacheLayer::new`], returning configuration errors instead of panicking.
     pub fn try_new(config: CacheConfig) -> Result<Self, Error> {
         let cache = TieredCache::new(config.clone())?;

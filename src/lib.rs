@@ -21,6 +21,68 @@
 //! Every response carries an RFC 9211 `Cache-Status` member, e.g. `tiered-cache; hit;
 //! detail=memory` or `tiered-cache; fwd=miss; fwd-status=200; stored`.
 //!
+//! # With hyper
+//!
+//! Any `Service<http::Request<B>>` works, here a hyper 1 server around a plain function:
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use hyper::body::Incoming;
+//! use hyper_util::rt::{TokioExecutor, TokioIo};
+//! use hyper_util::server::conn::auto;
+//! use hyper_util::service::TowerToHyperService;
+//! use tower::{Layer, ServiceBuilder};
+//! use tower_tiered_cache::{CacheConfig, CacheLayer};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let app = tower::service_fn(|_request: Request<Incoming>| async {
+//!     let response = Response::builder()
+//!         .header("cache-control", "max-age=60")
+//!         .body(Full::new(Bytes::from("hello")))
+//!         .unwrap();
+//!     Ok::<_, Infallible>(response)
+//! });
+//! let service = ServiceBuilder::new()
+//!     .layer(CacheLayer::new(CacheConfig::from_env()?))
+//!     .service(app);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! loop {
+//!     let (stream, _) = listener.accept().await?;
+//!     let service = TowerToHyperService::new(service.clone());
+//!     tokio::spawn(async move {
+//!         let _ = auto::Builder::new(TokioExecutor::new())
+//!             .serve_connection(TokioIo::new(stream), service)
+//!             .await;
+//!     });
+//! }
+//! # }
+//! ```
+//!
+//! # With tonic
+//!
+//! [`grpc::GrpcCacheLayer`] (feature `tonic`) caches allow-listed unary methods, keyed by the
+//! method and a hash of the request message, with their trailers (`CatalogServer` stands for
+//! your tonic-build generated server):
+//!
+//! ```text
+//! let mut grpc = GrpcConfig::default();
+//! grpc.methods = vec!["/shop.Catalog/GetProduct".into()];
+//! let config = CacheConfig::builder().grpc(grpc).build()?;
+//! Server::builder()
+//!     .layer(GrpcCacheLayer::new(TieredCache::new(config.clone())?, &config))
+//!     .add_service(CatalogServer::new(catalog))
+//!     .serve(address)
+//!     .await?;
+//! ```
+//!
+//! (`examples/grpc.rs` runs this end to end.) HTTP services behind tonic's router can use
+//! [`CacheLayer`] too.
+//!
+//! # As a library
+//!
 //! [`TieredCache`] is the multi-level cache as a plain library: look a key up in memory, then in
 //! Redis (promoting a Redis hit into memory with its remaining lifetime), then call the loader —
 //! once, however many callers ask for the same missing key at the same time.
@@ -72,8 +134,11 @@ mod body;
 pub mod config;
 mod error;
 mod future;
+#[cfg(feature = "tonic")]
+pub mod grpc;
 mod http;
 mod layer;
+mod metrics;
 mod service;
 mod stats;
 mod store;

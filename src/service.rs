@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LOCATION, LOCATION, RANGE, UPGRADE};
@@ -10,19 +10,21 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower::Service;
+use tracing::Instrument;
 
 use crate::body::{BoxError, CacheBody};
 use crate::config::WriteMode;
 use crate::future::ResponseFuture;
 use crate::http::buffer::{buffer, Buffered};
 use crate::http::cache_control::CacheControl;
-use crate::http::cache_status::{Forward, Status};
+use crate::http::cache_status::{Forward, Status, CACHE_STATUS};
 use crate::http::exchange::{Exchange, Fetched, Unshared};
 use crate::http::policy::{self, Reuse};
 use crate::http::routes::Rule;
 use crate::http::state::{Received, State, Times};
 use crate::http::variants::{Found, Placement, Stored, Variants};
 use crate::http::{key, purge, response, variants, write_behind};
+use crate::stats::Counter;
 use crate::store::coalesce::Turn;
 use crate::store::{LoadLock, Lookup, Source, TieredCache};
 
@@ -90,6 +92,13 @@ where
         let mut origin = std::mem::replace(&mut self.inner, fresh);
         let state = self.state.clone();
         let rule = state.routes.rule_for(request.uri().path()).clone();
+        let span = tracing::debug_span!(
+            "tiered_cache",
+            method = %request.method(),
+            uri = %request.uri(),
+            key = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
         match classify(&request, &rule) {
             Path::Purge => {
                 let (parts, _body) = request.into_parts();
@@ -97,10 +106,54 @@ where
                     Ok(purge::handle(&state, &parts, &rule).await)
                 }))
             }
-            Path::Bypass => ResponseFuture::bypass(origin.call(request), state),
-            Path::Mutate => ResponseFuture::cached(Box::pin(mutate(state, origin, request, rule))),
-            Path::Read => ResponseFuture::cached(Box::pin(serve(state, origin, request, rule))),
+            Path::Bypass => {
+                state.cache.count(Counter::Bypasses);
+                ResponseFuture::bypass(origin.call(request), state)
+            }
+            Path::Mutate => {
+                let future = timed(mutate(state, origin, request, rule));
+                ResponseFuture::cached(Box::pin(future.instrument(span)))
+            }
+            Path::Read => {
+                let future = timed(serve(state, origin, request, rule));
+                ResponseFuture::cached(Box::pin(future.instrument(span)))
+            }
         }
+    }
+}
+
+/// Runs one request, recording its duration by outcome (and the outcome in the current span).
+async fn timed<F, B, E>(request: F) -> F::Output
+where
+    F: std::future::Future<Output = Result<Response<CacheBody<B>>, E>>,
+{
+    let started = Instant::now();
+    let result = request.await;
+    let outcome = match &result {
+        Ok(response) => outcome_of(response.headers()),
+        Err(_) => "error",
+    };
+    tracing::Span::current().record("outcome", outcome);
+    crate::metrics::request_duration(outcome, started.elapsed());
+    result
+}
+
+/// `hit`, `stale`, `miss` or `bypass`, read from this cache's `Cache-Status` member (the last).
+fn outcome_of(headers: &http::HeaderMap) -> &'static str {
+    let member = headers
+        .get_all(&CACHE_STATUS)
+        .iter()
+        .next_back()
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    if member.contains("fwd=stale") && member.contains("; hit") {
+        "stale"
+    } else if member.contains("; hit") {
+        "hit"
+    } else if member.contains("fwd=bypass") || member.contains("fwd=method") {
+        "bypass"
+    } else {
+        "miss"
     }
 }
 
@@ -154,6 +207,7 @@ where
 {
     let (parts, body) = request.into_parts();
     let primary = key::primary_key(&parts, &rule.key_headers);
+    tracing::Span::current().record("key", primary.as_str());
 
     // 1. What is stored for this request: memory, then Redis; its Vary variant if it has one.
     let resolved = variants::lookup(&state.cache, &primary, &parts.headers).await;

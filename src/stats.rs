@@ -47,18 +47,36 @@ pub struct Stats {
     pub l2_circuit_open: bool,
     /// Misses another instance loaded while this one waited on the Redis lock (`l2.lock`).
     pub lock_waits_filled: u64,
+    /// HTTP requests that bypassed the cache (route rules, methods, `no-store`, bodies).
+    pub bypasses: u64,
 }
 
 impl Stats {
+    /// Of all lookups, the share answered fresh from memory (0.0 when there were none).
+    pub fn memory_hit_ratio(&self) -> f64 {
+        ratio(self.memory_hits, self.lookups())
+    }
+
+    /// Of all lookups, the share answered fresh from Redis (0.0 when there were none).
+    pub fn redis_hit_ratio(&self) -> f64 {
+        ratio(self.redis_hits, self.lookups())
+    }
+
+    fn lookups(&self) -> u64 {
+        self.memory_hits + self.redis_hits + self.misses
+    }
+
     /// Fresh hits (both tiers) over all lookups, 0.0 when there were none.
     pub fn hit_ratio(&self) -> f64 {
-        let hits = self.memory_hits + self.redis_hits;
-        let lookups = hits + self.misses;
-        if lookups == 0 {
-            0.0
-        } else {
-            hits as f64 / lookups as f64
-        }
+        ratio(self.memory_hits + self.redis_hits, self.lookups())
+    }
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
     }
 }
 
@@ -79,9 +97,10 @@ pub(crate) enum Counter {
     L2DecodeErrors,
     L2Skipped,
     LockWaitsFilled,
+    Bypasses,
 }
 
-const COUNTERS: usize = Counter::LockWaitsFilled as usize + 1;
+const COUNTERS: usize = Counter::Bypasses as usize + 1;
 
 /// Lock-free counters shared by every clone of a cache.
 #[derive(Debug, Default)]
@@ -90,6 +109,7 @@ pub(crate) struct Counters([AtomicU64; COUNTERS]);
 impl Counters {
     pub(crate) fn incr(&self, counter: Counter) {
         self.0[counter as usize].fetch_add(1, Ordering::Relaxed);
+        crate::metrics::counted(counter);
     }
 
     pub(crate) fn get(&self, counter: Counter) -> u64 {
@@ -113,6 +133,7 @@ impl Counters {
             l2_decode_errors: self.get(Counter::L2DecodeErrors),
             l2_skipped: self.get(Counter::L2Skipped),
             lock_waits_filled: self.get(Counter::LockWaitsFilled),
+            bypasses: self.get(Counter::Bypasses),
             ..Stats::default()
         }
     }
@@ -131,6 +152,8 @@ mod tests {
             ..Stats::default()
         };
         assert_eq!(stats.hit_ratio(), 0.75);
+        assert_eq!(stats.memory_hit_ratio(), 0.5);
+        assert_eq!(stats.redis_hit_ratio(), 0.25);
         assert_eq!(Stats::default().hit_ratio(), 0.0);
     }
 }

@@ -90,6 +90,7 @@ impl MemoryTier {
         if unsynced + u64::from(weight) > self.capacity / 16 {
             self.unsynced.store(0, Ordering::Relaxed);
             cache.sync();
+            crate::metrics::memory_bytes(cache.weighted_size());
         }
     }
 

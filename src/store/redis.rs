@@ -216,7 +216,9 @@ impl RedisTier {
         if !self.breaker.allow() {
             return Err(TierError::CircuitOpen);
         }
+        let started = std::time::Instant::now();
         let result = operation.await;
+        crate::metrics::l2_duration(started.elapsed());
         match &result {
             Ok(_) | Err(TierError::Decode(_)) => self.breaker.succeeded(),
             Err(_) => self.breaker.failed(),

@@ -474,6 +474,10 @@ impl TieredCache {
         }
     }
 
+    pub(crate) fn count(&self, counter: Counter) {
+        self.inner.counters.incr(counter);
+    }
+
     /// A snapshot of the counters and the memory tier's size.
     pub fn stats(&self) -> Stats {
         let memory = self.inner.memory.usage();

@@ -319,6 +319,7 @@ impl WriteBehind {
             Backend::Durable(handle) => handle.enqueue(job).await,
         };
         if accepted {
+            crate::metrics::write_behind_queue(self.stats().queued);
             Ok(())
         } else {
             Counters::add(&self.inner.counters.refused);

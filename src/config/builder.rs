@@ -1,0 +1,227 @@
+//! [`CacheConfigBuilder`]: every configuration key as a setter.
+
+use std::time::Duration;
+
+use super::{
+    CacheConfig, ConfigError, GrpcConfig, RouteConfig, TagsConfig, WarmConfig, WriteBehindConfig,
+};
+use crate::{CacheLayer, Error};
+
+/// Builds a [`CacheConfig`] in code, starting from the defaults; [`build`](Self::build) validates.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_tiered_cache::CacheConfig;
+///
+/// let config = CacheConfig::builder()
+///     .l1_size(32 * 1024 * 1024)
+///     .l1_max_ttl(Duration::from_secs(10))
+///     .compression(false)
+///     .build()?;
+/// assert!(config.l2.url.is_none());
+/// # Ok::<(), tower_tiered_cache::ConfigError>(())
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct CacheConfigBuilder {
+    pub(super) config: CacheConfig,
+}
+
+impl CacheConfigBuilder {
+    /// `l1.size`: memory budget in bytes; `0` disables the memory tier.
+    pub fn l1_size(mut self, bytes: u64) -> Self {
+        self.config.l1.size = bytes;
+        self
+    }
+
+    /// `l1.max_ttl`: longest stay of any entry in memory.
+    pub fn l1_max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.config.l1.max_ttl = max_ttl;
+        self
+    }
+
+    /// `l2.url`: the Redis to use as the shared tier.
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.config.l2.url = Some(url.into());
+        self
+    }
+
+    /// `l2.cluster`: Redis Cluster nodes to use as the shared tier (instead of `l2.url`).
+    pub fn redis_cluster<I: IntoIterator<Item = S>, S: Into<String>>(mut self, nodes: I) -> Self {
+        self.config.l2.cluster = nodes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// `l2.breaker_threshold` and `l2.breaker_cooldown`: the circuit breaker of the Redis tier.
+    pub fn l2_breaker(mut self, threshold: u32, cooldown: Duration) -> Self {
+        self.config.l2.breaker_threshold = threshold;
+        self.config.l2.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// `l2.lock`, `l2.lock_ttl`, `l2.lock_wait`: coalescing of misses across instances.
+    pub fn l2_lock(mut self, ttl: Duration, wait: Duration) -> Self {
+        self.config.l2.lock = true;
+        self.config.l2.lock_ttl = ttl;
+        self.config.l2.lock_wait = wait;
+        self
+    }
+
+    /// `l2.prefix`: prefix of every Redis key.
+    pub fn redis_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.l2.prefix = prefix.into();
+        self
+    }
+
+    /// `l2.timeout`: bound on each Redis command.
+    pub fn l2_timeout(mut self, timeout: Duration) -> Self {
+        self.config.l2.timeout = timeout;
+        self
+    }
+
+    /// `l2.pool_size`: number of Redis connections.
+    pub fn l2_pool_size(mut self, connections: usize) -> Self {
+        self.config.l2.pool_size = connections;
+        self
+    }
+
+    /// `compression.enabled`: brotli for bodies stored in Redis.
+    pub fn compression(mut self, enabled: bool) -> Self {
+        self.config.compression.enabled = enabled;
+        self
+    }
+
+    /// `compression.min_size`: smallest body worth compressing, in bytes.
+    pub fn compression_min_size(mut self, bytes: u64) -> Self {
+        self.config.compression.min_size = bytes;
+        self
+    }
+
+    /// `compression.quality`: brotli quality, 0–11.
+    pub fn compression_quality(mut self, quality: u32) -> Self {
+        self.config.compression.quality = quality;
+        self
+    }
+
+    /// `http.max_entry_size`: largest body stored, in bytes.
+    pub fn max_entry_size(mut self, bytes: u64) -> Self {
+        self.config.http.max_entry_size = bytes;
+        self
+    }
+
+    /// `http.default_ttl`: freshness for storable responses without any of their own.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.config.http.default_ttl = ttl;
+        self
+    }
+
+    /// `http.keep_stale`: how long stale entries are kept for revalidation.
+    pub fn keep_stale(mut self, keep: Duration) -> Self {
+        self.config.http.keep_stale = keep;
+        self
+    }
+
+    /// `http.stale_while_revalidate`: default window to serve stale while refreshing.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.config.http.stale_while_revalidate = window;
+        self
+    }
+
+    /// `http.stale_if_error`: default window to serve stale when the origin fails.
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.config.http.stale_if_error = window;
+        self
+    }
+
+    /// `http.origin_timeout`: longest wait for the origin's response headers.
+    pub fn origin_timeout(mut self, timeout: Duration) -> Self {
+        self.config.http.origin_timeout = timeout;
+        self
+    }
+
+    /// `http.status_header`: the cache's name in `Cache-Status`.
+    pub fn status_name(mut self, name: impl Into<String>) -> Self {
+        self.config.http.status_header = name.into();
+        self
+    }
+
+    /// `http.key_headers`: request headers added to every cache key.
+    pub fn key_header(mut self, name: impl Into<String>) -> Self {
+        self.config.http.key_headers.push(name.into());
+        self
+    }
+
+    /// `purge.token`: enables PURGE for requests with `Authorization: Bearer <token>`.
+    pub fn purge_token(mut self, token: impl Into<String>) -> Self {
+        self.config.purge.token = Some(token.into());
+        self
+    }
+
+    /// `[write_behind]`: the write-behind queue's settings.
+    pub fn write_behind(mut self, write_behind: WriteBehindConfig) -> Self {
+        self.config.write_behind = write_behind;
+        self
+    }
+
+    /// `[warm]`: the warming settings.
+    pub fn warm(mut self, warm: WarmConfig) -> Self {
+        self.config.warm = warm;
+        self
+    }
+
+    /// Appends a `[[route]]` rule.
+    pub fn route(mut self, route: RouteConfig) -> Self {
+        self.config.route.push(route);
+        self
+    }
+
+    /// `http.max_variants`: most `Vary` variants stored per URL.
+    pub fn max_variants(mut self, variants: u32) -> Self {
+        self.config.http.max_variants = variants;
+        self
+    }
+
+    /// `http.store_set_cookie`: store responses that set cookies (off by default).
+    pub fn store_set_cookie(mut self, store: bool) -> Self {
+        self.config.http.store_set_cookie = store;
+        self
+    }
+
+    /// `[tags]`: tag and invalidation headers, and how long invalidation stamps are kept.
+    pub fn tags(mut self, tags: TagsConfig) -> Self {
+        self.config.tags = tags;
+        self
+    }
+
+    /// `[grpc]`: unary gRPC methods to cache, and for how long.
+    pub fn grpc(mut self, grpc: GrpcConfig) -> Self {
+        self.config.grpc = grpc;
+        self
+    }
+
+    /// Validates and returns the configuration.
+    pub fn build(self) -> Result<CacheConfig, ConfigError> {
+        self.config.validate()?;
+        Ok(self.config)
+    }
+
+    /// Validates the configuration and builds a [`CacheLayer`] from it (see
+    /// [`CacheLayer::try_new`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_tiered_cache::Error> {
+    /// use std::time::Duration;
+    /// use tower_tiered_cache::CacheLayer;
+    ///
+    /// let layer = CacheLayer::builder()
+    ///     .l1_size(64 * 1024 * 1024)
+    ///     .stale_if_error(Duration::from_secs(300))
+    ///     .build_layer()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn build_layer(self) -> Result<CacheLayer, Error> {
+        CacheLayer::try_new(self.build()?)
+    }
+}

@@ -1,0 +1,91 @@
+//! Metrics through the [`metrics`](https://docs.rs/metrics) facade (feature `metrics`, on by
+//! default): install any recorder (e.g. `metrics-exporter-prometheus`) to collect them. Without
+//! the feature every function here is a no-op.
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `tiered_cache_requests_total` | counter | `tier` (`memory`, `redis`, `origin`), `result` (`hit`, `miss`, `stale`, `bypass`) |
+//! | `tiered_cache_loader_calls_total` | counter | |
+//! | `tiered_cache_coalesced_total` | counter | |
+//! | `tiered_cache_stores_total` | counter | |
+//! | `tiered_cache_l2_errors_total` | counter | `kind` (`error`, `decode`, `skipped`) |
+//! | `tiered_cache_bytes` | gauge | `tier` (`memory`) |
+//! | `tiered_cache_write_behind_queue` | gauge | |
+//! | `tiered_cache_request_duration_seconds` | histogram | `outcome` (`hit`, `stale`, `miss`, `bypass`) |
+//! | `tiered_cache_l2_duration_seconds` | histogram | |
+
+use std::time::Duration;
+
+use crate::stats::Counter;
+
+#[cfg(feature = "metrics")]
+pub(crate) fn counted(counter: Counter) {
+    use metrics::counter;
+    match counter {
+        Counter::MemoryHits => {
+            counter!("tiered_cache_requests_total", "tier" => "memory", "result" => "hit")
+                .increment(1)
+        }
+        Counter::RedisHits => {
+            counter!("tiered_cache_requests_total", "tier" => "redis", "result" => "hit")
+                .increment(1)
+        }
+        Counter::StaleHits => {
+            counter!("tiered_cache_requests_total", "tier" => "origin", "result" => "stale")
+                .increment(1)
+        }
+        Counter::Misses => {
+            counter!("tiered_cache_requests_total", "tier" => "origin", "result" => "miss")
+                .increment(1)
+        }
+        Counter::Bypasses => {
+            counter!("tiered_cache_requests_total", "tier" => "origin", "result" => "bypass")
+                .increment(1)
+        }
+        Counter::LoaderCalls => counter!("tiered_cache_loader_calls_total").increment(1),
+        Counter::CoalescedWaits => counter!("tiered_cache_coalesced_total").increment(1),
+        Counter::Stores => counter!("tiered_cache_stores_total").increment(1),
+        Counter::L2Errors => {
+            counter!("tiered_cache_l2_errors_total", "kind" => "error").increment(1)
+        }
+        Counter::L2DecodeErrors => {
+            counter!("tiered_cache_l2_errors_total", "kind" => "decode").increment(1)
+        }
+        Counter::L2Skipped => {
+            counter!("tiered_cache_l2_errors_total", "kind" => "skipped").increment(1)
+        }
+        Counter::LoaderErrors
+        | Counter::StoreSkips
+        | Counter::MemoryExpirations
+        | Counter::LockWaitsFilled => {}
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+pub(crate) fn counted(_: Counter) {}
+
+/// The memory tier's weighted size.
+pub(crate) fn memory_bytes(_bytes: u64) {
+    #[cfg(feature = "metrics")]
+    metrics::gauge!("tiered_cache_bytes", "tier" => "memory").set(_bytes as f64);
+}
+
+/// Writes waiting in the write-behind queue.
+pub(crate) fn write_behind_queue(_queued: u64) {
+    #[cfg(feature = "metrics")]
+    metrics::gauge!("tiered_cache_write_behind_queue").set(_queued as f64);
+}
+
+/// One HTTP request through the layer, by outcome.
+pub(crate) fn request_duration(_outcome: &'static str, _elapsed: Duration) {
+    #[cfg(feature = "metrics")]
+    metrics::histogram!("tiered_cache_request_duration_seconds", "outcome" => _outcome)
+        .record(_elapsed);
+}
+
+/// One Redis operation.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn l2_duration(_elapsed: Duration) {
+    #[cfg(feature = "metrics")]
+    metrics::histogram!("tiered_cache_l2_duration_seconds").record(_elapsed);
+}
