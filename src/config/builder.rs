@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use super::{
-    CacheConfig, ConfigError, GrpcConfig, RouteConfig, TagsConfig, WarmConfig, WriteBehindConfig,
+    CacheConfig, ConfigError, GrpcConfig, L3Config, RouteConfig, TagsConfig, WarmConfig,
+    WriteBehindConfig,
 };
 use crate::{CacheLayer, Error};
 
@@ -196,6 +197,12 @@ impl CacheConfigBuilder {
     /// `[grpc]`: unary gRPC methods to cache, and for how long.
     pub fn grpc(mut self, grpc: GrpcConfig) -> Self {
         self.config.grpc = grpc;
+        self
+    }
+
+    /// `[l3]`: the database behind `SqlLoader` (feature `sqlx`).
+    pub fn l3(mut self, l3: L3Config) -> Self {
+        self.config.l3 = l3;
         self
     }
 

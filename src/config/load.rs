@@ -9,6 +9,7 @@ const ENV_DEFAULTS: &[(&str, &str, &str)] = &[
     ("l1", "size", "L1_CACHE_SIZE"),
     ("l2", "url", "REDIS_URL"),
     ("compression", "enabled", "CACHE_COMPRESSION"),
+    ("l3", "url", "DATABASE_URL"),
 ];
 
 /// A configuration that cannot be used. The message names the key at fault where there is one.

@@ -31,6 +31,10 @@
 //! | `http.store_set_cookie` | | `false` | store responses that set cookies (RFC-allowed, unsafe for per-user cookies) |
 //! | `grpc.methods` | | `[]` | unary gRPC methods cached by `GrpcCacheLayer` (feature `tonic`) |
 //! | `grpc.ttl` | | `60s` | freshness of a cached gRPC response |
+//! | `l3.url` | `DATABASE_URL` | empty | database for `SqlLoader` (feature `sqlx`): `sqlite://…` or `postgres://…` |
+//! | `l3.query` | | `SELECT value FROM cache_store WHERE key = $1` | reads one value by key |
+//! | `l3.write_query` | | upsert into `cache_store` | writes one value (key, value) |
+//! | `l3.ttl` | | `60s` | freshness of values read from the database |
 //! | `[[route]] path` | | | glob on the request path (`*` within a segment, `**` across) |
 //! | `[[route]] ttl` | | | freshness used instead of the origin's on this route |
 //! | `[[route]] bypass` | | `false` | requests on this route pass straight through |
@@ -98,6 +102,39 @@ pub struct CacheConfig {
     pub warm: WarmConfig,
     /// gRPC caching (feature `tonic`).
     pub grpc: GrpcConfig,
+    /// A database as the source of truth for the library API (feature `sqlx`).
+    pub l3: L3Config,
+}
+
+/// `[l3]`: a database that `SqlLoader` (feature `sqlx`) reads entries from, and writes through
+/// to, as the seed's `l3_query`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct L3Config {
+    /// `sqlite://path.db` or `postgres://…`; empty means no database.
+    #[serde(deserialize_with = "de::optional_string")]
+    pub url: Option<String>,
+    /// Reads one value: one parameter (the key), one column in the result.
+    pub query: String,
+    /// Writes one value: two parameters (the key, then the value).
+    pub write_query: String,
+    /// How long values read from the database are fresh in the cache.
+    #[serde(deserialize_with = "de::duration")]
+    pub ttl: Duration,
+}
+
+impl Default for L3Config {
+    fn default() -> Self {
+        Self {
+            url: None,
+            query: "SELECT value FROM cache_store WHERE key = $1".to_owned(),
+            write_query: "INSERT INTO cache_store (key, value) VALUES ($1, $2) \
+                ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                .to_owned(),
+            ttl: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `[grpc]`: unary gRPC methods whose responses are cached (with `GrpcCacheLayer`, feature
