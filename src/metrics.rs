@@ -54,6 +54,9 @@ pub(crate) fn counted(counter: Counter) {
         Counter::L2Skipped => {
             counter!("tiered_cache_l2_errors_total", "kind" => "skipped").increment(1)
         }
+        Counter::L2TooLarge => {
+            counter!("tiered_cache_l2_errors_total", "kind" => "too_large").increment(1)
+        }
         Counter::LoaderErrors
         | Counter::StoreSkips
         | Counter::MemoryExpirations

@@ -26,7 +26,7 @@ use crate::http::variants::{Found, Placement, Stored, Variants};
 use crate::http::{key, purge, response, variants, write_behind};
 use crate::stats::Counter;
 use crate::store::coalesce::Turn;
-use crate::store::{LoadLock, Lookup, Source, TieredCache};
+use crate::store::{LoadLock, Lookup, TieredCache};
 
 /// Caches the responses of the wrapped service; built by [`CacheLayer`](crate::CacheLayer).
 ///
@@ -310,7 +310,7 @@ where
             };
             let held = match lock {
                 LoadLock::Filled(fetched) => {
-                    let mut status = Status::hit(Source::Redis);
+                    let mut status = Status::hit(state.cache.shared_source());
                     status.collapsed = true;
                     let response = response::from_entry(
                         &parts.method,

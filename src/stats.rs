@@ -13,7 +13,7 @@ use serde::Serialize;
 pub struct Stats {
     /// Fresh entries answered from memory.
     pub memory_hits: u64,
-    /// Fresh entries answered from Redis (and promoted into memory).
+    /// Fresh entries answered from the shared tier, Redis or Memcached (and promoted into memory).
     pub redis_hits: u64,
     /// Lookups that found only an entry past its time to live (kept for stale serving).
     pub stale_hits: u64,
@@ -43,6 +43,9 @@ pub struct Stats {
     pub l2_decode_errors: u64,
     /// Redis operations skipped at once because the circuit breaker was open.
     pub l2_skipped: u64,
+    /// Entries kept out of the shared tier because their encoding exceeded its item size limit
+    /// (Memcached's `l2.max_item_size`); they were still stored in memory.
+    pub l2_too_large: u64,
     /// Whether the Redis circuit breaker is open now (Redis being skipped).
     pub l2_circuit_open: bool,
     /// Misses another instance loaded while this one waited on the Redis lock (`l2.lock`).
@@ -96,6 +99,7 @@ pub(crate) enum Counter {
     L2Errors,
     L2DecodeErrors,
     L2Skipped,
+    L2TooLarge,
     LockWaitsFilled,
     Bypasses,
 }
@@ -132,6 +136,7 @@ impl Counters {
             l2_errors: self.get(Counter::L2Errors),
             l2_decode_errors: self.get(Counter::L2DecodeErrors),
             l2_skipped: self.get(Counter::L2Skipped),
+            l2_too_large: self.get(Counter::L2TooLarge),
             lock_waits_filled: self.get(Counter::LockWaitsFilled),
             bypasses: self.get(Counter::Bypasses),
             ..Stats::default()

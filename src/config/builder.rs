@@ -47,6 +47,20 @@ impl CacheConfigBuilder {
         self
     }
 
+    /// `l2.backend = "memcached"` and `l2.url`: the Memcached server (`memcache://host:port`) to
+    /// use as the shared tier (feature `memcached`).
+    pub fn memcached_url(mut self, url: impl Into<String>) -> Self {
+        self.config.l2.backend = super::L2Backend::Memcached;
+        self.config.l2.url = Some(url.into());
+        self
+    }
+
+    /// `l2.max_item_size`: Memcached's item size limit in bytes (`memcached -I`).
+    pub fn l2_max_item_size(mut self, bytes: u64) -> Self {
+        self.config.l2.max_item_size = bytes;
+        self
+    }
+
     /// `l2.cluster`: Redis Cluster nodes to use as the shared tier (instead of `l2.url`).
     pub fn redis_cluster<I: IntoIterator<Item = S>, S: Into<String>>(mut self, nodes: I) -> Self {
         self.config.l2.cluster = nodes.into_iter().map(Into::into).collect();

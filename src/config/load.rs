@@ -8,6 +8,8 @@ use super::CacheConfig;
 const ENV_DEFAULTS: &[(&str, &str, &str)] = &[
     ("l1", "size", "L1_CACHE_SIZE"),
     ("l2", "url", "REDIS_URL"),
+    // The seed article's name; REDIS_URL wins when both are set.
+    ("l2", "url", "REDIS_URI"),
     ("compression", "enabled", "CACHE_COMPRESSION"),
     ("l3", "url", "DATABASE_URL"),
 ];
@@ -72,6 +74,7 @@ impl CacheConfig {
             .parse()
             .map_err(|err: toml::de::Error| ConfigError::Syntax(err.to_string()))?;
         expand_table(&mut table, "", &vars)?;
+        apply_seed_aliases(&mut table)?;
         apply_env_defaults(&mut table, &vars)?;
         let config: Self = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|err| ConfigError::invalid(err.path().to_string(), err.inner().message()))?;
@@ -89,8 +92,8 @@ impl CacheConfig {
         Self::from_toml_str(&text)
     }
 
-    /// The defaults, with `L1_CACHE_SIZE`, `REDIS_URL` and `CACHE_COMPRESSION` taken from the
-    /// environment when set.
+    /// The defaults, with `L1_CACHE_SIZE`, `REDIS_URL` (or `REDIS_URI`), `CACHE_COMPRESSION` and
+    /// `DATABASE_URL` taken from the environment when set.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_toml_str("")
     }
@@ -162,6 +165,69 @@ fn apply_env_defaults(
     Ok(())
 }
 
+/// A key of the seed article's flat `[cache]` table.
+enum SeedKey {
+    /// Lands on `[section] key`.
+    Alias(&'static str, &'static str),
+    /// Names a fixed part of this design: only this value is accepted.
+    Fixed(&'static str),
+}
+
+const SEED_KEYS: &[(&str, SeedKey)] = &[
+    ("l1_backend", SeedKey::Fixed("memory")),
+    ("l1_size", SeedKey::Alias("l1", "size")),
+    ("l2_backend", SeedKey::Alias("l2", "backend")),
+    ("l2_uri", SeedKey::Alias("l2", "url")),
+    ("l3_backend", SeedKey::Fixed("database")),
+    ("l3_query", SeedKey::Alias("l3", "query")),
+    ("compression", SeedKey::Alias("compression", "enabled")),
+];
+
+/// Moves the keys of a `[cache]` table (the seed article's vocabulary) to their sections.
+/// Unknown keys, and a key given both ways, are errors naming it.
+fn apply_seed_aliases(table: &mut toml::Table) -> Result<(), ConfigError> {
+    let Some(cache) = table.remove("cache") else {
+        return Ok(());
+    };
+    let toml::Value::Table(cache) = cache else {
+        return Err(ConfigError::invalid("cache", "must be a table"));
+    };
+    for (key, value) in cache {
+        let path = format!("cache.{key}");
+        let Some((_, seed_key)) = SEED_KEYS.iter().find(|(name, _)| *name == key) else {
+            let known: Vec<&str> = SEED_KEYS.iter().map(|(name, _)| *name).collect();
+            return Err(ConfigError::invalid(
+                &path,
+                format!("unknown key; [cache] accepts {}", known.join(", ")),
+            ));
+        };
+        let &(section, name) = match seed_key {
+            SeedKey::Fixed(fixed) if value.as_str() == Some(fixed) => continue,
+            SeedKey::Fixed(fixed) => {
+                return Err(ConfigError::invalid(
+                    &path,
+                    format!("only {fixed:?} is supported, got {value}"),
+                ))
+            }
+            SeedKey::Alias(section, name) => &(*section, *name),
+        };
+        let entry = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(section_table) = entry else {
+            return Err(ConfigError::invalid(section, "must be a table"));
+        };
+        if section_table.contains_key(name) {
+            return Err(ConfigError::invalid(
+                &path,
+                format!("{section}.{name} is set too; give one of them"),
+            ));
+        }
+        section_table.insert(name.to_owned(), value);
+    }
+    Ok(())
+}
+
 fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_owned()
@@ -181,6 +247,63 @@ mod tests {
                 .find(|(key, _)| *key == name)
                 .map(|(_, value)| (*value).to_owned())
         }
+    }
+
+    #[test]
+    fn the_seed_vocabulary_maps_to_sections() {
+        let config = CacheConfig::from_toml_str_with_vars(
+            r#"
+            [cache]
+            l1_backend = "memory"
+            l1_size = "${L1_CACHE_SIZE:-100MB}"
+            l2_backend = "redis"
+            l2_uri = "${REDIS_URI}"
+            l3_backend = "database"
+            l3_query = "SELECT value FROM cache_store WHERE key = ?"
+            compression = false
+            "#,
+            vars(&[("REDIS_URI", "redis://127.0.0.1:6379")]),
+        )
+        .unwrap();
+        assert_eq!(config.l1.size, 100_000_000);
+        assert_eq!(config.l2.url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(
+            config.l3.query,
+            "SELECT value FROM cache_store WHERE key = ?"
+        );
+        assert!(!config.compression.enabled);
+    }
+
+    #[test]
+    fn seed_keys_that_do_not_map_are_errors_naming_them() {
+        let none = vars(&[]);
+        let err = CacheConfig::from_toml_str_with_vars("[cache]\nmetrics = 1", &none).unwrap_err();
+        assert_eq!(err.key(), Some("cache.metrics"));
+        let err = CacheConfig::from_toml_str_with_vars("[cache]\nl1_backend = \"disk\"", &none)
+            .unwrap_err();
+        assert_eq!(err.key(), Some("cache.l1_backend"));
+        let both = "[cache]\nl1_size = \"1MB\"\n[l1]\nsize = \"2MB\"";
+        let err = CacheConfig::from_toml_str_with_vars(both, &none).unwrap_err();
+        assert_eq!(err.key(), Some("cache.l1_size"));
+    }
+
+    #[test]
+    fn redis_uri_is_read_when_redis_url_is_absent() {
+        let config = CacheConfig::from_toml_str_with_vars(
+            "",
+            vars(&[("REDIS_URI", "redis://10.0.0.1:6379")]),
+        )
+        .unwrap();
+        assert_eq!(config.l2.url.as_deref(), Some("redis://10.0.0.1:6379"));
+        let config = CacheConfig::from_toml_str_with_vars(
+            "",
+            vars(&[
+                ("REDIS_URI", "redis://10.0.0.1:6379"),
+                ("REDIS_URL", "redis://10.0.0.2:6379"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.l2.url.as_deref(), Some("redis://10.0.0.2:6379"));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! |---|---|---|---|
 //! | `l1.size` | `L1_CACHE_SIZE` | `100MB` | memory tier budget in bytes of entries; `0` disables L1 |
 //! | `l1.max_ttl` | | `60s` | longest stay of any entry in memory, whatever its own TTL |
-//! | `l2.url` | `REDIS_URL` | empty | Redis URL (`redis://[user:pass@]host:port[/db]`); empty = no L2 |
+//! | `l2.backend` | | `redis` | `redis`, or `memcached` (feature `memcached`; see the README's Backends table) |
+//! | `l2.url` | `REDIS_URL`, `REDIS_URI` | empty | `redis://[user:pass@]host:port[/db]` or `memcache://host:port`; empty = no L2 |
 //! | `l2.cluster` | | `[]` | Redis Cluster node URLs, instead of `l2.url` |
 //! | `l2.prefix` | | `ttc` | prefix of every Redis key |
 //! | `l2.timeout` | | `50ms` | bound on every Redis command; slower = miss |
@@ -16,6 +17,7 @@
 //! | `l2.lock` | | `false` | coalesce misses across instances with a Redis lock |
 //! | `l2.lock_ttl` | | `5s` | lifetime of that lock (a crashed holder frees it by then) |
 //! | `l2.lock_wait` | | `2s` | longest wait for another instance's load |
+//! | `l2.max_item_size` | | `1MiB` | Memcached's item size limit (`memcached -I`); larger entries stay out of L2 |
 //! | `compression.enabled` | `CACHE_COMPRESSION` | `true` | brotli for bodies stored in Redis |
 //! | `compression.min_size` | | `1KiB` | smallest body worth compressing |
 //! | `compression.quality` | | `4` | brotli quality, 0–11 (11 is ~100× slower) |
@@ -300,12 +302,38 @@ impl Default for L1Config {
     }
 }
 
-/// `[l2]`: the shared Redis tier.
+/// The store behind the shared tier (`l2.backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum L2Backend {
+    /// Redis or Redis Cluster (feature `redis`, on by default): everything.
+    #[default]
+    Redis,
+    /// Memcached (feature `memcached`): entries, tag stamps and the miss lock; no cross-instance
+    /// invalidation events, no prefix invalidation, no durable write-behind.
+    Memcached,
+}
+
+impl L2Backend {
+    /// The name used in configuration and `Cache-Status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Memcached => "memcached",
+        }
+    }
+}
+
+/// `[l2]`: the shared tier, Redis (default) or Memcached.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct L2Config {
-    /// Redis URL; `None` (or an empty string in TOML) runs memory only.
+    /// The store: `redis` (default) or `memcached`.
+    pub backend: L2Backend,
+    /// Redis URL (`redis://…`) or Memcached URL (`memcache://host:port`); `None` (or an empty
+    /// string in TOML) runs memory only.
     #[serde(deserialize_with = "de::optional_string")]
     pub url: Option<String>,
     /// Redis Cluster node URLs (one is enough, the others are discovered), instead of `url`.
@@ -335,6 +363,10 @@ pub struct L2Config {
     /// Longest wait for another instance's load before loading anyway.
     #[serde(deserialize_with = "de::duration")]
     pub lock_wait: Duration,
+    /// Memcached only: the server's item size limit (`memcached -I`, 1 MiB by default). Entries
+    /// whose encoding and key exceed it are kept out of Memcached (and counted), not sent.
+    #[serde(deserialize_with = "de::size")]
+    pub max_item_size: u64,
 }
 
 impl L2Config {
@@ -347,6 +379,7 @@ impl L2Config {
 impl Default for L2Config {
     fn default() -> Self {
         Self {
+            backend: L2Backend::Redis,
             url: None,
             cluster: Vec::new(),
             prefix: "ttc".to_owned(),
@@ -357,6 +390,7 @@ impl Default for L2Config {
             lock: false,
             lock_ttl: Duration::from_secs(5),
             lock_wait: Duration::from_secs(2),
+            max_item_size: 1024 * 1024,
         }
     }
 }
@@ -533,7 +567,8 @@ impl CacheConfig {
         if self.l1.max_ttl.is_zero() {
             return Err(ConfigError::invalid("l1.max_ttl", "must be greater than 0"));
         }
-        if let Some(url) = &self.l2.url {
+        self.validate_l2_backend()?;
+        if let (Some(url), L2Backend::Redis) = (&self.l2.url, self.l2.backend) {
             validate_redis_url("l2.url", url)?;
         }
         if self.l2.url.is_some() && !self.l2.cluster.is_empty() {
@@ -648,6 +683,53 @@ impl CacheConfig {
 }
 
 /// RFC 9211 names the cache with an sf-token (or sf-string; a token is enough here).
+impl CacheConfig {
+    /// What the chosen backend cannot do is an error naming the key that asked for it.
+    fn validate_l2_backend(&self) -> Result<(), ConfigError> {
+        if self.l2.backend != L2Backend::Memcached {
+            return Ok(());
+        }
+        if !cfg!(feature = "memcached") {
+            return Err(ConfigError::invalid(
+                "l2.backend",
+                "memcached is selected, but this build has no `memcached` feature",
+            ));
+        }
+        if let Some(url) = &self.l2.url {
+            crate::store::memcached_address(url)
+                .map_err(|reason| ConfigError::invalid("l2.url", reason))?;
+        }
+        let unsupported = [
+            (
+                !self.l2.cluster.is_empty(),
+                "l2.cluster",
+                "Redis Cluster needs backend = \"redis\"",
+            ),
+            (
+                self.write_behind.durable,
+                "write_behind.durable",
+                "the durable queue is a Redis Stream: use backend = \"redis\", or durable = false",
+            ),
+        ];
+        if let Some((_, key, reason)) = unsupported.into_iter().find(|(asked, ..)| *asked) {
+            return Err(ConfigError::invalid(key, reason));
+        }
+        if self.l2.prefix.len() > 100 || !self.l2.prefix.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::invalid(
+                "l2.prefix",
+                "Memcached keys need a prefix of at most 100 printable ASCII characters",
+            ));
+        }
+        if self.l2.max_item_size < 1024 {
+            return Err(ConfigError::invalid(
+                "l2.max_item_size",
+                "must be at least 1KiB (Memcached's smallest -I)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn validate_token(key: &str, value: &str) -> Result<(), ConfigError> {
     let mut chars = value.chars();
     let first_ok = chars

@@ -53,6 +53,7 @@ impl Status {
             detail: Some(match source {
                 Source::Memory => "memory",
                 Source::Redis => "redis",
+                Source::Memcached => "memcached",
             }),
             forward: None,
             forward_status: None,

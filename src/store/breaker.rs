@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, SystemTime};
 
 use super::entry::unix_ms;
+use super::tier::TierError;
 
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
@@ -52,7 +53,7 @@ impl Breaker {
     pub(crate) fn succeeded(&self) {
         self.failures.store(0, Ordering::Release);
         if self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
-            tracing::info!("redis tier answers again; circuit closed");
+            tracing::info!("shared tier answers again; circuit closed");
         }
     }
 
@@ -62,9 +63,29 @@ impl Breaker {
         if state == HALF_OPEN || (state == CLOSED && failures >= self.threshold) {
             self.opened_at_ms.store(now_ms(), Ordering::Release);
             if self.state.swap(OPEN, Ordering::AcqRel) == CLOSED {
-                tracing::warn!(failures, "redis tier failing; circuit open, skipping it");
+                tracing::warn!(failures, "shared tier failing; circuit open, skipping it");
             }
         }
+    }
+
+    /// Runs `operation` unless the circuit is open (then fails at once), and feeds the outcome
+    /// to the breaker. A value that does not decode, or one too large to store, is the tier
+    /// working, not failing.
+    pub(crate) async fn guard<T>(
+        &self,
+        operation: impl std::future::Future<Output = Result<T, TierError>>,
+    ) -> Result<T, TierError> {
+        if !self.allow() {
+            return Err(TierError::CircuitOpen);
+        }
+        let started = std::time::Instant::now();
+        let result = operation.await;
+        crate::metrics::l2_duration(started.elapsed());
+        match &result {
+            Ok(_) | Err(TierError::Decode(_) | TierError::TooLarge { .. }) => self.succeeded(),
+            Err(_) => self.failed(),
+        }
+        result
     }
 
     pub(crate) fn is_open(&self) -> bool {

@@ -84,6 +84,7 @@ struct WireMeta {
 }
 
 /// Key, method, URI and headers of a queued write-behind job (its body travels separately).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // durable write-behind only
 #[derive(Serialize, Deserialize)]
 pub(crate) struct JobMeta {
     pub(crate) key: String,
@@ -93,15 +94,19 @@ pub(crate) struct JobMeta {
 }
 
 /// Bumped on any change to [`JobMeta`] or its layout.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // durable write-behind only
 pub(crate) const JOB_FORMAT: u8 = 1;
 /// Upper bound on an encoded [`JobMeta`].
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // durable write-behind only
 const JOB_META_LIMIT: usize = 16 << 20;
 
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // durable write-behind only
 fn job_bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<JOB_META_LIMIT>()
 }
 
 /// `[JOB_FORMAT][bincode(meta)]`.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // durable write-behind only
 pub(crate) fn encode_job_meta(meta: &JobMeta) -> Result<Vec<u8>, EncodeError> {
     let encoded = bincode::serde::encode_to_vec(meta, job_bincode_config())
         .map_err(|err| EncodeError(err.to_string()))?;
@@ -113,6 +118,7 @@ pub(crate) fn encode_job_meta(meta: &JobMeta) -> Result<Vec<u8>, EncodeError> {
 
 /// The inverse of [`encode_job_meta`]; hostile input is an error, never a panic or an
 /// unbounded allocation.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // durable write-behind only
 pub(crate) fn decode_job_meta(field: &[u8]) -> Result<JobMeta, DecodeError> {
     let (&format, encoded) = field.split_first().ok_or(DecodeError::Truncated)?;
     if format != JOB_FORMAT {

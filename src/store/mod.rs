@@ -1,16 +1,19 @@
 //! Storage: the tiers, the entry and its codec, coalescing, and [`TieredCache`] over them.
 
 // Only the shared tiers encode entries.
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "redis", feature = "memcached")), allow(dead_code))]
 mod breaker;
 pub(crate) mod coalesce;
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "redis", feature = "memcached")), allow(dead_code))]
 pub(crate) mod codec;
 mod entry;
 mod events;
+#[cfg(feature = "memcached")]
+mod memcached;
 mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+mod shared;
 mod tags;
 mod tier;
 mod tiered;
@@ -18,6 +21,7 @@ mod tiered;
 pub use codec::{DecodeError, EncodeError};
 pub use entry::CachedEntry;
 pub use events::Invalidation;
+use shared::SharedTier;
 pub use tier::TierError;
 pub(crate) use tiered::LoadLock;
 pub use tiered::{Lookup, Purged, Source, TieredCache};
@@ -35,83 +39,56 @@ pub(crate) fn random_id() -> String {
     format!("{:016x}", hasher.finish())
 }
 
-#[cfg(feature = "redis")]
-use redis::RedisTier as SharedTier;
-#[cfg(not(feature = "redis"))]
-use without_redis::NoSharedTier as SharedTier;
-
-#[cfg(not(feature = "redis"))]
-mod without_redis {
-    //! Stands in for the Redis tier in builds without the `redis` feature; never constructed
-    //! (configuration validation rejects `l2.url` first).
-
-    use std::time::Duration;
-
-    use super::codec::Codec;
-    use super::events::{EventSink, Invalidation};
-    use super::tier::{Tier, TierError};
-    use super::CachedEntry;
-    use crate::config::{CacheConfig, ConfigError};
-    use crate::Error;
-
-    pub(crate) enum NoSharedTier {}
-
-    impl NoSharedTier {
-        pub(crate) fn connect(_: &CacheConfig, _: Codec, _: EventSink) -> Result<Self, Error> {
-            Err(ConfigError::invalid("l2.url", "this build has no `redis` feature").into())
-        }
-
-        pub(crate) async fn wait_connected(&self, _: Duration) -> bool {
-            match *self {}
-        }
-
-        pub(crate) fn circuit_open(&self) -> bool {
-            match *self {}
-        }
-
-        pub(crate) async fn publish(&self, _: &Invalidation) -> Result<(), TierError> {
-            match *self {}
-        }
-
-        pub(crate) async fn tag_stamps(&self, _: &[&str]) -> Result<Vec<u64>, TierError> {
-            match *self {}
-        }
-
-        pub(crate) async fn try_lock(
-            &self,
-            _: &str,
-            _: &str,
-            _: Duration,
-        ) -> Result<bool, TierError> {
-            match *self {}
-        }
-
-        pub(crate) async fn unlock(&self, _: &str, _: &str) -> Result<(), TierError> {
-            match *self {}
-        }
-
-        pub(crate) async fn stamp_tags(
-            &self,
-            _: &[String],
-            _: u64,
-            _: Duration,
-        ) -> Result<(), TierError> {
-            match *self {}
-        }
+/// The `host:port` of a `memcache://host:port` URL, as the client wants it (`tcp://host:port`).
+pub(crate) fn memcached_address(url: &str) -> Result<String, String> {
+    let usage = "use memcache://host:port";
+    let parsed =
+        url::Url::parse(url).map_err(|err| format!("invalid URL {url:?}: {err}; {usage}"))?;
+    if parsed.scheme() != "memcache" {
+        return Err(format!("invalid Memcached URL {url:?}: {usage}"));
     }
+    let host = match parsed.host() {
+        Some(url::Host::Domain(host)) if !host.is_empty() => host.to_owned(),
+        Some(url::Host::Ipv4(address)) => address.to_string(),
+        // async-memcached opens IPv4 sockets only.
+        Some(url::Host::Ipv6(_)) => {
+            return Err(format!(
+                "invalid Memcached URL {url:?}: IPv6 addresses are not supported by the client; use an IPv4 address or a host name resolving to one"
+            ))
+        }
+        _ => return Err(format!("invalid Memcached URL {url:?}: no host; {usage}")),
+    };
+    if !parsed.username().is_empty() || parsed.password().is_some() || parsed.path().len() > 1 {
+        return Err(format!(
+            "invalid Memcached URL {url:?}: no user, password or path; {usage}"
+        ));
+    }
+    Ok(format!("tcp://{host}:{}", parsed.port().unwrap_or(11211)))
+}
 
-    impl Tier for NoSharedTier {
-        async fn get(&self, _: &str) -> Result<Option<CachedEntry>, TierError> {
-            match *self {}
-        }
-        async fn set(&self, _: &str, _: &CachedEntry) -> Result<(), TierError> {
-            match *self {}
-        }
-        async fn remove(&self, _: &str) -> Result<(), TierError> {
-            match *self {}
-        }
-        async fn remove_prefix(&self, _: &str) -> Result<u64, TierError> {
-            match *self {}
+#[cfg(test)]
+mod tests {
+    use super::memcached_address;
+
+    #[test]
+    fn memcached_urls_become_client_addresses() {
+        assert_eq!(
+            memcached_address("memcache://127.0.0.1:11311").unwrap(),
+            "tcp://127.0.0.1:11311"
+        );
+        assert_eq!(
+            memcached_address("memcache://cache.internal").unwrap(),
+            "tcp://cache.internal:11211"
+        );
+        for bad in [
+            "redis://x:1",
+            "memcache://",
+            "memcache://u:p@h:1",
+            "memcache://h:1/db",
+            "h:1",
+            "memcache://[::1]:11211",
+        ] {
+            assert!(memcached_address(bad).is_err(), "{bad}");
         }
     }
 }

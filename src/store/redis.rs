@@ -130,32 +130,34 @@ impl RedisTier {
 
     /// Tells the other instances about an invalidation.
     pub(crate) async fn publish(&self, event: &Invalidation) -> Result<(), TierError> {
-        self.guarded(async {
-            self.pool
-                .next()
-                .with_options(&self.options)
-                .publish::<(), _, _>(self.channel.as_str(), event.encode(&self.instance))
-                .await
-                .map_err(tier_error)
-        })
-        .await
+        self.breaker
+            .guard(async {
+                self.pool
+                    .next()
+                    .with_options(&self.options)
+                    .publish::<(), _, _>(self.channel.as_str(), event.encode(&self.instance))
+                    .await
+                    .map_err(tier_error)
+            })
+            .await
     }
 
     /// The invalidation stamps of `tags` (0 for tags never invalidated), in order. One GET per
     /// tag, sent together: stamp keys hash to different cluster slots.
     pub(crate) async fn tag_stamps(&self, tags: &[&str]) -> Result<Vec<u64>, TierError> {
-        self.guarded(async {
-            let reader = self.pool.with_options(&self.options);
-            let reads = tags
-                .iter()
-                .map(|tag| reader.get::<Option<u64>, _>(self.tag_key(tag)));
-            futures_util::future::join_all(reads)
-                .await
-                .into_iter()
-                .map(|stamp| stamp.map(Option::unwrap_or_default).map_err(tier_error))
-                .collect()
-        })
-        .await
+        self.breaker
+            .guard(async {
+                let reader = self.pool.with_options(&self.options);
+                let reads = tags
+                    .iter()
+                    .map(|tag| reader.get::<Option<u64>, _>(self.tag_key(tag)));
+                futures_util::future::join_all(reads)
+                    .await
+                    .into_iter()
+                    .map(|stamp| stamp.map(Option::unwrap_or_default).map_err(tier_error))
+                    .collect()
+            })
+            .await
     }
 
     /// Takes the lock of `key` for `ttl` with `token` (SET NX PX); false if someone holds it.
@@ -166,37 +168,43 @@ impl RedisTier {
         ttl: Duration,
     ) -> Result<bool, TierError> {
         let px_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-        self.guarded(async {
-            let taken: Option<String> = self
-                .pool
-                .with_options(&self.options)
-                .set(
-                    self.lock_key(key),
-                    token,
-                    Some(Expiration::PX(px_ms)),
-                    Some(SetOptions::NX),
-                    false,
-                )
-                .await
-                .map_err(tier_error)?;
-            Ok(taken.is_some())
-        })
-        .await
+        self.breaker
+            .guard(async {
+                let taken: Option<String> = self
+                    .pool
+                    .with_options(&self.options)
+                    .set(
+                        self.lock_key(key),
+                        token,
+                        Some(Expiration::PX(px_ms)),
+                        Some(SetOptions::NX),
+                        false,
+                    )
+                    .await
+                    .map_err(tier_error)?;
+                Ok(taken.is_some())
+            })
+            .await
     }
 
     /// Releases the lock of `key` if `token` still holds it (it may have expired and been taken).
     pub(crate) async fn unlock(&self, key: &str, token: &str) -> Result<(), TierError> {
         const RELEASE: &str =
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
-        self.guarded(async {
-            self.pool
-                .with_options(&self.options)
-                .eval::<i64, _, _, _>(RELEASE, self.lock_key(key), token)
-                .await
-                .map(drop)
-                .map_err(tier_error)
-        })
-        .await
+        self.breaker
+            .guard(async {
+                self.pool
+                    .with_options(&self.options)
+                    .eval::<i64, _, _, _>(RELEASE, self.lock_key(key), token)
+                    .await
+                    .map(drop)
+                    .map_err(tier_error)
+            })
+            .await
+    }
+
+    pub(crate) fn source(&self) -> super::Source {
+        super::Source::Redis
     }
 
     pub(crate) fn circuit_open(&self) -> bool {
@@ -205,25 +213,6 @@ impl RedisTier {
 
     fn lock_key(&self, key: &str) -> String {
         format!("{}:lock:{key}", self.prefix)
-    }
-
-    /// Runs `operation` unless the circuit is open (then fails at once), and feeds the outcome
-    /// to the breaker. A value that does not decode is Redis working, not failing.
-    async fn guarded<T>(
-        &self,
-        operation: impl std::future::Future<Output = Result<T, TierError>>,
-    ) -> Result<T, TierError> {
-        if !self.breaker.allow() {
-            return Err(TierError::CircuitOpen);
-        }
-        let started = std::time::Instant::now();
-        let result = operation.await;
-        crate::metrics::l2_duration(started.elapsed());
-        match &result {
-            Ok(_) | Err(TierError::Decode(_)) => self.breaker.succeeded(),
-            Err(_) => self.breaker.failed(),
-        }
-        result
     }
 
     /// Records `stamp` as the invalidation time of each tag, kept for `ttl`.
@@ -236,23 +225,24 @@ impl RedisTier {
         let px_ms = i64::try_from(ttl.as_millis())
             .unwrap_or(i64::MAX)
             .clamp(1, MAX_PX_MS as i64);
-        self.guarded(async {
-            let writer = self.pool.with_options(&self.options);
-            let writes = tags.iter().map(|tag| {
-                writer.set::<(), _, _>(
-                    self.tag_key(tag),
-                    stamp,
-                    Some(Expiration::PX(px_ms)),
-                    None,
-                    false,
-                )
-            });
-            for result in futures_util::future::join_all(writes).await {
-                result.map_err(tier_error)?;
-            }
-            Ok(())
-        })
-        .await
+        self.breaker
+            .guard(async {
+                let writer = self.pool.with_options(&self.options);
+                let writes = tags.iter().map(|tag| {
+                    writer.set::<(), _, _>(
+                        self.tag_key(tag),
+                        stamp,
+                        Some(Expiration::PX(px_ms)),
+                        None,
+                        false,
+                    )
+                });
+                for result in futures_util::future::join_all(writes).await {
+                    result.map_err(tier_error)?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     fn tag_key(&self, tag: &str) -> String {
@@ -266,7 +256,7 @@ impl RedisTier {
 
 impl Tier for RedisTier {
     async fn get(&self, key: &str) -> Result<Option<CachedEntry>, TierError> {
-        self.guarded(self.read(key)).await
+        self.breaker.guard(self.read(key)).await
     }
 
     async fn set(&self, key: &str, entry: &CachedEntry) -> Result<(), TierError> {
@@ -278,24 +268,26 @@ impl Tier for RedisTier {
             return Ok(());
         }
         let bytes = Bytes::from(self.codec.encode(entry)?);
-        self.guarded(async {
-            self.pool
-                .with_options(&self.options)
-                .set::<(), _, _>(
-                    self.entry_key(key),
-                    bytes,
-                    Some(Expiration::PX(px_ms as i64)),
-                    None,
-                    false,
-                )
-                .await
-                .map_err(tier_error)
-        })
-        .await
+        self.breaker
+            .guard(async {
+                self.pool
+                    .with_options(&self.options)
+                    .set::<(), _, _>(
+                        self.entry_key(key),
+                        bytes,
+                        Some(Expiration::PX(px_ms as i64)),
+                        None,
+                        false,
+                    )
+                    .await
+                    .map_err(tier_error)
+            })
+            .await
     }
 
     async fn remove(&self, key: &str) -> Result<(), TierError> {
-        self.guarded(self.delete(vec![self.entry_key(key)]))
+        self.breaker
+            .guard(self.delete(vec![self.entry_key(key)]))
             .await
             .map(drop)
     }
@@ -303,28 +295,29 @@ impl Tier for RedisTier {
     /// SCAN (never KEYS) page by page, on every primary of a cluster, deleting each page.
     async fn remove_prefix(&self, prefix: &str) -> Result<u64, TierError> {
         let pattern = format!("{}*", glob_escape(&self.entry_key(prefix)));
-        self.guarded(async {
-            let client = self.pool.next();
-            let mut pages = if self.clustered {
-                client.scan_cluster(pattern, Some(SCAN_PAGE), None).boxed()
-            } else {
-                client.scan(pattern, Some(SCAN_PAGE), None).boxed()
-            };
-            let mut removed = 0;
-            while let Some(page) = pages.next().await {
-                let mut page = page.map_err(tier_error)?;
-                let keys: Vec<String> = page
-                    .take_results()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|key| key.into_string())
-                    .collect();
-                removed += self.delete(keys).await?;
-                page.next();
-            }
-            Ok(removed)
-        })
-        .await
+        self.breaker
+            .guard(async {
+                let client = self.pool.next();
+                let mut pages = if self.clustered {
+                    client.scan_cluster(pattern, Some(SCAN_PAGE), None).boxed()
+                } else {
+                    client.scan(pattern, Some(SCAN_PAGE), None).boxed()
+                };
+                let mut removed = 0;
+                while let Some(page) = pages.next().await {
+                    let mut page = page.map_err(tier_error)?;
+                    let keys: Vec<String> = page
+                        .take_results()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|key| key.into_string())
+                        .collect();
+                    removed += self.delete(keys).await?;
+                    page.next();
+                }
+                Ok(removed)
+            })
+            .await
     }
 }
 

@@ -39,6 +39,23 @@ pub enum TierError {
     /// The entry could not be encoded.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// The encoded entry exceeds the backend's item size limit (Memcached's `l2.max_item_size`):
+    /// not written, counted in [`Stats::l2_too_large`](crate::Stats::l2_too_large).
+    #[error("entry of {size} bytes exceeds the item size limit of {limit} bytes")]
+    TooLarge {
+        /// Encoded size including the key.
+        size: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The backend cannot do this (e.g. prefix invalidation on Memcached, which cannot list keys).
+    #[error("not supported by the {backend} backend: {operation}")]
+    Unsupported {
+        /// The L2 backend, `memcached`.
+        backend: &'static str,
+        /// What was asked for.
+        operation: &'static str,
+    },
     /// Any other error from the backend.
     #[error("{0}")]
     Backend(String),

@@ -27,8 +27,10 @@ use crate::Error;
 pub enum Source {
     /// The in-process memory tier (L1).
     Memory,
-    /// The shared Redis tier (L2).
+    /// The shared tier (L2) on Redis.
     Redis,
+    /// The shared tier (L2) on Memcached.
+    Memcached,
 }
 
 /// An entry found by [`TieredCache::lookup`], fresh or stale, and where it was found.
@@ -131,13 +133,27 @@ impl TieredCache {
         })
     }
 
-    /// Waits up to `timeout` for the Redis connection. Returns `true` once connected, `false` on
-    /// timeout or when no Redis is configured. Optional: the cache works while disconnected.
-    pub async fn wait_for_redis(&self, timeout: Duration) -> bool {
+    /// Waits up to `timeout` for the shared tier (Redis or Memcached). Returns `true` once
+    /// connected, `false` on timeout or when no L2 is configured. Optional: the cache works while
+    /// disconnected.
+    pub async fn wait_for_l2(&self, timeout: Duration) -> bool {
         match &self.inner.shared {
             Some(shared) => shared.wait_connected(timeout).await,
             None => false,
         }
+    }
+
+    /// [`wait_for_l2`](Self::wait_for_l2), under the name it had before Memcached.
+    pub async fn wait_for_redis(&self, timeout: Duration) -> bool {
+        self.wait_for_l2(timeout).await
+    }
+
+    /// Where entries found in the shared tier come from.
+    pub(crate) fn shared_source(&self) -> Source {
+        self.inner
+            .shared
+            .as_ref()
+            .map_or(Source::Redis, SharedTier::source)
     }
 
     /// The fresh entry under `key`, from memory or Redis (a Redis hit is copied into memory with
@@ -513,7 +529,9 @@ impl TieredCache {
             });
         }
         let shared = self.read_shared(key).await;
-        let shared = self.unless_invalidated(key, shared, Source::Redis).await;
+        let shared = self
+            .unless_invalidated(key, shared, self.shared_source())
+            .await;
         if let Some(entry) = &shared {
             self.inner.memory.set(key, entry).await.ok();
         }
@@ -529,7 +547,7 @@ impl TieredCache {
         if shared_is_better {
             shared.map(|entry| Lookup {
                 entry,
-                source: Source::Redis,
+                source: self.shared_source(),
             })
         } else {
             memory.map(|entry| Lookup {
@@ -555,7 +573,7 @@ impl TieredCache {
             Source::Memory => {
                 self.inner.memory.delete(key);
             }
-            Source::Redis => {
+            Source::Redis | Source::Memcached => {
                 if let Some(shared) = &self.inner.shared {
                     if let Err(err) = shared.remove(key).await {
                         self.l2_failed("remove", err);
@@ -610,7 +628,7 @@ impl TieredCache {
         let counter = match found {
             Some(found) if found.is_fresh() => match found.source {
                 Source::Memory => Counter::MemoryHits,
-                Source::Redis => Counter::RedisHits,
+                Source::Redis | Source::Memcached => Counter::RedisHits,
             },
             Some(_) => {
                 self.inner.counters.incr(Counter::StaleHits);
@@ -641,15 +659,17 @@ impl TieredCache {
         let counter = match source {
             TierError::Decode(_) => Counter::L2DecodeErrors,
             TierError::CircuitOpen => Counter::L2Skipped,
+            TierError::TooLarge { .. } => Counter::L2TooLarge,
             _ => Counter::L2Errors,
         };
         self.inner.counters.incr(counter);
-        if matches!(source, TierError::CircuitOpen) {
-            // The breaker logged when it opened; skipping is what it is for.
+        if matches!(source, TierError::CircuitOpen | TierError::TooLarge { .. }) {
+            // The breaker logged when it opened; skipping is what it is for. Oversized entries
+            // are expected with a small item limit: counted, not warned about.
         } else if self.inner.l2_warnings.allow() {
-            tracing::warn!(operation, error = %source, "redis tier failed; serving without it");
+            tracing::warn!(operation, error = %source, "shared tier failed; serving without it");
         } else {
-            tracing::debug!(operation, error = %source, "redis tier failed");
+            tracing::debug!(operation, error = %source, "shared tier failed");
         }
         Error::L2 { operation, source }
     }

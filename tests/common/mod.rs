@@ -9,3 +9,6 @@ pub use redis::*;
 
 #[cfg(feature = "redis")]
 pub mod load;
+
+#[cfg(feature = "memcached")]
+pub mod memcached;
