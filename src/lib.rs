@@ -140,6 +140,8 @@ mod http;
 mod layer;
 mod metrics;
 mod service;
+#[cfg(feature = "sqlx")]
+pub mod sql;
 mod stats;
 mod store;
 mod warm;

@@ -116,8 +116,15 @@ fn unknown_keys_are_errors_naming_them() {
     let err = parse("[l1]\nsise = \"1MB\"").unwrap_err();
     assert!(err.to_string().contains("sise"), "{err}");
     assert_eq!(err.key(), Some("l1.sise"));
-    let err = parse("[cache]\nl1_size = \"1MB\"").unwrap_err();
-    assert!(err.to_string().contains("cache"), "{err}");
+    let err = parse("[caches]\nl1_size = \"1MB\"").unwrap_err();
+    assert!(err.to_string().contains("caches"), "{err}");
+    // `[cache]` is the seed article's flat table: its known keys map, others are errors.
+    let err = parse("[cache]\nl1_sise = \"1MB\"").unwrap_err();
+    assert_eq!(err.key(), Some("cache.l1_sise"));
+    assert_eq!(
+        parse("[cache]\nl1_size = \"1MB\"").unwrap().l1.size,
+        1_000_000
+    );
 }
 
 #[test]
