@@ -16,7 +16,8 @@ type CachedFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<
 
 pin_project! {
     /// The response future of [`CacheService`](crate::CacheService): the inner service's future
-    /// for requests that bypass the cache (no allocation), a boxed future for cached requests.
+    /// for requests that bypass the cache, a ready response for fresh memory hits (neither
+    /// allocates), a boxed future for the rest.
     pub struct ResponseFuture<F, B, E> {
         #[pin]
         kind: Kind<F, B, E>,
@@ -34,6 +35,9 @@ pin_project! {
         Cached {
             future: CachedFuture<B, E>,
         },
+        Ready {
+            response: Option<Response<CacheBody<B>>>,
+        },
     }
 }
 
@@ -47,6 +51,15 @@ impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn cached(future: CachedFuture<B, E>) -> Self {
         Self {
             kind: Kind::Cached { future },
+        }
+    }
+
+    /// A response the cache had at hand: no allocation, ready on the first poll.
+    pub(crate) fn ready(response: Response<CacheBody<B>>) -> Self {
+        Self {
+            kind: Kind::Ready {
+                response: Some(response),
+            },
         }
     }
 }
@@ -69,6 +82,10 @@ where
                 )))
             }
             KindProj::Cached { future } => future.as_mut().poll(cx),
+            KindProj::Ready { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => panic!("ResponseFuture polled after completion"),
+            },
         }
     }
 }

@@ -130,6 +130,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod bench_support;
 mod body;
 pub mod config;
 mod error;

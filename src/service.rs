@@ -10,7 +10,6 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower::Service;
-use tracing::Instrument;
 
 use crate::body::{BoxError, CacheBody};
 use crate::config::WriteMode;
@@ -92,6 +91,7 @@ where
         let mut origin = std::mem::replace(&mut self.inner, fresh);
         let state = self.state.clone();
         let rule = state.routes.rule_for(request.uri().path()).clone();
+        let started = Instant::now();
         let span = tracing::debug_span!(
             "tiered_cache",
             method = %request.method(),
@@ -111,31 +111,91 @@ where
                 ResponseFuture::bypass(origin.call(request), state)
             }
             Path::Mutate => {
-                let future = timed(mutate(state, origin, request, rule));
-                ResponseFuture::cached(Box::pin(future.instrument(span)))
+                let future = mutate(state, origin, request, rule);
+                ResponseFuture::cached(Box::pin(Timed::new(future, span, started)))
             }
             Path::Read => {
-                let future = timed(serve(state, origin, request, rule));
-                ResponseFuture::cached(Box::pin(future.instrument(span)))
+                let (parts, body) = request.into_parts();
+                let primary = key::primary_key(&parts, &rule.key_headers);
+                // The common case needs no future: a fresh entry in memory answers at once.
+                if let Some(response) = fresh_in_memory(&state, &parts, &primary) {
+                    span.record("key", primary.as_str());
+                    span.record("outcome", "hit");
+                    crate::metrics::request_duration("hit", started.elapsed());
+                    return ResponseFuture::ready(response);
+                }
+                let future = serve(state, origin, parts, body, primary, rule);
+                ResponseFuture::cached(Box::pin(Timed::new(future, span, started)))
             }
         }
     }
 }
 
-/// Runs one request, recording its duration by outcome (and the outcome in the current span).
-async fn timed<F, B, E>(request: F) -> F::Output
+/// A fresh entry in memory for this request, answered without touching any other tier: the
+/// same answer as step 2 of [`serve`], without its future. `None` sends the request the long
+/// way (which also handles every case this declines: Redis, stale entries, unknown tags).
+#[allow(clippy::ptr_arg)] // the memory map is keyed by `String`
+fn fresh_in_memory<B>(
+    state: &State,
+    parts: &Parts,
+    primary: &String,
+) -> Option<Response<CacheBody<B>>> {
+    let now = SystemTime::now();
+    let entry = variants::fresh_in_memory(&state.cache, primary, &parts.headers, now)?;
+    let age = entry.age_at(now);
+    if policy::reuse(&parts.headers, entry.headers(), age, entry.ttl()) != Reuse::Fresh {
+        return None;
+    }
+    state.cache.count(Counter::MemoryHits);
+    Some(response::from_entry_with_status(
+        &parts.method,
+        &parts.headers,
+        &entry,
+        age,
+        state.memory_hit_status.clone(),
+    ))
+}
+
+pin_project_lite::pin_project! {
+    /// A request through the cache: polled inside its tracing span; on completion, its duration
+    /// is recorded by outcome (and the outcome in the span). A struct rather than an `async fn`,
+    /// which would hold a second copy of the request's (large) future.
+    struct Timed<F> {
+        #[pin]
+        request: F,
+        span: tracing::Span,
+        started: Instant,
+    }
+}
+
+impl<F> Timed<F> {
+    fn new(request: F, span: tracing::Span, started: Instant) -> Self {
+        Self {
+            request,
+            span,
+            started,
+        }
+    }
+}
+
+impl<F, B, E> std::future::Future for Timed<F>
 where
     F: std::future::Future<Output = Result<Response<CacheBody<B>>, E>>,
 {
-    let started = Instant::now();
-    let result = request.await;
-    let outcome = match &result {
-        Ok(response) => outcome_of(response.headers()),
-        Err(_) => "error",
-    };
-    tracing::Span::current().record("outcome", outcome);
-    crate::metrics::request_duration(outcome, started.elapsed());
-    result
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let result = std::task::ready!(this.request.poll(cx));
+        let outcome = match &result {
+            Ok(response) => outcome_of(response.headers()),
+            Err(_) => "error",
+        };
+        this.span.record("outcome", outcome);
+        crate::metrics::request_duration(outcome, this.started.elapsed());
+        Poll::Ready(result)
+    }
 }
 
 /// `hit`, `stale`, `miss` or `bypass`, read from this cache's `Cache-Status` member (the last).
@@ -190,12 +250,14 @@ fn classify<B: Body>(request: &Request<B>, rule: &Rule) -> Path {
     }
 }
 
-/// The cached path of one GET or HEAD request.
+/// The cached path of one GET or HEAD request whose primary key is `primary`.
 async fn serve<S, ReqBody, ResBody>(
     state: Arc<State>,
     origin: S,
-    request: Request<ReqBody>,
-    rule: Rule,
+    parts: Parts,
+    body: ReqBody,
+    primary: String,
+    rule: Arc<Rule>,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
@@ -205,8 +267,6 @@ where
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    let (parts, body) = request.into_parts();
-    let primary = key::primary_key(&parts, &rule.key_headers);
     tracing::Span::current().record("key", primary.as_str());
 
     // 1. What is stored for this request: memory, then Redis; its Vary variant if it has one.
@@ -353,7 +413,7 @@ async fn mutate<S, ReqBody, ResBody>(
     state: Arc<State>,
     mut origin: S,
     request: Request<ReqBody>,
-    rule: Rule,
+    rule: Arc<Rule>,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -478,7 +538,7 @@ struct Refresh {
     found: Found,
     variants: Option<Variants>,
     primary: String,
-    rule: Rule,
+    rule: Arc<Rule>,
 }
 
 impl Refresh {

@@ -5,6 +5,8 @@
 //! failing the message. Numeric values that are not valid delta-seconds are kept as
 //! [`Delta::Invalid`] so the policy can treat them conservatively.
 
+use std::borrow::Cow;
+
 use http::header::{HeaderMap, CACHE_CONTROL};
 
 /// RFC 9111 §1.2.2: delta-seconds too large to represent are 2^31.
@@ -116,9 +118,9 @@ impl CacheControl {
             parsed.present = true;
             // Non-ASCII bytes cannot be part of a directive; the rest of the line still counts.
             let text = String::from_utf8_lossy(line.as_bytes());
-            for (name, value) in directives(&text) {
-                parsed.apply(&name, value.as_deref());
-            }
+            each_directive(&text, |name, value| {
+                parsed.apply(&lowercase(name), value.as_deref());
+            });
         }
         parsed
     }
@@ -173,7 +175,8 @@ impl SurrogateControl {
         let mut applies = false;
         for line in headers.get_all("surrogate-control") {
             let text = String::from_utf8_lossy(line.as_bytes());
-            for (name, value) in directives(&text) {
+            each_directive(&text, |name, value| {
+                let name = lowercase(name);
                 let (name, name_target) = split_target(&name);
                 let (value, value_target) = match &value {
                     Some(value) => {
@@ -184,7 +187,7 @@ impl SurrogateControl {
                 };
                 let target = name_target.or(value_target);
                 if target.is_some_and(|target| !target.eq_ignore_ascii_case(token)) {
-                    continue;
+                    return;
                 }
                 match name {
                     "max-age" => {
@@ -197,7 +200,7 @@ impl SurrogateControl {
                     }
                     _ => {}
                 }
-            }
+            });
         }
         applies.then_some(parsed)
     }
@@ -210,54 +213,74 @@ fn split_target(text: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Splits a field line into (lowercased name, unquoted value) pairs, honouring quoted strings.
-fn directives(line: &str) -> Vec<(String, Option<String>)> {
-    let mut out = Vec::new();
-    let mut chars = line.chars().peekable();
+/// Calls `each` with every (name, unquoted value) pair of a field line, honouring quoted
+/// strings. Names are trimmed but keep their case. Allocates only for values with escapes.
+fn each_directive<'a>(line: &'a str, mut each: impl FnMut(&'a str, Option<Cow<'a, str>>)) {
+    let mut rest = line;
     loop {
         // Skip separators and whitespace before a directive.
-        while chars.next_if(|c| *c == ',' || c.is_whitespace()).is_some() {}
-        if chars.peek().is_none() {
-            return out;
+        rest = rest.trim_start_matches(|c: char| c == ',' || c.is_whitespace());
+        if rest.is_empty() {
+            return;
         }
-        let mut name = String::new();
-        while let Some(c) = chars.next_if(|c| *c != '=' && *c != ',') {
-            name.push(c);
-        }
-        let name = name.trim().to_ascii_lowercase();
-        let value = if chars.next_if_eq(&'=').is_some() {
-            while chars.next_if(|c| *c == ' ' || *c == '\t').is_some() {}
-            Some(if chars.next_if_eq(&'"').is_some() {
-                quoted(&mut chars)
-            } else {
-                let mut token = String::new();
-                while let Some(c) = chars.next_if(|c| *c != ',') {
-                    token.push(c);
+        let name_end = rest.find(['=', ',']).unwrap_or(rest.len());
+        let name = rest[..name_end].trim();
+        rest = &rest[name_end..];
+        let value = match rest.strip_prefix('=') {
+            Some(after) => {
+                let after = after.trim_start_matches([' ', '\t']);
+                if let Some(body) = after.strip_prefix('"') {
+                    let (value, remaining) = unquote(body);
+                    rest = remaining;
+                    Some(value)
+                } else {
+                    let end = after.find(',').unwrap_or(after.len());
+                    rest = &after[end..];
+                    Some(Cow::Borrowed(after[..end].trim()))
                 }
-                token.trim().to_owned()
-            })
-        } else {
-            None
+            }
+            None => None,
         };
         // Text after a quoted value up to the next comma is garbage; skip it.
-        while chars.next_if(|c| *c != ',').is_some() {}
+        rest = &rest[rest.find(',').unwrap_or(rest.len())..];
         if !name.is_empty() && !name.contains(char::is_whitespace) {
-            out.push((name, value));
+            each(name, value);
         }
     }
 }
 
-/// Reads a quoted-string body after the opening quote, unescaping `\x`.
-fn quoted(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> String {
-    let mut value = String::new();
-    while let Some(c) = chars.next() {
+/// The body of a quoted string (after its opening quote) with `\x` unescaped, and the text after
+/// its closing quote. An unterminated string runs to the end.
+fn unquote(body: &str) -> (Cow<'_, str>, &str) {
+    let mut unescaped: Option<String> = None;
+    let mut chars = body.char_indices();
+    while let Some((index, c)) = chars.next() {
         match c {
-            '"' => break,
-            '\\' => value.extend(chars.next()),
-            other => value.push(other),
+            '"' => {
+                let value = unescaped.map_or(Cow::Borrowed(&body[..index]), Cow::Owned);
+                return (value, &body[index + 1..]);
+            }
+            '\\' => {
+                let value = unescaped.get_or_insert_with(|| body[..index].to_owned());
+                value.extend(chars.next().map(|(_, escaped)| escaped));
+            }
+            other => {
+                if let Some(value) = &mut unescaped {
+                    value.push(other);
+                }
+            }
         }
     }
-    value
+    (unescaped.map_or(Cow::Borrowed(body), Cow::Owned), "")
+}
+
+/// `name` in lower case, borrowed when it already is.
+fn lowercase(name: &str) -> Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 #[cfg(test)]

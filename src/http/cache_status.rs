@@ -122,9 +122,17 @@ impl Status {
 
     /// Appends this cache's member after those of caches closer to the origin (RFC 9211 §2).
     pub(crate) fn append_to(&self, name: &str, headers: &mut HeaderMap) {
-        if let Ok(value) = HeaderValue::from_str(&self.render(name)) {
+        if let Ok(value) = self.value(name) {
             headers.append(CACHE_STATUS.clone(), value);
         }
+    }
+
+    /// This cache's member as a header value.
+    pub(crate) fn value(
+        &self,
+        name: &str,
+    ) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+        HeaderValue::from_str(&self.render(name))
     }
 }
 

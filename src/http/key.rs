@@ -17,63 +17,73 @@ use http::{HeaderMap, HeaderName, Uri};
 const SEPARATOR: char = '\u{1f}';
 
 /// Request headers that can change the URL an application believes it serves.
-const URL_OVERRIDING_HEADERS: &[&str] = &[
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-scheme",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-server",
-    "x-host",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-original-host",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
+static URL_OVERRIDING_HEADERS: [HeaderName; 13] = [
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-original-host"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
 ];
 
 /// The primary key of a request. HEAD and GET share it: HEAD is answered from GET entries.
 pub(crate) fn primary_key(parts: &Parts, key_headers: &[HeaderName]) -> String {
-    key_for(
-        &target_uri(&parts.uri, &parts.headers),
-        &parts.headers,
-        key_headers,
-    )
+    let mut key = target_uri(&parts.uri, &parts.headers);
+    append_key_fields(&mut key, &parts.headers, key_headers);
+    key
 }
 
 /// The primary key of the resource at `target` (an absolute URI, as [`target_uri`] makes).
 pub(crate) fn key_for(target: &str, headers: &HeaderMap, key_headers: &[HeaderName]) -> String {
     let mut key = target.to_owned();
+    append_key_fields(&mut key, headers, key_headers);
+    key
+}
+
+/// The configured key headers, then the URL-overriding headers the request carries.
+fn append_key_fields(key: &mut String, headers: &HeaderMap, key_headers: &[HeaderName]) {
     for name in key_headers {
-        append_field(&mut key, name.as_str(), headers);
+        append_field(key, name.as_str(), headers);
     }
-    for name in URL_OVERRIDING_HEADERS {
-        if headers.contains_key(*name) {
-            append_field(&mut key, name, headers);
+    // Most requests carry a handful of headers: look for these only when there may be one.
+    let may_override = headers.keys().any(|name| name.as_str().starts_with("x-"));
+    if may_override {
+        for name in &URL_OVERRIDING_HEADERS {
+            if headers.contains_key(name) {
+                append_field(key, name.as_str(), headers);
+            }
         }
     }
-    key
 }
 
 /// The absolute target URI of a request, `scheme://host/path?query`, with the host from the
 /// request line's authority or else the `Host` header, lowercased.
 pub(crate) fn target_uri(uri: &Uri, headers: &HeaderMap) -> String {
     let scheme = uri.scheme_str().unwrap_or("http");
-    let host = uri
-        .authority()
-        .map(|authority| authority.as_str().to_owned())
-        .or_else(|| {
-            headers
-                .get(HOST)
-                .map(|host| String::from_utf8_lossy(host.as_bytes()).into_owned())
-        })
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let host = match uri.authority() {
+        Some(authority) => authority.as_str().as_bytes(),
+        None => headers.get(HOST).map_or(&b""[..], |host| host.as_bytes()),
+    };
     let path = uri
         .path_and_query()
         .map_or("/", |path_and_query| path_and_query.as_str());
-    format!("{scheme}://{host}{path}")
+    // Room for a few key fields too, so appending them rarely reallocates.
+    let mut target = String::with_capacity(scheme.len() + 3 + host.len() + path.len() + 32);
+    target.push_str(scheme);
+    target.push_str("://");
+    match std::str::from_utf8(host) {
+        Ok(host) => target.extend(host.chars().map(|c| c.to_ascii_lowercase())),
+        Err(_) => target.push_str(&String::from_utf8_lossy(host).to_ascii_lowercase()),
+    }
+    target.push_str(path);
+    target
 }
 
 /// `reference` (a `Location` or `Content-Location` value) resolved against `target`, when it
@@ -112,16 +122,16 @@ fn append_field(key: &mut String, name: &str, headers: &HeaderMap) {
         return;
     }
     key.push('=');
-    let values = lines
-        .flat_map(|line| {
-            String::from_utf8_lossy(line.as_bytes())
-                .split(',')
-                .map(|v| v.trim().to_owned())
-                .collect::<Vec<_>>()
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    key.push_str(&values);
+    let mut first = true;
+    for line in lines {
+        for value in String::from_utf8_lossy(line.as_bytes()).split(',') {
+            if !first {
+                key.push(',');
+            }
+            first = false;
+            key.push_str(value.trim());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Building client responses: from stored entries, from the origin, and the cache's own 504.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::header::{
     HeaderValue, AGE, CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES, LAST_MODIFIED, VARY,
@@ -22,12 +22,32 @@ pub(crate) fn from_entry<B>(
     status: Status,
     cache_name: &str,
 ) -> Response<CacheBody<B>> {
-    let age = entry.age_at(SystemTime::now()).as_secs();
+    let age = entry.age_at(SystemTime::now());
+    let mut response = from_entry_with_status(method, request, entry, age, None);
+    status.append_to(cache_name, response.headers_mut());
+    response
+}
+
+/// [`from_entry`] with the entry's `age` known and its `Cache-Status` member rendered already
+/// (`None`: the caller appends it).
+pub(crate) fn from_entry_with_status<B>(
+    method: &Method,
+    request: &HeaderMap,
+    entry: &CachedEntry,
+    age: Duration,
+    cache_status: impl Into<Option<HeaderValue>>,
+) -> Response<CacheBody<B>> {
     let mut response = if policy::not_modified(request, entry.headers()) {
         not_modified(entry.headers())
     } else {
         let mut code = entry.status();
-        let mut headers = entry.headers().clone();
+        let mut headers = HeaderMap::with_capacity(entry.headers().len() + 2);
+        headers.extend(
+            entry
+                .headers()
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone())),
+        );
         let mut body = entry.body().clone();
         let length = body.len();
         if let Some(range) = (code == StatusCode::OK)
@@ -47,9 +67,43 @@ pub(crate) fn from_entry<B>(
         *response.headers_mut() = headers;
         response
     };
-    response.headers_mut().insert(AGE, HeaderValue::from(age));
-    status.append_to(cache_name, response.headers_mut());
+    response.headers_mut().insert(AGE, age_value(age.as_secs()));
+    if let Some(cache_status) = cache_status.into() {
+        response
+            .headers_mut()
+            .append(super::cache_status::CACHE_STATUS.clone(), cache_status);
+    }
     response
+}
+
+/// `Age` values: the first hour is made once and shared (a clone of a static value costs no
+/// allocation), later ones are formatted.
+fn age_value(seconds: u64) -> HeaderValue {
+    const SHARED: u64 = 3600;
+    static AGES: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    if seconds >= SHARED {
+        return HeaderValue::from(seconds);
+    }
+    let ages = AGES.get_or_init(|| {
+        let mut text = String::new();
+        let mut ends = Vec::with_capacity(SHARED as usize);
+        for age in 0..SHARED {
+            text.push_str(&age.to_string());
+            ends.push(text.len());
+        }
+        let text: &'static str = Box::leak(text.into_boxed_str());
+        let mut start = 0;
+        ends.into_iter()
+            .map(|end| {
+                let value = HeaderValue::from_static(&text[start..end]);
+                start = end;
+                value
+            })
+            .collect()
+    });
+    ages.get(seconds as usize)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(seconds))
 }
 
 /// RFC 9110 §15.4.5: a 304 carries the fields a 200 would have that describe the
@@ -97,4 +151,16 @@ pub(crate) fn gateway_timeout<B>(status: Status, cache_name: &str) -> Response<C
     *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
     status.append_to(cache_name, response.headers_mut());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::age_value;
+
+    #[test]
+    fn shared_and_formatted_ages_read_the_same() {
+        for seconds in [0, 1, 9, 10, 99, 100, 3599, 3600, 86_400, u64::MAX] {
+            assert_eq!(age_value(seconds), seconds.to_string().as_str());
+        }
+    }
 }

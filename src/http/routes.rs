@@ -1,5 +1,6 @@
 //! `[[route]]` rules, compiled once: the first rule whose glob matches the path applies.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -21,8 +22,8 @@ pub(crate) struct Rule {
 #[derive(Debug)]
 pub(crate) struct Routes {
     globs: GlobSet,
-    rules: Vec<Rule>,
-    default: Rule,
+    rules: Vec<Arc<Rule>>,
+    default: Arc<Rule>,
 }
 
 impl Routes {
@@ -44,13 +45,13 @@ impl Routes {
                 &format!("{key}.key_headers"),
                 &route.key_headers,
             )?);
-            rules.push(Rule {
+            rules.push(Arc::new(Rule {
                 ttl: route.ttl,
                 bypass: route.bypass,
                 key_headers,
                 tags: route.tags.clone(),
                 write: route.write,
-            });
+            }));
         }
         let globs = globs
             .build()
@@ -58,14 +59,18 @@ impl Routes {
         Ok(Self {
             globs,
             rules,
-            default: Rule {
+            default: Arc::new(Rule {
                 key_headers: global_headers,
                 ..Rule::default()
-            },
+            }),
         })
     }
 
-    pub(crate) fn rule_for(&self, path: &str) -> &Rule {
+    /// Shared, so each request takes it without copying.
+    pub(crate) fn rule_for(&self, path: &str) -> &Arc<Rule> {
+        if self.rules.is_empty() {
+            return &self.default;
+        }
         self.globs
             .matches(path)
             .into_iter()

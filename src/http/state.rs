@@ -24,6 +24,8 @@ use super::exchange::Fetched;
 pub(crate) struct State {
     pub(crate) cache: TieredCache,
     pub(crate) cache_name: String,
+    /// `Cache-Status` of a fresh memory hit, rendered once.
+    pub(crate) memory_hit_status: HeaderValue,
     pub(crate) routes: Routes,
     pub(crate) max_entry_size: u64,
     pub(crate) max_variants: u32,
@@ -66,9 +68,15 @@ impl State {
                 crate::ConfigError::invalid("tags", format!("invalid header name {name:?}"))
             })
         };
+        let memory_hit_status = super::cache_status::Status::hit(crate::store::Source::Memory)
+            .value(&config.http.status_header)
+            .map_err(|_| {
+                crate::ConfigError::invalid("http.status_header", "not a valid header value")
+            })?;
         Ok(Self {
             cache,
             cache_name: config.http.status_header.clone(),
+            memory_hit_status,
             routes: Routes::new(config)?,
             max_entry_size: config.http.max_entry_size,
             max_variants: config.http.max_variants,

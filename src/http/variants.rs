@@ -80,6 +80,23 @@ pub(crate) async fn lookup(
     resolved
 }
 
+/// The fresh entry in memory for a request, following a variant list to the variant; `None`
+/// when memory alone cannot tell (nothing fresh there, or a tag stamp not known here).
+#[allow(clippy::ptr_arg)] // the memory map is keyed by `String`
+pub(crate) fn fresh_in_memory(
+    cache: &TieredCache,
+    primary: &String,
+    request_headers: &HeaderMap,
+    now: SystemTime,
+) -> Option<CachedEntry> {
+    let entry = cache.fresh_in_memory(primary, now)?;
+    if !entry.headers().contains_key(&VARIANTS) {
+        return Some(entry);
+    }
+    let key = Variants::of(&entry)?.key_for(primary, request_headers);
+    cache.fresh_in_memory(&key, now)
+}
+
 /// What is stored for a request, without counting (for re-checks).
 pub(crate) async fn resolve(
     cache: &TieredCache,

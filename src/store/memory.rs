@@ -58,11 +58,16 @@ impl MemoryTier {
 
     /// The entry under `key` if it has not outlived its own lifetime (fresh or stale).
     fn read(&self, key: &str) -> Option<CachedEntry> {
+        self.read_at(&key.to_owned(), SystemTime::now())
+    }
+
+    /// [`read`](Self::read) at `now`, for a caller that owns the key (the map wants `&String`).
+    #[allow(clippy::ptr_arg)]
+    pub(crate) fn read_at(&self, key: &String, now: SystemTime) -> Option<CachedEntry> {
         let cache = self.cache.as_ref()?;
-        let key = key.to_owned();
-        let entry = cache.get(&key)?;
-        if entry.remaining_lifetime_at(SystemTime::now()).is_zero() {
-            cache.invalidate(&key);
+        let entry = cache.get(key)?;
+        if entry.remaining_lifetime_at(now).is_zero() {
+            cache.invalidate(key);
             self.removed.fetch_add(1, Ordering::Relaxed);
             self.expired.fetch_add(1, Ordering::Relaxed);
             return None;

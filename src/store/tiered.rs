@@ -511,6 +511,22 @@ impl TieredCache {
         }
     }
 
+    /// The entry in memory under `key` if it is fresh and no tag of it was invalidated, read
+    /// without waiting; `None` also when a tag's stamp is not known here (the full lookup
+    /// reads it from L2).
+    #[allow(clippy::ptr_arg)] // the memory map is keyed by `String`
+    pub(crate) fn fresh_in_memory(&self, key: &String, now: SystemTime) -> Option<CachedEntry> {
+        let entry = self.inner.memory.read_at(key, now)?;
+        let obtained = entry.inserted_at_ms();
+        let current = entry.tags().iter().all(|tag| {
+            self.inner
+                .stamps
+                .get(tag)
+                .is_some_and(|stamp| stamp < obtained)
+        });
+        (current && entry.is_fresh_at(now)).then_some(entry)
+    }
+
     async fn read_memory(&self, key: &str) -> Option<CachedEntry> {
         // The memory tier cannot fail.
         self.inner.memory.get(key).await.ok().flatten()

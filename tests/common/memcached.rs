@@ -2,19 +2,21 @@
 //! cache builders on it.
 
 use std::io::ErrorKind;
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_memcached::{AsciiProtocol, Client, MetaProtocol};
 use sha2::{Digest, Sha256};
+
+use super::process::{free_port, ServerProcess};
 pub use tower_tiered_cache::CacheConfigBuilder;
 use tower_tiered_cache::{CacheConfig, TieredCache};
 
 /// A `memcached` on a free loopback port (TCP only, default 1 MiB item limit unless told),
 /// killed on drop.
 pub struct MemcachedServer {
-    child: Option<Child>,
+    process: ServerProcess,
     port: u16,
     /// The loopback address it listens on: `127.0.0.1` or `::1`.
     host: &'static str,
@@ -36,7 +38,7 @@ impl MemcachedServer {
             let port = free_port();
             if let Some(child) = spawn_memcached(host, port, &extra) {
                 return Self {
-                    child: Some(child),
+                    process: ServerProcess::running(child),
                     port,
                     host,
                     extra,
@@ -50,7 +52,7 @@ impl MemcachedServer {
     /// [`Self::restart`].
     pub fn not_started() -> Self {
         Self {
-            child: None,
+            process: ServerProcess::default(),
             port: free_port(),
             host: "127.0.0.1",
             extra: Vec::new(),
@@ -72,45 +74,26 @@ impl MemcachedServer {
 
     /// SIGKILL, and wait until the process is gone.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Starts the server again, empty, on the same port (after [`Self::kill`] or
     /// [`Self::not_started`]).
     pub fn restart(&mut self) {
         self.kill();
-        self.child = Some(
-            spawn_memcached(self.host, self.port, &self.extra)
-                .expect("memcached restarts on its port"),
-        );
+        let child = spawn_memcached(self.host, self.port, &self.extra)
+            .expect("memcached restarts on its port");
+        self.process = ServerProcess::running(child);
     }
 
-    /// SIGSTOP: the server keeps its connections (and the kernel accepts new ones) but answers
-    /// nothing.
+    /// SIGSTOP: see [`ServerProcess::pause`].
     pub fn pause(&self) {
-        self.signal("-STOP");
+        self.process.pause();
     }
 
     /// SIGCONT after [`Self::pause`].
     pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self
-            .child
-            .as_ref()
-            .expect("server running")
-            .id()
-            .to_string();
-        let status = Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill {signal} {pid}");
+        self.process.resume();
     }
 
     /// A connected client of its own (one connection), to look at what the cache wrote. IPv4
@@ -152,20 +135,6 @@ impl MemcachedServer {
             .expect("memcached answers mg");
         found.map(|value| value.ttl_remaining.expect("mg with t returns the ttl"))
     }
-}
-
-impl Drop for MemcachedServer {
-    fn drop(&mut self) {
-        // A paused server ignores nothing but SIGKILL, which is what kill sends.
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
 }
 
 /// Spawns memcached and waits until its port accepts connections; `None` if it exits first (for

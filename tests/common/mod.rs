@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod origin;
+mod process;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis")]

@@ -1,5 +1,7 @@
 //! A private `redis-server` per test, and cache builders on it.
 
+use super::process::{free_port, ServerProcess};
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -13,7 +15,7 @@ use tower_tiered_cache::{CacheConfig, TieredCache};
 
 /// A `redis-server` on a free loopback port, without persistence, killed on drop.
 pub struct RedisServer {
-    child: Option<Child>,
+    process: ServerProcess,
     port: u16,
     dir: tempfile::TempDir,
 }
@@ -26,7 +28,7 @@ impl RedisServer {
             let port = free_port();
             if let Some(child) = spawn_redis(port, dir.path()) {
                 return Self {
-                    child: Some(child),
+                    process: ServerProcess::running(child),
                     port,
                     dir,
                 };
@@ -38,7 +40,7 @@ impl RedisServer {
     /// A port nothing listens on, for "Redis refused" tests; start it later with [`Self::restart`].
     pub fn not_started() -> Self {
         Self {
-            child: None,
+            process: ServerProcess::default(),
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
         }
@@ -54,42 +56,25 @@ impl RedisServer {
 
     /// SIGKILL, and wait until the process is gone.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Starts the server again on the same port (after [`Self::kill`] or [`Self::not_started`]).
     pub fn restart(&mut self) {
         self.kill();
-        self.child = Some(
-            spawn_redis(self.port, self.dir.path()).expect("redis-server restarts on its port"),
-        );
+        let child =
+            spawn_redis(self.port, self.dir.path()).expect("redis-server restarts on its port");
+        self.process = ServerProcess::running(child);
     }
 
     /// SIGSTOP: the server keeps its connections but answers nothing.
     pub fn pause(&self) {
-        self.signal("-STOP");
+        self.process.pause();
     }
 
     /// SIGCONT after [`Self::pause`].
     pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self
-            .child
-            .as_ref()
-            .expect("server running")
-            .id()
-            .to_string();
-        let status = Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill {signal} {pid}");
+        self.process.resume();
     }
 
     /// A connected fred client, to look at what the cache wrote.
@@ -98,22 +83,6 @@ impl RedisServer {
         client.init().await.expect("test client connects");
         client
     }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            // A paused server ignores nothing but SIGKILL, which is what kill sends.
-            self.kill();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
 }
 
 /// Spawns redis-server and waits for its "Ready to accept connections" line; `None` if it exits

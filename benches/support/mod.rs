@@ -1,0 +1,193 @@
+//! Fixtures shared by the bench binaries: bodies and entries of a given size, an origin service
+//! and the request sent to it, and a private `redis-server`.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Ready;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{
+    HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_TYPE, ETAG, HOST, LAST_MODIFIED, USER_AGENT,
+};
+use http::{HeaderMap, Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use tower::Service;
+use tower_tiered_cache::CachedEntry;
+
+pub const KIB: usize = 1024;
+
+/// Criterion settings for every group: short, so the whole `cargo bench` takes a few minutes.
+pub fn criterion() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(50)
+}
+
+/// `len` bytes of JSON-like text: compresses about as well as typical API responses.
+pub fn body(len: usize) -> Bytes {
+    let mut text = String::with_capacity(len + 64);
+    let mut id = 0u32;
+    while text.len() < len {
+        text.push_str(&format!(
+            r#"{{"id":{id},"name":"user {id}","email":"user{id}@example.com","score":{}}},"#,
+            id.wrapping_mul(2_654_435_761) % 10_007
+        ));
+        id += 1;
+    }
+    text.truncate(len);
+    Bytes::from(text)
+}
+
+/// The headers a typical origin sends with a cacheable response.
+pub fn response_headers(cache_control: &'static str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    headers.insert(ETAG, HeaderValue::from_static("\"5f3a-1b2c3d\""));
+    headers.insert(
+        LAST_MODIFIED,
+        HeaderValue::from_static("Tue, 01 Dec 2026 10:00:00 GMT"),
+    );
+    headers
+}
+
+/// A stored response of `len` bytes, as the HTTP layer would store it.
+pub fn entry(len: usize) -> CachedEntry {
+    let mut headers = response_headers("max-age=3600");
+    headers.insert(
+        http::header::DATE,
+        HeaderValue::from_static("Tue, 01 Dec 2026 10:00:00 GMT"),
+    );
+    CachedEntry::new(body(len), Duration::from_secs(3600)).with_headers(headers)
+}
+
+/// The request every HTTP bench sends: a GET with the headers a client typically sets.
+pub fn request() -> Request<Full<Bytes>> {
+    Request::get("/items/42?page=1")
+        .header(HOST, "bench.example")
+        .header(USER_AGENT, "criterion/0.8")
+        .header(ACCEPT, "*/*")
+        .body(Full::default())
+        .expect("valid request")
+}
+
+/// An origin answering every request with the same body and headers, built per call as a
+/// handler would. Cloning it is one reference count.
+#[derive(Clone)]
+pub struct Origin {
+    body: Bytes,
+    cache_control: &'static str,
+}
+
+impl Origin {
+    pub fn new(len: usize, cache_control: &'static str) -> Self {
+        Self {
+            body: body(len),
+            cache_control,
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for Origin {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _request: Request<B>) -> Self::Future {
+        let mut response = Response::new(Full::new(self.body.clone()));
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static(self.cache_control));
+        std::future::ready(Ok(response))
+    }
+}
+
+/// Reads the body frame by frame, as a server writing it out would, without collecting it.
+pub async fn drain<B>(response: Response<B>) -> usize
+where
+    B: Body + Unpin,
+{
+    let mut body = response.into_body();
+    let mut frames = 0;
+    while let Some(frame) = body.frame().await {
+        std::hint::black_box(frame.ok());
+        frames += 1;
+    }
+    frames
+}
+
+/// The `Cache-Status` of a response, for checking that a bench measures the path it names.
+pub fn cache_status<B>(response: &Response<B>) -> String {
+    response
+        .headers()
+        .get("cache-status")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// A `redis-server` on a free loopback port, without persistence, killed on drop.
+pub struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free port")
+                .port();
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--logfile", ""])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed (apt-get install redis-server)");
+            let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+            let ready = lines
+                .by_ref()
+                .map_while(Result::ok)
+                .any(|line| line.contains("Ready to accept connections"));
+            std::thread::spawn(move || lines.for_each(drop));
+            if ready {
+                return Self {
+                    child,
+                    port,
+                    _dir: dir,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
