@@ -42,6 +42,22 @@ pub fn body(len: usize) -> Bytes {
     Bytes::from(text)
 }
 
+/// `len` bytes of base64-like text over pseudo-random bytes: brotli shrinks it by only ~25 %, as
+/// the files `scripts/bench-proxy.sh` serves.
+pub fn random_text(len: usize) -> Bytes {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let text: Vec<u8> = (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ALPHABET[(state % 64) as usize]
+        })
+        .collect();
+    Bytes::from(text)
+}
+
 /// The headers a typical origin sends with a cacheable response.
 pub fn response_headers(cache_control: &'static str) -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -55,14 +71,19 @@ pub fn response_headers(cache_control: &'static str) -> HeaderMap {
     headers
 }
 
-/// A stored response of `len` bytes, as the HTTP layer would store it.
+/// A stored response of `len` bytes of JSON-like text, as the HTTP layer would store it.
 pub fn entry(len: usize) -> CachedEntry {
+    entry_with_body(body(len))
+}
+
+/// A stored response with `body`, as the HTTP layer would store it.
+pub fn entry_with_body(body: Bytes) -> CachedEntry {
     let mut headers = response_headers("max-age=3600");
     headers.insert(
         http::header::DATE,
         HeaderValue::from_static("Tue, 01 Dec 2026 10:00:00 GMT"),
     );
-    CachedEntry::new(body(len), Duration::from_secs(3600)).with_headers(headers)
+    CachedEntry::new(body, Duration::from_secs(3600)).with_headers(headers)
 }
 
 /// The request every HTTP bench sends: a GET with the headers a client typically sets.
