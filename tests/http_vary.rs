@@ -110,3 +110,47 @@ async fn an_origin_cannot_forge_the_internal_variants_marker() {
     assert_eq!(hit.body, "plain");
     assert_eq!(hit.header("x-tiered-cache-variants"), "");
 }
+
+#[tokio::test]
+async fn language_lists_that_mean_the_same_share_a_variant() {
+    let server = MockServer::start().await;
+    Mock::given(path("/lang"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("cache-control", "max-age=60")
+                .insert_header("vary", "Accept-Language")
+                .insert_header("content-language", "en-US")
+                .set_body_string("hello"),
+        )
+        .expect(2)
+        .mount(&server)
+        .await;
+    let service = cached(CacheConfig::default(), &server);
+    send(
+        &service,
+        get("/lang", &[("accept-language", "en-US, de;q=0.5")]),
+    )
+    .await;
+
+    let same = send(
+        &service,
+        get("/lang", &[("accept-language", "EN-us,DE; q=0.5")]),
+    )
+    .await;
+    assert_eq!(
+        (same.body.as_ref(), same.cache_status()),
+        (&b"hello"[..], "tiered-cache; hit; detail=memory")
+    );
+    let reordered = send(
+        &service,
+        get("/lang", &[("accept-language", "de;q=0.5, en-US")]),
+    )
+    .await;
+    assert_eq!(reordered.cache_status(), "tiered-cache; hit; detail=memory");
+    // Among equal weights the order is the client's preference: a different request.
+    let other = send(&service, get("/lang", &[("accept-language", "de, en-US")])).await;
+    assert_eq!(
+        other.cache_status(),
+        "tiered-cache; fwd=miss; fwd-status=200; stored"
+    );
+}

@@ -112,6 +112,14 @@ pub(crate) fn variant_key(
     key
 }
 
+/// Selecting fields whose members are case-insensitive tokens with an optional weight:
+/// language ranges (RFC 9110 §12.5.4, RFC 4647 §2.1) and content codings (§12.5.3, §8.4.1).
+/// They are keyed by [`weighted_members`], so `en-US, de;q=0.5` and `DE; Q=0.5, en-us` select
+/// one variant.
+fn has_weighted_members(name: &str) -> bool {
+    name.eq_ignore_ascii_case("accept-language") || name.eq_ignore_ascii_case("accept-encoding")
+}
+
 /// Appends `␟name=value` (all field lines combined, whitespace around commas normalised), or
 /// `␟name` when the request lacks the field: an absent field differs from an empty one.
 fn append_field(key: &mut String, name: &str, headers: &HeaderMap) {
@@ -122,6 +130,14 @@ fn append_field(key: &mut String, name: &str, headers: &HeaderMap) {
         return;
     }
     key.push('=');
+    if has_weighted_members(name) {
+        let combined = lines
+            .map(|line| String::from_utf8_lossy(line.as_bytes()))
+            .collect::<Vec<_>>()
+            .join(",");
+        key.push_str(&weighted_members(&combined).join(","));
+        return;
+    }
     let mut first = true;
     for line in lines {
         for value in String::from_utf8_lossy(line.as_bytes()).split(',') {
@@ -131,6 +147,71 @@ fn append_field(key: &mut String, name: &str, headers: &HeaderMap) {
             first = false;
             key.push_str(value.trim());
         }
+    }
+}
+
+/// The members of a weighted list lower-cased, without whitespace around `;`, and ordered by
+/// weight, highest first. Members of equal weight keep their order: origins commonly prefer the
+/// earlier one, so `en, de` and `de, en` stay distinct. A list with a weight that does not parse
+/// keeps its order.
+fn weighted_members(list: &str) -> Vec<String> {
+    let mut members: Vec<(Option<u16>, String)> = list
+        .split(',')
+        .map(|member| {
+            let folded = member
+                .split(';')
+                .map(|part| part.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+                .join(";");
+            let weight = weight(&folded);
+            let member = match weight {
+                Some(weight) => with_weight(&folded, weight),
+                None => folded,
+            };
+            (weight, member)
+        })
+        .collect();
+    if members.iter().all(|(weight, _)| weight.is_some()) {
+        members.sort_by_key(|(weight, _)| std::cmp::Reverse(*weight));
+    }
+    members.into_iter().map(|(_, member)| member).collect()
+}
+
+/// `member` with its `q` parameter written canonically (`q=0.50` as `q=0.5`, `q=1` left out).
+fn with_weight(member: &str, weight: u16) -> String {
+    let mut parts = member.split(';');
+    let mut out = parts.next().unwrap_or_default().to_owned();
+    for parameter in parts.filter(|part| !part.starts_with("q=")) {
+        out.push(';');
+        out.push_str(parameter);
+    }
+    match weight {
+        1000 => {}
+        0 => out.push_str(";q=0"),
+        _ => {
+            let digits = format!("{weight:03}");
+            out.push_str(";q=0.");
+            out.push_str(digits.trim_end_matches('0'));
+        }
+    }
+    out
+}
+
+/// A folded member's weight in thousandths (RFC 9110 §12.4.2): 1000 without `q`, `None` when
+/// the `q` parameter is not a valid qvalue.
+fn weight(member: &str) -> Option<u16> {
+    let Some(q) = member.split(';').skip(1).find_map(|p| p.strip_prefix("q=")) else {
+        return Some(1000);
+    };
+    let (whole, fraction) = q.split_once('.').unwrap_or((q, ""));
+    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let thousandths = format!("{fraction:0<3}").parse::<u16>().ok()?;
+    match whole {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
     }
 }
 
@@ -237,5 +318,53 @@ mod tests {
         );
         assert_eq!(a, b);
         assert_ne!(b, c, "a new generation makes old variants unreachable");
+    }
+
+    fn language_key(accept_language: &str) -> String {
+        let vary = vec!["accept-language".to_owned()];
+        let headers = parts("/", &[("accept-language", accept_language)]).headers;
+        variant_key("k", "1", &vary, &headers)
+    }
+
+    #[test]
+    fn language_ranges_and_codings_are_keyed_by_meaning() {
+        let same = [
+            ("en-US, de;q=0.5", "EN-us ,De ; Q=0.5"),
+            ("en-US, de;q=0.5", "de;q=0.50, en-us"),
+            ("fr;q=0.2, en, de;q=0.9", "en;q=1.0, de;q=0.9, fr;q=0.2"),
+            ("en, *;q=0", "*;q=0.000, en;q=1"),
+        ];
+        for (a, b) in same {
+            assert_eq!(language_key(a), language_key(b), "{a} vs {b}");
+        }
+        let vary = vec!["accept-encoding".to_owned()];
+        let encoding = |value| {
+            let headers = parts("/", &[("accept-encoding", value)]).headers;
+            variant_key("k", "1", &vary, &headers)
+        };
+        assert_eq!(encoding("gzip, br;q=0.8"), encoding("BR; q=0.8,GZIP"));
+    }
+
+    #[test]
+    fn member_order_and_other_fields_keep_their_meaning() {
+        let different = [
+            ("en, de", "de, en"), // equal weights keep the client's order
+            ("en", "fr"),
+            ("en;q=0.5", "en;q=0.6"),
+            ("de;q=oops, en", "en, de;q=oops"), // an invalid weight: nothing reordered
+        ];
+        for (a, b) in different {
+            assert_ne!(language_key(a), language_key(b), "{a} vs {b}");
+        }
+        let vary = vec!["x-tenant".to_owned()];
+        let tenant = |value| {
+            let headers = parts("/", &[("x-tenant", value)]).headers;
+            variant_key("k", "1", &vary, &headers)
+        };
+        assert_ne!(
+            tenant("Acme"),
+            tenant("acme"),
+            "unknown fields are case-sensitive"
+        );
     }
 }
