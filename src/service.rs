@@ -21,8 +21,8 @@ use crate::http::exchange::{Exchange, Fetched, Unshared};
 use crate::http::policy::{self, Reuse};
 use crate::http::routes::Rule;
 use crate::http::state::{Received, State, Times};
-use crate::http::variants::{Found, Placement, Stored, Variants};
-use crate::http::{key, purge, response, variants, write_behind};
+use crate::http::variants::{Found, Placement, Resolved, Stored, Variants};
+use crate::http::{key, purge, range, response, variants, write_behind};
 use crate::stats::Counter;
 use crate::store::coalesce::Turn;
 use crate::store::{LoadLock, Lookup, TieredCache};
@@ -141,7 +141,8 @@ fn fresh_in_memory<B>(
     primary: &String,
 ) -> Option<Response<CacheBody<B>>> {
     let now = SystemTime::now();
-    let entry = variants::fresh_in_memory(&state.cache, primary, &parts.headers, now)?;
+    let entry = variants::fresh_in_memory(&state.cache, primary, &parts.headers, now)
+        .filter(|entry| !range::is_partial(entry))?;
     let age = entry.age_at(now);
     if policy::reuse(&parts.headers, entry.headers(), age, entry.ttl()) != Reuse::Fresh {
         return None;
@@ -269,7 +270,9 @@ where
 {
     tracing::Span::current().record("key", primary.as_str());
 
-    // 1. What is stored for this request: memory, then Redis; its Vary variant if it has one.
+    // 1. What is stored for this request: memory, then Redis; its Vary variant if it has one. A
+    //    stored partial response (206) counts only for a GET of a range inside it while fresh;
+    //    otherwise it is as if nothing were stored, and a complete response replaces it.
     let resolved = variants::lookup(&state.cache, &primary, &parts.headers).await;
     let now = SystemTime::now();
     let reuse = resolved.found.as_ref().map(|found| {
@@ -281,6 +284,8 @@ where
             entry.ttl(),
         )
     });
+    let (resolved, reuse) = without_unusable_partial(&parts, resolved, reuse);
+    let nothing_stored = resolved.found.is_none();
 
     // 2. Fresh: answered from the cache.
     if let (Some(found), Some(Reuse::Fresh)) = (&resolved.found, reuse) {
@@ -341,9 +346,13 @@ where
         forward,
     };
 
-    // 5. HEAD and range requests go to the origin as they are: they never create or change an
-    //    entry (a fresh complete entry answers ranges, above).
+    // 5. HEAD and range requests go to the origin as they are. HEAD never creates or changes an
+    //    entry; a range answer is stored when nothing is (a fresh complete entry answers
+    //    ranges, above).
     if parts.method == Method::HEAD || parts.headers.contains_key(RANGE) {
+        if parts.method == Method::GET && nothing_stored {
+            return exchange.fetch_range(origin, parts, body).await;
+        }
         return exchange.pass_on(origin, parts, body).await;
     }
 
@@ -403,6 +412,31 @@ where
         }
         Turn::Follow(_) => exchange.fetch(origin, parts, body).await.0,
     }
+}
+
+/// `resolved` and `reuse`, without a stored partial response that cannot answer `request`: one
+/// that is not fresh, or a request other than a GET of a range inside it.
+fn without_unusable_partial(
+    request: &Parts,
+    resolved: Resolved,
+    reuse: Option<Reuse>,
+) -> (Resolved, Option<Reuse>) {
+    let unusable = resolved.found.as_ref().is_some_and(|found| {
+        let entry = &found.lookup.entry;
+        range::is_partial(entry)
+            && !(reuse == Some(Reuse::Fresh)
+                && request.method == Method::GET
+                && range::within_partial(&request.headers, entry.headers(), entry.body().len())
+                    .is_some())
+    });
+    if !unusable {
+        return (resolved, reuse);
+    }
+    let resolved = Resolved {
+        found: None,
+        variants: resolved.variants,
+    };
+    (resolved, None)
 }
 
 /// A request that may change the resource (RFC 9111 §4.4), top to bottom: forwarded; on a
@@ -525,7 +559,9 @@ async fn stored_by_another(
     headers: &http::HeaderMap,
 ) -> Option<Fetched> {
     let resolved = variants::resolve(&state.cache, primary, headers).await;
-    let found = resolved.found.filter(|found| found.lookup.is_fresh())?;
+    let found = resolved
+        .found
+        .filter(|found| found.lookup.is_fresh() && !range::is_partial(&found.lookup.entry))?;
     Some(Fetched {
         entry: found.lookup.entry,
         stored: Stored::at(found.key, resolved.variants),

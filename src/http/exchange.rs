@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, IF_MODIFIED_SINCE, IF_NONE_MATCH};
+use http::header::{HeaderMap, CONTENT_RANGE, IF_MODIFIED_SINCE, IF_NONE_MATCH};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
@@ -13,6 +13,7 @@ use tower::Service;
 use super::buffer::{buffer, Buffered};
 use super::cache_status::{Forward, Status};
 use super::policy::{self, Settings, StorePlan};
+use super::range::Held;
 use super::response;
 use super::routes::Rule;
 use super::state::{Received, State, Times};
@@ -41,6 +42,25 @@ pub(crate) struct Exchange<'a> {
     /// The stored response being validated, if any.
     pub(crate) stale: Option<&'a Found>,
     pub(crate) forward: Forward,
+}
+
+/// What a response to be stored is.
+#[derive(Clone, Copy)]
+enum Representation {
+    /// The whole resource.
+    Complete,
+    /// A `206` holding one range of it (RFC 9111 §3.3).
+    Partial(Held),
+}
+
+impl Representation {
+    /// Whether a body of `len` bytes is what this representation says it is.
+    fn fits(self, len: usize) -> bool {
+        match self {
+            Self::Complete => true,
+            Self::Partial(held) => held.len() == len,
+        }
+    }
 }
 
 /// Why the origin gave no response.
@@ -73,11 +93,58 @@ impl Exchange<'_> {
             Err(OriginFailure::Timeout) => return Ok(self.timed_out()),
         };
         let (parts, body) = response.into_parts();
+        Ok(self.streamed(parts, body))
+    }
+
+    /// Forwards a range request for which nothing complete is stored. A `206` with one byte
+    /// range is stored, so that later requests for ranges inside it are answered from the cache
+    /// (RFC 9111 §3.3), and one holding every byte as the complete response; a `200` (an origin
+    /// may ignore `Range`) is stored as the complete response; anything else passes through.
+    pub(crate) async fn fetch_range<S, ReqBody, ResBody>(
+        &self,
+        mut origin: S,
+        mut parts: Parts,
+        body: ReqBody,
+    ) -> Result<Response<CacheBody<ResBody>>, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ResBody: Body<Data = Bytes> + Unpin,
+        ResBody::Error: Into<BoxError>,
+    {
+        let client_headers = parts.headers.clone();
+        self.state.to_origin(&mut parts.headers);
+        let request_time = SystemTime::now();
+        let request = Request::from_parts(parts, body);
+        let response = match self.call_origin(&mut origin, request).await {
+            Ok(response) => response,
+            Err(OriginFailure::Error(error)) => return Err(error),
+            Err(OriginFailure::Timeout) => return Ok(self.timed_out()),
+        };
+        let times = Times {
+            request: request_time,
+            response: SystemTime::now(),
+        };
+        let (parts, body) = response.into_parts();
+        let representation = match parts.status {
+            StatusCode::OK => Representation::Complete,
+            StatusCode::PARTIAL_CONTENT => match Held::from_headers(&parts.headers) {
+                Some(held) => Representation::Partial(held),
+                None => return Ok(self.streamed(parts, body)),
+            },
+            _ => return Ok(self.streamed(parts, body)),
+        };
+        let (response, _) = self
+            .store_or_pass(parts, body, &client_headers, times, representation)
+            .await;
+        response
+    }
+
+    /// The origin's response passed on as it streams, not stored.
+    fn streamed<B>(&self, parts: http::response::Parts, body: B) -> Response<CacheBody<B>> {
         let mut status = Status::forward(self.forward);
         status.forward_status = Some(parts.status.as_u16());
-        Ok(self
-            .state
-            .origin_response(parts, CacheBody::streaming(body), status))
+        self.state
+            .origin_response(parts, CacheBody::streaming(body), status)
     }
 
     /// Calls the origin, bounded by `http.origin_timeout` when one is set.
@@ -191,8 +258,15 @@ impl Exchange<'_> {
                     .await
             }
             _ => {
-                self.store_or_pass(response_parts, response_body, &client_headers, times)
-                    .await
+                let complete = Representation::Complete;
+                self.store_or_pass(
+                    response_parts,
+                    response_body,
+                    &client_headers,
+                    times,
+                    complete,
+                )
+                .await
             }
         }
     }
@@ -272,6 +346,7 @@ impl Exchange<'_> {
         body: B,
         client_headers: &HeaderMap,
         times: Times,
+        representation: Representation,
     ) -> Outcome<B, E>
     where
         B: Body<Data = Bytes> + Unpin,
@@ -279,15 +354,26 @@ impl Exchange<'_> {
     {
         let mut status = Status::forward(self.forward);
         status.forward_status = Some(parts.status.as_u16());
-        let plan = policy::plan_store(
-            &Method::GET,
-            client_headers,
-            parts.status,
-            &parts.headers,
-            times.request,
-            times.response,
-            &self.settings(),
-        );
+        let settings = self.settings();
+        let (request_time, response_time) = (times.request, times.response);
+        let plan = match representation {
+            Representation::Complete => policy::plan_store(
+                &Method::GET,
+                client_headers,
+                parts.status,
+                &parts.headers,
+                request_time,
+                response_time,
+                &settings,
+            ),
+            Representation::Partial(_) => policy::plan_store_partial(
+                client_headers,
+                &parts.headers,
+                request_time,
+                response_time,
+                &settings,
+            ),
+        };
         let declared_too_large = body
             .size_hint()
             .exact()
@@ -307,13 +393,23 @@ impl Exchange<'_> {
         };
         let cache_name = &self.state.cache_name;
         match buffer(body, self.state.max_entry_size).await {
+            Buffered::Complete { data, trailers } if !representation.fits(data.len()) => {
+                // A body that is not the range its Content-Range names is passed on, not stored.
+                let body = CacheBody::cached(data, trailers);
+                (Ok(self.state.origin_response(parts, body, status)), None)
+            }
             Buffered::Complete { data, trailers } => {
-                let received = Received {
+                let mut received = Received {
                     status: parts.status,
                     headers: parts.headers.clone(),
                     body: data.clone(),
                     trailers: trailers.clone(),
                 };
+                if matches!(representation, Representation::Partial(held) if held.is_whole()) {
+                    // All of it (a `bytes=0-` answer): stored as the complete response (§3.4).
+                    received.status = StatusCode::OK;
+                    received.headers.remove(CONTENT_RANGE);
+                }
                 let entry = self.state.entry(received, &plan, self.rule, times);
                 let stored = self.store(&entry, client_headers).await;
                 status.stored = stored.is_some();

@@ -13,8 +13,8 @@ use crate::body::CacheBody;
 use crate::store::CachedEntry;
 
 /// A response from a stored entry, with its current `Age`. A request whose conditionals the
-/// entry satisfies gets `304 Not Modified`; a single byte range of a complete 200 gets `206`; a
-/// HEAD request gets no body.
+/// entry satisfies gets `304 Not Modified`; a single byte range of a complete 200, or inside a
+/// stored 206, gets `206`; a HEAD request gets no body.
 pub(crate) fn from_entry<B>(
     method: &Method,
     request: &HeaderMap,
@@ -50,12 +50,15 @@ pub(crate) fn from_entry_with_status<B>(
         );
         let mut body = entry.body().clone();
         let length = body.len();
-        if let Some(range) = (code == StatusCode::OK)
-            .then(|| range::requested(request, length))
-            .flatten()
-        {
-            range::partial(&mut code, &mut headers, &range, length);
-            body = body.slice(range);
+        if code == StatusCode::OK {
+            if let Some(range) = range::requested(request, length) {
+                range::partial(&mut code, &mut headers, &range, length);
+                body = body.slice(range);
+            }
+        } else if code == StatusCode::PARTIAL_CONTENT {
+            if let Some((wanted, held)) = range::within_partial(request, &headers, length) {
+                range::narrow(&mut headers, &mut body, &wanted, held);
+            }
         }
         let body = if method == Method::HEAD {
             CacheBody::empty()
