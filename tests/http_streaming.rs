@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::origin::{cached, get, request, send};
+use common::origin::{cached, get, request, send, Cached};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -144,22 +144,28 @@ async fn ranges_are_served_from_a_complete_entry() {
         "tiered-cache; fwd=miss; fwd-status=200; stored"
     );
 
-    for (range, body, content_range) in [
+    let hits = [
         ("bytes=0-1", "01", "bytes 0-1/11"),
         ("bytes=1-", "1234567890", "bytes 1-10/11"),
         ("bytes=-1", "0", "bytes 10-10/11"),
-    ] {
-        let partial = send(&service, get("/r", &[("range", range)])).await;
-        assert_eq!(partial.status, 206, "{range}");
-        assert_eq!(partial.body, body);
-        assert_eq!(partial.header("content-range"), content_range);
-        assert_eq!(partial.header("content-length"), body.len().to_string());
-        assert_eq!(partial.cache_status(), "tiered-cache; hit; detail=memory");
-    }
+    ];
+    assert_range_hits(&service, "/r", &hits).await;
     let several = send(&service, get("/r", &[("range", "bytes=0-1,3-4")])).await;
     assert_eq!((several.status.as_u16(), several.body.len()), (200, 11));
     let whole = send(&service, get("/r", &[])).await;
     assert_eq!(whole.cache_status(), "tiered-cache; hit; detail=memory");
+}
+
+/// Each `(range, body, content range)` of `path` is a memory hit with that 206.
+async fn assert_range_hits(service: &Cached, path: &str, hits: &[(&str, &str, &str)]) {
+    for (range, body, content_range) in hits {
+        let hit = send(service, get(path, &[("range", range)])).await;
+        assert_eq!(hit.status, 206, "{range}");
+        assert_eq!(hit.body, *body, "{range}");
+        assert_eq!(hit.header("content-range"), *content_range);
+        assert_eq!(hit.header("content-length"), body.len().to_string());
+        assert_eq!(hit.cache_status(), "tiered-cache; hit; detail=memory");
+    }
 }
 
 /// The origin's answer to `bytes=4-` of the 10-byte representation `0123456789`.
@@ -201,18 +207,12 @@ async fn a_partial_answer_is_stored_and_serves_ranges_inside_it() {
         first.cache_status(),
         "tiered-cache; fwd=miss; fwd-status=206; stored"
     );
-    for (range, body, content_range) in [
+    let hits = [
         ("bytes=4-", "456789", "bytes 4-9/10"),
         ("bytes=-5", "56789", "bytes 5-9/10"),
         ("bytes=5-6", "56", "bytes 5-6/10"),
-    ] {
-        let hit = send(&service, get("/p", &[("range", range)])).await;
-        assert_eq!(hit.status, 206, "{range}");
-        assert_eq!(hit.body, body, "{range}");
-        assert_eq!(hit.header("content-range"), content_range);
-        assert_eq!(hit.header("content-length"), body.len().to_string());
-        assert_eq!(hit.cache_status(), "tiered-cache; hit; detail=memory");
-    }
+    ];
+    assert_range_hits(&service, "/p", &hits).await;
     // Bytes the stored part does not hold: asked of the origin (which replaces the part).
     let outside = send(&service, get("/p", &[("range", "bytes=0-1")])).await;
     assert_eq!(
