@@ -114,7 +114,7 @@ pub(crate) fn variant_key(
 
 /// Selecting fields whose members are case-insensitive tokens with an optional weight:
 /// language ranges (RFC 9110 §12.5.4, RFC 4647 §2.1) and content codings (§12.5.3, §8.4.1).
-/// They are keyed by [`weighted_members`], so `en-US, de;q=0.5` and `DE; Q=0.5, en-us` select
+/// They are keyed by [`append_weighted_members`], so `en-US, de;q=0.5` and `DE; Q=0.5, en-us` select
 /// one variant.
 fn has_weighted_members(name: &str) -> bool {
     name.eq_ignore_ascii_case("accept-language") || name.eq_ignore_ascii_case("accept-encoding")
@@ -131,11 +131,19 @@ fn append_field(key: &mut String, name: &str, headers: &HeaderMap) {
     }
     key.push('=');
     if has_weighted_members(name) {
-        let combined = lines
-            .map(|line| String::from_utf8_lossy(line.as_bytes()))
-            .collect::<Vec<_>>()
-            .join(",");
-        key.push_str(&weighted_members(&combined).join(","));
+        let mut lines = lines.map(|line| String::from_utf8_lossy(line.as_bytes()));
+        let first = lines.next().unwrap_or_default();
+        match lines.next() {
+            None => append_weighted_members(key, &first),
+            Some(second) => {
+                let mut combined = format!("{first},{second}");
+                for line in lines {
+                    combined.push(',');
+                    combined.push_str(&line);
+                }
+                append_weighted_members(key, &combined);
+            }
+        }
         return;
     }
     let mut first = true;
@@ -150,64 +158,111 @@ fn append_field(key: &mut String, name: &str, headers: &HeaderMap) {
     }
 }
 
-/// The members of a weighted list lower-cased, without whitespace around `;`, and ordered by
-/// weight, highest first. Members of equal weight keep their order: origins commonly prefer the
-/// earlier one, so `en, de` and `de, en` stay distinct. A list with a weight that does not parse
-/// keeps its order.
-fn weighted_members(list: &str) -> Vec<String> {
-    let mut members: Vec<(Option<u16>, String)> = list
-        .split(',')
-        .map(|member| {
-            let folded = member
-                .split(';')
-                .map(|part| part.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
-                .join(";");
-            let weight = weight(&folded);
-            let member = match weight {
-                Some(weight) => with_weight(&folded, weight),
-                None => folded,
-            };
-            (weight, member)
-        })
-        .collect();
-    if members.iter().all(|(weight, _)| weight.is_some()) {
+/// Appends the members of a weighted list lower-cased, without whitespace around `;`, with
+/// canonical weights (`q=0.50` as `q=0.5`, `q=1` left out), ordered by weight, highest first.
+/// Members of equal weight keep their order: origins commonly prefer the earlier one, so
+/// `en, de` and `de, en` stay distinct. A list with a weight that does not parse keeps its order.
+/// Lists already in order (what clients send) are written without allocating.
+fn append_weighted_members(key: &mut String, list: &str) {
+    let start = key.len();
+    let mut previous = u16::MAX;
+    let (mut all_valid, mut in_order) = (true, true);
+    for (index, member) in list.split(',').enumerate() {
+        if index > 0 {
+            key.push(',');
+        }
+        let weight = member_weight(member);
+        match weight {
+            Some(weight) => {
+                in_order &= weight <= previous;
+                previous = weight;
+            }
+            None => all_valid = false,
+        }
+        append_member(key, member, weight);
+    }
+    if all_valid && !in_order {
+        key.truncate(start);
+        let mut members: Vec<(Option<u16>, &str)> = list
+            .split(',')
+            .map(|member| (member_weight(member), member))
+            .collect();
         members.sort_by_key(|(weight, _)| std::cmp::Reverse(*weight));
-    }
-    members.into_iter().map(|(_, member)| member).collect()
-}
-
-/// `member` with its `q` parameter written canonically (`q=0.50` as `q=0.5`, `q=1` left out).
-fn with_weight(member: &str, weight: u16) -> String {
-    let mut parts = member.split(';');
-    let mut out = parts.next().unwrap_or_default().to_owned();
-    for parameter in parts.filter(|part| !part.starts_with("q=")) {
-        out.push(';');
-        out.push_str(parameter);
-    }
-    match weight {
-        1000 => {}
-        0 => out.push_str(";q=0"),
-        _ => {
-            let digits = format!("{weight:03}");
-            out.push_str(";q=0.");
-            out.push_str(digits.trim_end_matches('0'));
+        for (index, (weight, member)) in members.into_iter().enumerate() {
+            if index > 0 {
+                key.push(',');
+            }
+            append_member(key, member, weight);
         }
     }
-    out
 }
 
-/// A folded member's weight in thousandths (RFC 9110 §12.4.2): 1000 without `q`, `None` when
-/// the `q` parameter is not a valid qvalue.
-fn weight(member: &str) -> Option<u16> {
-    let Some(q) = member.split(';').skip(1).find_map(|p| p.strip_prefix("q=")) else {
+/// One member of a weighted list with its `weight`, folded as [`append_weighted_members`] says.
+fn append_member(key: &mut String, member: &str, weight: Option<u16>) {
+    let mut parts = member.split(';');
+    push_lowercase(key, parts.next().unwrap_or_default().trim());
+    for parameter in parts.map(str::trim) {
+        if weight.is_some() && is_weight(parameter) {
+            continue;
+        }
+        key.push(';');
+        push_lowercase(key, parameter);
+    }
+    match weight {
+        None | Some(1000) => {}
+        Some(0) => key.push_str(";q=0"),
+        Some(thousandths) => {
+            key.push_str(";q=0.");
+            let digits = [thousandths / 100, thousandths / 10 % 10, thousandths % 10];
+            let significant = if digits[2] != 0 {
+                3
+            } else if digits[1] != 0 {
+                2
+            } else {
+                1
+            };
+            for digit in &digits[..significant] {
+                key.push(char::from_digit(u32::from(*digit), 10).unwrap_or('0'));
+            }
+        }
+    }
+}
+
+fn push_lowercase(key: &mut String, text: &str) {
+    let start = key.len();
+    key.push_str(text);
+    key[start..].make_ascii_lowercase();
+}
+
+fn is_weight(parameter: &str) -> bool {
+    let bytes = parameter.as_bytes();
+    bytes.len() >= 2 && bytes[0].eq_ignore_ascii_case(&b'q') && bytes[1] == b'='
+}
+
+/// A member's weight in thousandths (RFC 9110 §12.4.2): 1000 without a `q` parameter, `None`
+/// when it is not a valid qvalue.
+fn member_weight(member: &str) -> Option<u16> {
+    if !member.contains(';') {
+        return Some(1000);
+    }
+    let Some(q) = member
+        .split(';')
+        .skip(1)
+        .map(str::trim)
+        .find(|p| is_weight(p))
+    else {
         return Some(1000);
     };
+    let q = &q[2..];
     let (whole, fraction) = q.split_once('.').unwrap_or((q, ""));
     if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let thousandths = format!("{fraction:0<3}").parse::<u16>().ok()?;
+    let thousandths = fraction
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(3)
+        .fold(0u16, |value, digit| value * 10 + u16::from(digit - b'0'));
     match whole {
         "0" => Some(thousandths),
         "1" if thousandths == 0 => Some(1000),
@@ -333,10 +388,20 @@ mod tests {
             ("en-US, de;q=0.5", "de;q=0.50, en-us"),
             ("fr;q=0.2, en, de;q=0.9", "en;q=1.0, de;q=0.9, fr;q=0.2"),
             ("en, *;q=0", "*;q=0.000, en;q=1"),
+            ("da;q=0.125, en;q=0.1", "EN;Q=0.100, da;q=0.125"),
         ];
         for (a, b) in same {
             assert_eq!(language_key(a), language_key(b), "{a} vs {b}");
         }
+        let two_lines = parts(
+            "/",
+            &[("accept-language", "fr;q=0.5"), ("accept-language", "EN")],
+        );
+        let vary = vec!["accept-language".to_owned()];
+        assert_eq!(
+            variant_key("k", "1", &vary, &two_lines.headers),
+            "k\u{1f}v1\u{1f}accept-language=en,fr;q=0.5"
+        );
         let vary = vec!["accept-encoding".to_owned()];
         let encoding = |value| {
             let headers = parts("/", &[("accept-encoding", value)]).headers;
