@@ -273,7 +273,7 @@ where
     // 1. What is stored for this request: memory, then Redis; its Vary variant if it has one. A
     //    stored partial response (206) counts only for a GET of a range inside it while fresh;
     //    otherwise it is as if nothing were stored, and a complete response replaces it.
-    let resolved = variants::lookup(&state.cache, &primary, &parts.headers).await;
+    let resolved = variants::resolve(&state.cache, &primary, &parts.headers).await;
     let now = SystemTime::now();
     let reuse = resolved.found.as_ref().map(|found| {
         let entry = &found.lookup.entry;
@@ -286,6 +286,9 @@ where
     });
     let (resolved, reuse) = without_unusable_partial(&parts, resolved, reuse);
     let nothing_stored = resolved.found.is_none();
+    state
+        .cache
+        .count_lookup(resolved.found.as_ref().map(|found| &found.lookup));
 
     // 2. Fresh: answered from the cache.
     if let (Some(found), Some(Reuse::Fresh)) = (&resolved.found, reuse) {

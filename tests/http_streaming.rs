@@ -254,6 +254,12 @@ async fn a_stored_part_never_answers_a_request_for_the_whole() {
         head.cache_status(),
         "tiered-cache; fwd=miss; fwd-status=200"
     );
+    let stats = service.cache().stats();
+    assert_eq!(
+        (stats.memory_hits, stats.misses),
+        (0, 2),
+        "the part is no hit for HEAD"
+    );
 
     // The whole: from the origin, stored in place of the part; ranges then come from it.
     let whole = send(&service, get("/p", &[])).await;

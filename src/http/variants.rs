@@ -69,17 +69,6 @@ pub(crate) struct Resolved {
     pub(crate) variants: Option<Variants>,
 }
 
-/// What is stored for a request, counted in the cache's statistics.
-pub(crate) async fn lookup(
-    cache: &TieredCache,
-    primary: &str,
-    request_headers: &HeaderMap,
-) -> Resolved {
-    let resolved = resolve(cache, primary, request_headers).await;
-    cache.count_lookup(resolved.found.as_ref().map(|found| &found.lookup));
-    resolved
-}
-
 /// The fresh entry in memory for a request, following a variant list to the variant; `None`
 /// when memory alone cannot tell (nothing fresh there, or a tag stamp not known here).
 #[allow(clippy::ptr_arg)] // the memory map is keyed by `String`
@@ -97,7 +86,7 @@ pub(crate) fn fresh_in_memory(
     cache.fresh_in_memory(&key, now)
 }
 
-/// What is stored for a request, without counting (for re-checks).
+/// What is stored for a request; the caller counts the lookup (once per request).
 pub(crate) async fn resolve(
     cache: &TieredCache,
     primary: &str,
@@ -248,7 +237,7 @@ mod tests {
     async fn each_variant_has_its_own_entry() {
         let cache = TieredCache::new(CacheConfig::default()).unwrap();
         store(&cache, placement(&request("gzip"), None), &response("gz")).await;
-        let known = lookup(&cache, "p", &request("br")).await;
+        let known = resolve(&cache, "p", &request("br")).await;
         assert!(known.found.is_none());
         store(
             &cache,
@@ -257,8 +246,8 @@ mod tests {
         )
         .await;
 
-        let gzip = lookup(&cache, "p", &request("gzip")).await.found.unwrap();
-        let brotli = lookup(&cache, "p", &request("br")).await.found.unwrap();
+        let gzip = resolve(&cache, "p", &request("gzip")).await.found.unwrap();
+        let brotli = resolve(&cache, "p", &request("br")).await.found.unwrap();
         assert_eq!(gzip.lookup.entry.body(), "gz");
         assert_eq!(brotli.lookup.entry.body(), "br");
     }
@@ -268,11 +257,11 @@ mod tests {
         let cache = TieredCache::new(CacheConfig::default()).unwrap();
         store(&cache, placement(&request("gzip"), None), &response("gz")).await;
         cache.invalidate("p").await.unwrap();
-        assert!(lookup(&cache, "p", &request("gzip")).await.found.is_none());
+        assert!(resolve(&cache, "p", &request("gzip")).await.found.is_none());
 
         // A new variant list starts a new generation: the old gzip variant stays unreachable.
         store(&cache, placement(&request("br"), None), &response("br")).await;
-        assert!(lookup(&cache, "p", &request("gzip")).await.found.is_none());
+        assert!(resolve(&cache, "p", &request("gzip")).await.found.is_none());
     }
 
     #[tokio::test]
@@ -283,7 +272,7 @@ mod tests {
         max.max_variants = 3;
         for encoding in ["a", "b", "c", "d"] {
             let headers = request(encoding);
-            let known = lookup(&cache, "p", &headers).await.variants;
+            let known = resolve(&cache, "p", &headers).await.variants;
             let stored = store(
                 &cache,
                 Placement {
@@ -296,7 +285,7 @@ mod tests {
             .await;
             assert_eq!(stored.is_some(), encoding != "d", "{encoding}");
         }
-        assert!(lookup(&cache, "p", &request("c")).await.found.is_some());
-        assert!(lookup(&cache, "p", &request("d")).await.found.is_none());
+        assert!(resolve(&cache, "p", &request("c")).await.found.is_some());
+        assert!(resolve(&cache, "p", &request("d")).await.found.is_none());
     }
 }
