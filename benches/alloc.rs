@@ -8,11 +8,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tower::{Layer, ServiceExt};
+use tower::Layer;
 use tower_tiered_cache::{CacheConfig, CacheLayer};
 
 mod support;
-use support::{cache_status, drain, request, Origin, KIB};
+use support::{prime, request, runtime, send, Origin, KIB};
 
 /// The system allocator, counting allocations (reallocations count as one) and bytes requested.
 struct Counting;
@@ -94,10 +94,7 @@ fn main() {
     if std::env::args().any(|arg| arg == "--test" || arg == "--list") {
         return;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     println!("allocations per request, 1 KiB response ({MEASURED} requests after {WARM_UP})\n");
     println!(
         "| path | bare allocs | layer allocs | overhead | bare bytes | layer bytes | overhead |"
@@ -106,26 +103,22 @@ fn main() {
 
     let bare = Origin::new(KIB, "max-age=3600");
     let cached = CacheLayer::new(CacheConfig::default()).layer(bare.clone());
-    runtime.block_on(async {
-        drain(cached.clone().oneshot(request()).await.unwrap()).await;
-        let hit = cached.clone().oneshot(request()).await.unwrap();
-        assert_eq!(cache_status(&hit), "tiered-cache; hit; detail=memory");
-    });
+    runtime.block_on(prime(&cached, "tiered-cache; hit; detail=memory"));
     let bare_allocs = per_request(&runtime, || async {
-        drain(bare.clone().oneshot(request()).await.unwrap()).await;
+        send(&bare).await;
     });
     let layer_allocs = per_request(&runtime, || async {
-        drain(cached.clone().oneshot(request()).await.unwrap()).await;
+        send(&cached).await;
     });
     row("memory hit", bare_allocs, layer_allocs);
 
     let bare = Origin::new(KIB, "no-store");
     let cached = CacheLayer::new(CacheConfig::default()).layer(bare.clone());
     let bare_allocs = per_request(&runtime, || async {
-        drain(bare.clone().oneshot(request()).await.unwrap()).await;
+        send(&bare).await;
     });
     let layer_allocs = per_request(&runtime, || async {
-        drain(cached.clone().oneshot(request()).await.unwrap()).await;
+        send(&cached).await;
     });
     row("miss (no-store)", bare_allocs, layer_allocs);
 

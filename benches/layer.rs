@@ -9,42 +9,44 @@
 //!
 //! `scripts/bench-report.sh` turns the results into overheads and ratios.
 
+use std::fmt::Debug;
+
 use axum::routing::get;
 use axum::Router;
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use tower::{Layer, ServiceExt};
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use tokio::runtime::Runtime;
+use tower::{Layer, Service, ServiceExt};
 use tower_tiered_cache::{CacheConfig, CacheLayer};
 
 mod support;
-use support::{cache_status, drain, request, Origin, KIB};
+use support::{cache_status, prime, request, runtime, send, Origin, KIB};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+/// The group `name`: the same request through `bare` and through `cached`.
+fn compare<S, B, T, C>(c: &mut Criterion, runtime: &Runtime, name: &str, bare: &S, cached: &T)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: Debug,
+    B: Body + Unpin,
+    T: Service<Request<Full<Bytes>>, Response = Response<C>> + Clone,
+    T::Error: Debug,
+    C: Body + Unpin,
+{
+    let mut group = c.benchmark_group(name);
+    group.bench_function("bare", |b| b.to_async(runtime).iter(|| send(bare)));
+    group.bench_function("layer", |b| b.to_async(runtime).iter(|| send(cached)));
+    group.finish();
 }
 
 fn memory_hit(c: &mut Criterion) {
     let runtime = runtime();
     let bare = Origin::new(KIB, "max-age=3600");
     let cached = CacheLayer::new(CacheConfig::default()).layer(bare.clone());
-    runtime.block_on(async {
-        drain(cached.clone().oneshot(request()).await.unwrap()).await;
-        let hit = cached.clone().oneshot(request()).await.unwrap();
-        assert_eq!(cache_status(&hit), "tiered-cache; hit; detail=memory");
-    });
-
-    let mut group = c.benchmark_group("memory_hit_1KiB");
-    group.bench_function("bare", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { drain(bare.clone().oneshot(request()).await.unwrap()).await })
-    });
-    group.bench_function("layer", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { drain(cached.clone().oneshot(request()).await.unwrap()).await })
-    });
-    group.finish();
+    runtime.block_on(prime(&cached, "tiered-cache; hit; detail=memory"));
+    compare(c, &runtime, "memory_hit_1KiB", &bare, &cached);
 }
 
 fn miss_no_store(c: &mut Criterion) {
@@ -60,17 +62,7 @@ fn miss_no_store(c: &mut Criterion) {
             );
         }
     });
-
-    let mut group = c.benchmark_group("miss_no_store_1KiB");
-    group.bench_function("bare", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { drain(bare.clone().oneshot(request()).await.unwrap()).await })
-    });
-    group.bench_function("layer", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { drain(cached.clone().oneshot(request()).await.unwrap()).await })
-    });
-    group.finish();
+    compare(c, &runtime, "miss_no_store_1KiB", &bare, &cached);
 }
 
 #[cfg(feature = "redis")]
@@ -109,9 +101,7 @@ fn redis_hit(c: &mut Criterion) {
                     .await
             );
             client.init().await.expect("bench client connects");
-            drain(cached.clone().oneshot(request()).await.unwrap()).await;
-            let hit = cached.clone().oneshot(request()).await.unwrap();
-            assert_eq!(cache_status(&hit), "tiered-cache; hit; detail=redis");
+            prime(&cached, "tiered-cache; hit; detail=redis").await;
             let keys: Vec<String> = client
                 .custom(fred::cmd!("KEYS"), vec![format!("bench{size}:e:*")])
                 .await
@@ -121,8 +111,7 @@ fn redis_hit(c: &mut Criterion) {
         });
 
         group.bench_function(BenchmarkId::new("layer", &size), |b| {
-            b.to_async(&runtime)
-                .iter(|| async { drain(cached.clone().oneshot(request()).await.unwrap()).await })
+            b.to_async(&runtime).iter(|| send(&cached))
         });
         group.bench_function(BenchmarkId::new("fred_get", &size), |b| {
             b.to_async(&runtime).iter(|| async {
@@ -156,22 +145,8 @@ fn axum_hit(c: &mut Criterion) {
     };
     let bare = Router::new().route("/items/{id}", get(handler));
     let cached = bare.clone().layer(CacheLayer::new(CacheConfig::default()));
-    runtime.block_on(async {
-        drain(cached.clone().oneshot(request()).await.unwrap()).await;
-        let hit = cached.clone().oneshot(request()).await.unwrap();
-        assert_eq!(cache_status(&hit), "tiered-cache; hit; detail=memory");
-    });
-
-    let mut group = c.benchmark_group("axum_hit_1KiB");
-    group.bench_function("bare", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { drain(bare.clone().oneshot(request()).await.unwrap()).await })
-    });
-    group.bench_function("layer", |b| {
-        b.to_async(&runtime)
-            .iter(|| async { drain(cached.clone().oneshot(request()).await.unwrap()).await })
-    });
-    group.finish();
+    runtime.block_on(prime(&cached, "tiered-cache; hit; detail=memory"));
+    compare(c, &runtime, "axum_hit_1KiB", &bare, &cached);
 }
 
 criterion_group! {

@@ -14,7 +14,7 @@ use http::header::{
 use http::{HeaderMap, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
-use tower::Service;
+use tower::{Service, ServiceExt};
 use tower_tiered_cache::CachedEntry;
 
 pub const KIB: usize = 1024;
@@ -129,6 +129,37 @@ impl<B> Service<Request<B>> for Origin {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static(self.cache_control));
         std::future::ready(Ok(response))
     }
+}
+
+/// The single-threaded runtime every bench runs its requests on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Sends [`request`] through a clone of `service` and drains the response.
+pub async fn send<S, B>(service: &S) -> usize
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: Body + Unpin,
+{
+    drain(service.clone().oneshot(request()).await.unwrap()).await
+}
+
+/// Stores the response to [`request`] in `cached`, then checks that the next request is answered
+/// with `expected` as its `Cache-Status` (so a bench measures the path it names).
+pub async fn prime<S, B>(cached: &S, expected: &str)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: Body + Unpin,
+{
+    send(cached).await;
+    let hit = cached.clone().oneshot(request()).await.unwrap();
+    assert_eq!(cache_status(&hit), expected);
 }
 
 /// Reads the body frame by frame, as a server writing it out would, without collecting it.
