@@ -54,6 +54,15 @@ enum Representation {
 }
 
 impl Representation {
+    /// The status whose storage rules apply: a part is judged as the complete `200` would be
+    /// (RFC 9111 §3.3; 206 is heuristically cacheable too, RFC 9110 §15.1).
+    fn judged_as(self, status: StatusCode) -> StatusCode {
+        match self {
+            Self::Complete => status,
+            Self::Partial(_) => StatusCode::OK,
+        }
+    }
+
     /// Whether a body of `len` bytes is what this representation says it is.
     fn fits(self, len: usize) -> bool {
         match self {
@@ -352,28 +361,15 @@ impl Exchange<'_> {
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
     {
-        let mut status = Status::forward(self.forward);
-        status.forward_status = Some(parts.status.as_u16());
-        let settings = self.settings();
-        let (request_time, response_time) = (times.request, times.response);
-        let plan = match representation {
-            Representation::Complete => policy::plan_store(
-                &Method::GET,
-                client_headers,
-                parts.status,
-                &parts.headers,
-                request_time,
-                response_time,
-                &settings,
-            ),
-            Representation::Partial(_) => policy::plan_store_partial(
-                client_headers,
-                &parts.headers,
-                request_time,
-                response_time,
-                &settings,
-            ),
-        };
+        let plan = policy::plan_store(
+            &Method::GET,
+            client_headers,
+            representation.judged_as(parts.status),
+            &parts.headers,
+            times.request,
+            times.response,
+            &self.settings(),
+        );
         let declared_too_large = body
             .size_hint()
             .exact()
@@ -385,12 +381,11 @@ impl Exchange<'_> {
                 if !parts.status.is_server_error() {
                     self.forget_stale().await;
                 }
-                let response =
-                    self.state
-                        .origin_response(parts, CacheBody::streaming(body), status);
-                return (Ok(response), None);
+                return (Ok(self.streamed(parts, body)), None);
             }
         };
+        let mut status = Status::forward(self.forward);
+        status.forward_status = Some(parts.status.as_u16());
         let cache_name = &self.state.cache_name;
         match buffer(body, self.state.max_entry_size).await {
             Buffered::Complete { data, trailers } if !representation.fits(data.len()) => {

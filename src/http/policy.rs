@@ -68,8 +68,9 @@ fn heuristically_cacheable(status: StatusCode) -> bool {
     )
 }
 
-/// Statuses this cache stores as a resource's response (§3): final, not partial content (see
-/// [`plan_store_partial`]), not 304 (only meaningful to a conditional request).
+/// Statuses this cache stores as a resource's response (§3): final, not partial content (a part
+/// is judged as its complete response would be, by the caller), not 304 (only meaningful to a
+/// conditional request).
 fn storable_status(status: StatusCode) -> bool {
     let code = status.as_u16();
     (200..600).contains(&code) && code != 206 && code != 304
@@ -180,27 +181,6 @@ pub(crate) fn plan_store(
         keep_stale,
         strip: stripped_fields(&cc),
     })
-}
-
-/// [`plan_store`] for a `206 Partial Content` to a GET (§3.3): judged as the complete `200`
-/// would be (206 is heuristically cacheable too, RFC 9110 §15.1). The caller checks that it
-/// holds one valid byte range.
-pub(crate) fn plan_store_partial(
-    request: &HeaderMap,
-    response: &HeaderMap,
-    request_time: SystemTime,
-    response_time: SystemTime,
-    settings: &Settings,
-) -> Result<StorePlan, NotStored> {
-    plan_store(
-        &Method::GET,
-        request,
-        StatusCode::OK,
-        response,
-        request_time,
-        response_time,
-        settings,
-    )
 }
 
 fn strips(cc: &CacheControl, field: &HeaderName) -> bool {
