@@ -152,17 +152,25 @@ fn apply_env_defaults(
 ) -> Result<(), ConfigError> {
     for &(section, key, var) in ENV_DEFAULTS {
         let Some(value) = vars(var) else { continue };
-        let entry = table
-            .entry(section)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(section_table) = entry else {
-            return Err(ConfigError::invalid(section, "must be a table"));
-        };
-        section_table
+        section_mut(table, section)?
             .entry(key)
             .or_insert(toml::Value::String(value));
     }
     Ok(())
+}
+
+/// The `[section]` table of `table`, created when absent.
+fn section_mut<'a>(
+    table: &'a mut toml::Table,
+    section: &str,
+) -> Result<&'a mut toml::Table, ConfigError> {
+    let entry = table
+        .entry(section)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    match entry {
+        toml::Value::Table(section_table) => Ok(section_table),
+        _ => Err(ConfigError::invalid(section, "must be a table")),
+    }
 }
 
 /// A key of the seed article's flat `[cache]` table.
@@ -201,7 +209,7 @@ fn apply_seed_aliases(table: &mut toml::Table) -> Result<(), ConfigError> {
                 format!("unknown key; [cache] accepts {}", known.join(", ")),
             ));
         };
-        let &(section, name) = match seed_key {
+        let (section, name) = match *seed_key {
             SeedKey::Fixed(fixed) if value.as_str() == Some(fixed) => continue,
             SeedKey::Fixed(fixed) => {
                 return Err(ConfigError::invalid(
@@ -209,14 +217,9 @@ fn apply_seed_aliases(table: &mut toml::Table) -> Result<(), ConfigError> {
                     format!("only {fixed:?} is supported, got {value}"),
                 ))
             }
-            SeedKey::Alias(section, name) => &(*section, *name),
+            SeedKey::Alias(section, name) => (section, name),
         };
-        let entry = table
-            .entry(section)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(section_table) = entry else {
-            return Err(ConfigError::invalid(section, "must be a table"));
-        };
+        let section_table = section_mut(table, section)?;
         if section_table.contains_key(name) {
             return Err(ConfigError::invalid(
                 &path,

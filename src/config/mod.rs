@@ -680,10 +680,7 @@ impl CacheConfig {
         }
         Ok(())
     }
-}
 
-/// RFC 9211 names the cache with an sf-token (or sf-string; a token is enough here).
-impl CacheConfig {
     /// What the chosen backend cannot do is an error naming the key that asked for it.
     fn validate_l2_backend(&self) -> Result<(), ConfigError> {
         if self.l2.backend != L2Backend::Memcached {
@@ -699,20 +696,17 @@ impl CacheConfig {
             crate::store::memcached_address(url)
                 .map_err(|reason| ConfigError::invalid("l2.url", reason))?;
         }
-        let unsupported = [
-            (
-                !self.l2.cluster.is_empty(),
+        if !self.l2.cluster.is_empty() {
+            return Err(ConfigError::invalid(
                 "l2.cluster",
                 "Redis Cluster needs backend = \"redis\"",
-            ),
-            (
-                self.write_behind.durable,
+            ));
+        }
+        if self.write_behind.durable {
+            return Err(ConfigError::invalid(
                 "write_behind.durable",
                 "the durable queue is a Redis Stream: use backend = \"redis\", or durable = false",
-            ),
-        ];
-        if let Some((_, key, reason)) = unsupported.into_iter().find(|(asked, ..)| *asked) {
-            return Err(ConfigError::invalid(key, reason));
+            ));
         }
         if self.l2.prefix.len() > 100 || !self.l2.prefix.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ConfigError::invalid(
@@ -730,6 +724,7 @@ impl CacheConfig {
     }
 }
 
+/// RFC 9211 names the cache with an sf-token (or sf-string; a token is enough here).
 fn validate_token(key: &str, value: &str) -> Result<(), ConfigError> {
     let mut chars = value.chars();
     let first_ok = chars
