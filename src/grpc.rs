@@ -32,7 +32,6 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderMap, Method, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
-use sha2::{Digest, Sha256};
 use tower::{Layer, Service};
 
 use crate::body::{BoxError, CacheBody};
@@ -263,14 +262,11 @@ async fn read_message<B: Body<Data = Bytes>>(body: B) -> Option<Bytes> {
 
 /// `grpc:{authority}{path}#{sha256 of the message}`.
 fn message_key(uri: &http::Uri, message: &[u8]) -> String {
-    let digest = Sha256::digest(message);
     let mut key = format!(
         "grpc:{}{}#",
         uri.authority().map_or("", |authority| authority.as_str()),
         uri.path()
     );
-    for byte in digest {
-        key.push_str(&format!("{byte:02x}"));
-    }
+    crate::digest::push_sha256_hex(&mut key, message);
     key
 }

@@ -133,6 +133,8 @@
 pub mod bench_support;
 mod body;
 pub mod config;
+#[cfg(any(feature = "memcached", feature = "tonic"))]
+mod digest;
 mod error;
 mod future;
 #[cfg(feature = "tonic")]

@@ -20,7 +20,6 @@ use std::time::{Duration, SystemTime};
 
 use async_memcached::{AsciiProtocol, Client, Error as McError, ErrorKind, MetaProtocol, Status};
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
 use super::breaker::Breaker;
@@ -195,9 +194,7 @@ impl MemcachedTier {
     /// `{prefix}:{kind}:{sha256 of name}`: always a valid Memcached key.
     fn key(&self, kind: &str, name: &str) -> String {
         let mut key = format!("{}:{kind}:", self.prefix);
-        for byte in Sha256::digest(name.as_bytes()) {
-            key.push_str(&format!("{byte:02x}"));
-        }
+        crate::digest::push_sha256_hex(&mut key, name.as_bytes());
         key
     }
 
@@ -210,14 +207,13 @@ impl MemcachedTier {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
         let attempt = async {
             let mut slot = self.connections[index].lock().await;
-            if slot.as_ref().is_none_or(Client::is_closed) {
-                let client = Client::new(&self.address)
-                    .await
-                    .map_err(|err| TierError::Unavailable(err.to_string()))?;
-                *slot = Some(client);
-            }
-            let Some(client) = slot.as_mut() else {
-                return Err(TierError::Unavailable("not connected".to_owned()));
+            let client = match slot.take().filter(|client| !client.is_closed()) {
+                Some(client) => slot.insert(client),
+                None => slot.insert(
+                    Client::new(&self.address)
+                        .await
+                        .map_err(|err| TierError::Unavailable(err.to_string()))?,
+                ),
             };
             let result = operation(client).await;
             if let Err(err) = &result {
