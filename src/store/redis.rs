@@ -34,6 +34,19 @@ use crate::Error;
 const SCAN_PAGE: u32 = 1000;
 /// Redis rejects expiries that overflow its clock; a century is far enough.
 const MAX_PX_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
+/// `ttl` in whole milliseconds, at most [`MAX_PX_MS`].
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis())
+        .unwrap_or(u64::MAX)
+        .min(MAX_PX_MS)
+}
+
+/// The `PX` expiry for `ttl`: at least a millisecond, at most [`MAX_PX_MS`].
+fn px(ttl: Duration) -> Expiration {
+    // `millis` is at most a century, well inside i64.
+    Expiration::PX(i64::try_from(millis(ttl).max(1)).unwrap_or(i64::MAX))
+}
 const RECONNECT_MIN_DELAY_MS: u32 = 50;
 /// Short, so that Redis coming back is noticed within about half a second.
 const RECONNECT_MAX_DELAY_MS: u32 = 500;
@@ -167,7 +180,6 @@ impl RedisTier {
         token: &str,
         ttl: Duration,
     ) -> Result<bool, TierError> {
-        let px_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
         self.breaker
             .guard(async {
                 let taken: Option<String> = self
@@ -176,7 +188,7 @@ impl RedisTier {
                     .set(
                         self.lock_key(key),
                         token,
-                        Some(Expiration::PX(px_ms)),
+                        Some(px(ttl)),
                         Some(SetOptions::NX),
                         false,
                     )
@@ -222,9 +234,7 @@ impl RedisTier {
         stamp: u64,
         ttl: Duration,
     ) -> Result<(), TierError> {
-        let px_ms = i64::try_from(ttl.as_millis())
-            .unwrap_or(i64::MAX)
-            .clamp(1, MAX_PX_MS as i64);
+        let expiry = px(ttl);
         self.breaker
             .guard(async {
                 let writer = self.pool.with_options(&self.options);
@@ -232,7 +242,7 @@ impl RedisTier {
                     writer.set::<(), _, _>(
                         self.tag_key(tag),
                         stamp,
-                        Some(Expiration::PX(px_ms)),
+                        Some(expiry.clone()),
                         None,
                         false,
                     )
@@ -261,10 +271,7 @@ impl Tier for RedisTier {
 
     async fn set(&self, key: &str, entry: &CachedEntry) -> Result<(), TierError> {
         let lifetime = entry.remaining_lifetime_at(SystemTime::now());
-        let px_ms = u64::try_from(lifetime.as_millis())
-            .unwrap_or(u64::MAX)
-            .min(MAX_PX_MS);
-        if px_ms == 0 {
+        if millis(lifetime) == 0 {
             return Ok(());
         }
         let bytes = Bytes::from(self.codec.encode(entry)?);
@@ -275,7 +282,7 @@ impl Tier for RedisTier {
                     .set::<(), _, _>(
                         self.entry_key(key),
                         bytes,
-                        Some(Expiration::PX(px_ms as i64)),
+                        Some(px(lifetime)),
                         None,
                         false,
                     )
