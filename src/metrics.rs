@@ -98,8 +98,8 @@ pub(crate) fn request_duration(_outcome: &'static str, _elapsed: Duration) {
     }
 }
 
-/// One Redis operation.
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+/// One shared-tier (Redis or Memcached) operation.
+#[cfg_attr(not(any(feature = "redis", feature = "memcached")), allow(dead_code))]
 pub(crate) fn l2_duration(_elapsed: Duration) {
     #[cfg(feature = "metrics")]
     metrics::histogram!("tiered_cache_l2_duration_seconds").record(_elapsed);

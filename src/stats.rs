@@ -37,16 +37,17 @@ pub struct Stats {
     pub memory_entries: u64,
     /// Weighted bytes in memory now (never more than `l1.size`).
     pub memory_bytes: u64,
-    /// Redis commands that failed or timed out; each one degraded to a miss or a skipped write.
+    /// Shared-tier (Redis or Memcached) operations that failed or timed out; each one degraded to
+    /// a miss or a skipped write.
     pub l2_errors: u64,
-    /// Redis values that did not decode as entries; each was treated as a miss and deleted.
+    /// Shared-tier values that did not decode as entries; each was treated as a miss and deleted.
     pub l2_decode_errors: u64,
-    /// Redis operations skipped at once because the circuit breaker was open.
+    /// Shared-tier operations skipped at once because the circuit breaker was open.
     pub l2_skipped: u64,
     /// Entries kept out of the shared tier because their encoding exceeded its item size limit
     /// (Memcached's `l2.max_item_size`); they were still stored in memory.
     pub l2_too_large: u64,
-    /// Whether the Redis circuit breaker is open now (Redis being skipped).
+    /// Whether the shared tier's circuit breaker is open now (the tier being skipped).
     pub l2_circuit_open: bool,
     /// Misses another instance loaded while this one waited on the Redis lock (`l2.lock`).
     pub lock_waits_filled: u64,
@@ -60,7 +61,8 @@ impl Stats {
         ratio(self.memory_hits, self.lookups())
     }
 
-    /// Of all lookups, the share answered fresh from Redis (0.0 when there were none).
+    /// Of all lookups, the share answered fresh from the shared tier, Redis or Memcached (0.0
+    /// when there were none).
     pub fn redis_hit_ratio(&self) -> f64 {
         ratio(self.redis_hits, self.lookups())
     }
