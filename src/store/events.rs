@@ -62,17 +62,9 @@ impl Invalidation {
     }
 }
 
-/// Receives invalidation events and reconnections of the subscriber.
-pub(crate) type EventSink = std::sync::Arc<dyn Fn(BackplaneEvent) + Send + Sync>;
-
-/// What the shared tier reports to the cache.
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
-pub(crate) enum BackplaneEvent {
-    /// Another instance invalidated something.
-    Remote(Invalidation),
-    /// The subscription (re)connected: events may have been missed meanwhile.
-    Reconnected,
-}
+/// Receives other instances' invalidations, and [`Invalidation::Resubscribed`] when the
+/// subscription (re)connected (events may have been missed meanwhile).
+pub(crate) type EventSink = std::sync::Arc<dyn Fn(Invalidation) + Send + Sync>;
 
 #[cfg(test)]
 mod tests {

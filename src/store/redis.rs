@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 
 use super::breaker::Breaker;
 use super::codec::Codec;
-use super::events::{BackplaneEvent, EventSink, Invalidation};
+use super::events::{EventSink, Invalidation};
 use super::tier::{Tier, TierError};
 use super::CachedEntry;
 use crate::config::{CacheConfig, ConfigError, L2Config};
@@ -279,13 +279,7 @@ impl Tier for RedisTier {
             .guard(async {
                 self.pool
                     .with_options(&self.options)
-                    .set::<(), _, _>(
-                        self.entry_key(key),
-                        bytes,
-                        Some(px(lifetime)),
-                        None,
-                        false,
-                    )
+                    .set::<(), _, _>(self.entry_key(key), bytes, Some(px(lifetime)), None, false)
                     .await
                     .map_err(tier_error)
             })
@@ -465,7 +459,7 @@ fn listen(
         );
         let subscribed = subscribed.clone();
         async move {
-            events(BackplaneEvent::Reconnected);
+            events(Invalidation::Resubscribed);
             match subscriber.subscribe(channel).await {
                 Ok(()) => {
                     subscribed.send_replace(true);
@@ -479,7 +473,7 @@ fn listen(
     drop(subscriber.on_message(move |message| {
         let text = message.value.as_str().map(|text| text.into_owned());
         match text.as_deref().and_then(Invalidation::decode) {
-            Some((sender, event)) if sender != own => events(BackplaneEvent::Remote(event)),
+            Some((sender, event)) if sender != own => events(event),
             Some(_) => {}
             None => tracing::debug!("ignoring a malformed invalidation event"),
         }

@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 use super::coalesce::{Coalescer, Role};
 use super::codec::Codec;
 use super::entry::unix_ms;
-use super::events::{BackplaneEvent, EventSink, Invalidation};
+use super::events::{EventSink, Invalidation};
 use super::memory::MemoryTier;
 use super::tags::TagStamps;
 use super::tier::{Tier, TierError};
@@ -692,38 +692,33 @@ impl TieredCache {
 }
 
 /// Applies another instance's invalidation (or a reconnection, after which events may have been
-/// missed) to this instance's memory tier and stamps.
+/// missed) to this instance's memory tier and stamps, then passes it on to observers.
 fn apply_remote(
     memory: &MemoryTier,
     stamps: &TagStamps,
     events: &broadcast::Sender<Invalidation>,
-    event: BackplaneEvent,
+    invalidation: Invalidation,
 ) {
-    match event {
-        BackplaneEvent::Reconnected => {
+    match &invalidation {
+        Invalidation::Key(key) => {
+            memory.delete(key);
+        }
+        Invalidation::Prefix(prefix) => {
+            memory.delete_prefix(prefix);
+        }
+        Invalidation::Tags { tags, stamp_ms } => {
+            for tag in tags {
+                stamps.record(tag, *stamp_ms);
+            }
+        }
+        Invalidation::Flush => memory.clear(),
+        Invalidation::Resubscribed => {
             memory.clear();
             stamps.clear();
-            let _ = events.send(Invalidation::Resubscribed);
-        }
-        BackplaneEvent::Remote(invalidation) => {
-            match &invalidation {
-                Invalidation::Key(key) => {
-                    memory.delete(key);
-                }
-                Invalidation::Prefix(prefix) => {
-                    memory.delete_prefix(prefix);
-                }
-                Invalidation::Tags { tags, stamp_ms } => {
-                    for tag in tags {
-                        stamps.record(tag, *stamp_ms);
-                    }
-                }
-                Invalidation::Flush | Invalidation::Resubscribed => memory.clear(),
-            }
-            // Nobody listening is fine.
-            let _ = events.send(invalidation);
         }
     }
+    // Nobody listening is fine.
+    let _ = events.send(invalidation);
 }
 
 /// The outcome of [`TieredCache::lock_load`].
