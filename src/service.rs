@@ -465,6 +465,7 @@ where
         tracing::warn!("write = \"behind\" without CacheLayer::write_behind_to: writing through");
     }
     let target = key::target_uri(request.uri(), request.headers());
+    let primary = key::key_for(&target, request.headers(), &rule.key_headers);
     let request_headers = request.headers().clone();
     let request_time = SystemTime::now();
     let (parts, body) = origin.call(request).await?.into_parts();
@@ -484,17 +485,16 @@ where
         key::same_origin(&target, value)
     };
     let content_location = referenced(&CONTENT_LOCATION);
-    let changed = [
-        Some(target.clone()),
-        referenced(&LOCATION),
-        content_location.clone(),
-    ];
-    for uri in changed.iter().flatten() {
+    // Failures are counted and logged; the origin's answer stands.
+    let _ = state.cache.invalidate(&primary).await;
+    for uri in [referenced(&LOCATION), content_location.clone()]
+        .iter()
+        .flatten()
+    {
         let path = uri
             .parse::<http::Uri>()
             .map_or_else(|_| "/".to_owned(), |uri| uri.path().to_owned());
         let key_headers = &state.routes.rule_for(&path).key_headers;
-        // Failures are counted and logged; the origin's answer stands.
         let _ = state
             .cache
             .invalidate(&key::key_for(uri, &request_headers, key_headers))
@@ -504,7 +504,6 @@ where
     // 2. So did everything tagged with what the origin names.
     let tags = state.tags_to_invalidate(&parts.headers);
     if !tags.is_empty() {
-        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
         let _ = state.cache.invalidate_tags(&tags).await;
     }
 
@@ -541,7 +540,6 @@ where
         trailers: trailers.clone(),
     };
     let entry = state.entry(received, &plan, &rule, times);
-    let primary = key::key_for(&target, &request_headers, &rule.key_headers);
     let placement = Placement {
         primary: &primary,
         request_headers: &request_headers,

@@ -42,19 +42,10 @@ pub(crate) async fn handle<ResBody>(
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return response;
     }
-    let tags: Vec<&str> = request
-        .headers
-        .get_all(&state.surrogate_key_header)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(str::split_whitespace)
-        .collect();
+    let tags = state.surrogate_keys(&request.headers);
     let result = if tags.is_empty() {
-        let target = key::target_uri(&request.uri, &request.headers);
-        state
-            .cache
-            .invalidate(&key::key_for(&target, &request.headers, &rule.key_headers))
-            .await
+        let primary = key::primary_key(request, &rule.key_headers);
+        state.cache.invalidate(&primary).await
     } else {
         state.cache.invalidate_tags(&tags).await
     };

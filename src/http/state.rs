@@ -161,14 +161,16 @@ impl State {
     pub(crate) fn tags_of(&self, headers: &HeaderMap, rule: &Rule) -> Vec<String> {
         let mut tags = rule.tags.clone();
         tags.extend(list(headers, &self.tag_header, |c| c == ','));
-        tags.extend(list(
-            headers,
-            &self.surrogate_key_header,
-            char::is_whitespace,
-        ));
+        tags.extend(self.surrogate_keys(headers));
         tags.sort();
         tags.dedup();
         tags
+    }
+
+    /// The tags named in the `Surrogate-Key` field (space-separated): a response's, or a
+    /// `PURGE` request's.
+    pub(crate) fn surrogate_keys(&self, headers: &HeaderMap) -> Vec<String> {
+        list(headers, &self.surrogate_key_header, char::is_whitespace)
     }
 
     /// The tags a response to a mutating request asks to invalidate (comma-separated).

@@ -109,11 +109,12 @@ where
             &state.cache_name,
         );
     };
-    let primary = key::primary_key(&parts, &rule.key_headers);
+    let target = key::target_uri(&parts.uri, &parts.headers);
+    let primary = key::key_for(&target, &parts.headers, &rule.key_headers);
     let job = WriteJob {
         key: primary.clone(),
         method: parts.method.to_string(),
-        uri: key::target_uri(&parts.uri, &parts.headers),
+        uri: target,
         headers: replay_headers(&parts),
         body: body.clone(),
     };

@@ -438,10 +438,10 @@ impl TieredCache {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn invalidate_tags(&self, tags: &[&str]) -> Result<(), Error> {
+    pub async fn invalidate_tags<T: AsRef<str>>(&self, tags: &[T]) -> Result<(), Error> {
         let tags: Vec<String> = tags
             .iter()
-            .map(|tag| tag.trim().to_owned())
+            .map(|tag| tag.as_ref().trim().to_owned())
             .filter(|tag| !tag.is_empty() && !tag.contains('\n'))
             .collect();
         if tags.is_empty() {
