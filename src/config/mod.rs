@@ -215,6 +215,36 @@ pub struct WriteBehindConfig {
     pub backoff: Duration,
 }
 
+impl WriteBehindConfig {
+    /// The bounds of the queue and its workers, each an error naming its key. (Whether a
+    /// durable queue has a Redis is checked where that is known.)
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers == 0 {
+            return Err(ConfigError::invalid(
+                "write_behind.workers",
+                "must be at least 1",
+            ));
+        }
+        let max_capacity = tokio::sync::Semaphore::MAX_PERMITS;
+        if self.capacity == 0 || self.capacity > max_capacity {
+            return Err(ConfigError::invalid(
+                "write_behind.capacity",
+                format!(
+                    "must be between 1 and {max_capacity}, got {}",
+                    self.capacity
+                ),
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError::invalid(
+                "write_behind.max_attempts",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for WriteBehindConfig {
     fn default() -> Self {
         Self {
@@ -626,18 +656,7 @@ impl CacheConfig {
             http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| ConfigError::invalid(key, format!("invalid header name {name:?}")))?;
         }
-        if self.write_behind.capacity == 0 || self.write_behind.workers == 0 {
-            return Err(ConfigError::invalid(
-                "write_behind",
-                "capacity and workers must be at least 1",
-            ));
-        }
-        if self.write_behind.max_attempts == 0 {
-            return Err(ConfigError::invalid(
-                "write_behind.max_attempts",
-                "must be at least 1",
-            ));
-        }
+        self.write_behind.validate()?;
         if self.write_behind.durable && self.l2.url.is_none() {
             return Err(ConfigError::invalid(
                 "write_behind.durable",

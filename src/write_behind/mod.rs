@@ -272,7 +272,7 @@ impl WriteBehind {
         writer: impl Writer,
     ) -> Result<Self, Error> {
         tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        validate(config)?;
+        config.validate()?;
         let writer: Arc<dyn Writer> = Arc::new(writer);
         let counters = Arc::new(Counters::default());
         let retry = Retry {
@@ -424,32 +424,6 @@ impl Backend {
             Backend::Durable(handle) => handle.disconnect().await,
         }
     }
-}
-
-fn validate(config: &WriteBehindConfig) -> Result<(), ConfigError> {
-    if config.workers == 0 {
-        return Err(ConfigError::invalid(
-            "write_behind.workers",
-            "must be at least 1",
-        ));
-    }
-    if config.capacity == 0 || config.capacity > tokio::sync::Semaphore::MAX_PERMITS {
-        return Err(ConfigError::invalid(
-            "write_behind.capacity",
-            format!(
-                "must be between 1 and {}, got {}",
-                tokio::sync::Semaphore::MAX_PERMITS,
-                config.capacity
-            ),
-        ));
-    }
-    if config.max_attempts == 0 {
-        return Err(ConfigError::invalid(
-            "write_behind.max_attempts",
-            "must be at least 1",
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(feature = "redis")]
