@@ -27,16 +27,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, Method, Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tower::{Layer, Service};
 
 use crate::body::{BoxError, CacheBody};
 use crate::config::CacheConfig;
-use crate::http::buffer::{buffer, Buffered};
+use crate::http::buffer::{buffer, read_body, Buffered};
 use crate::http::cache_status::{Forward, Status};
 use crate::http::policy;
 use crate::store::{CachedEntry, TieredCache};
@@ -173,7 +173,9 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let (parts, body) = request.into_parts();
-    let message = read_message(body).await;
+    // The whole request message (gRPC unary requests are one length-prefixed message); `None`
+    // when the body fails.
+    let message = read_body(body, u64::MAX).await;
     let key = message
         .as_ref()
         .map(|message| message_key(&parts.uri, message));
@@ -202,62 +204,44 @@ where
         .await?
         .into_parts();
     let mut status = Status::forward(Forward::Miss);
-    let Some(key) = key else {
-        state.status(status, &mut response_parts.headers);
-        return Ok(Response::from_parts(
-            response_parts,
-            CacheBody::streaming(response_body),
-        ));
+    let body = match key {
+        None => CacheBody::streaming(response_body),
+        Some(key) => match buffer(response_body, state.max_message_size).await {
+            Buffered::Complete { data, trailers } => {
+                status.stored = store_if_ok(&state, &key, &response_parts, &data, &trailers).await;
+                CacheBody::cached(data, trailers)
+            }
+            Buffered::TooLarge { prefix, rest } => CacheBody::prefixed(prefix, rest),
+            Buffered::Failed { prefix, error } => CacheBody::failed(prefix, error),
+        },
     };
-    let (data, trailers) = match buffer(response_body, state.max_message_size).await {
-        Buffered::Complete { data, trailers } => (data, trailers),
-        Buffered::TooLarge { prefix, rest } => {
-            state.status(status, &mut response_parts.headers);
-            return Ok(Response::from_parts(
-                response_parts,
-                CacheBody::prefixed(prefix, rest),
-            ));
-        }
-        Buffered::Failed { prefix, error } => {
-            state.status(status, &mut response_parts.headers);
-            return Ok(Response::from_parts(
-                response_parts,
-                CacheBody::failed(prefix, error),
-            ));
-        }
-    };
+    state.status(status, &mut response_parts.headers);
+    Ok(Response::from_parts(response_parts, body))
+}
+
+/// Stores a successful answer (`grpc-status: 0`) under `key`; whether it did.
+async fn store_if_ok(
+    state: &State,
+    key: &str,
+    response: &http::response::Parts,
+    data: &Bytes,
+    trailers: &HeaderMap,
+) -> bool {
     // `grpc-status` travels in the trailers, or in the headers of a trailers-only response.
     let grpc_status = trailers
         .get("grpc-status")
-        .or_else(|| response_parts.headers.get("grpc-status"));
-    if response_parts.status.is_success() && grpc_status.is_some_and(|value| value == "0") {
-        let mut headers = response_parts.headers.clone();
-        policy::remove_hop_by_hop(&mut headers);
-        let entry = CachedEntry::new(data.clone(), state.ttl)
-            .with_status(response_parts.status)
-            .with_headers(headers)
-            .with_trailers(trailers.clone());
-        state.cache.set(&key, entry).await;
-        status.stored = true;
+        .or_else(|| response.headers.get("grpc-status"));
+    if !(response.status.is_success() && grpc_status.is_some_and(|value| value == "0")) {
+        return false;
     }
-    state.status(status, &mut response_parts.headers);
-    Ok(Response::from_parts(
-        response_parts,
-        CacheBody::cached(data, trailers),
-    ))
-}
-
-/// The whole request message (gRPC unary requests are one length-prefixed message); `None`
-/// when the body fails.
-async fn read_message<B: Body<Data = Bytes>>(body: B) -> Option<Bytes> {
-    let mut body = std::pin::pin!(body);
-    let mut message = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.ok()?.into_data() {
-            message.extend_from_slice(&data);
-        }
-    }
-    Some(message.freeze())
+    let mut headers = response.headers.clone();
+    policy::remove_hop_by_hop(&mut headers);
+    let entry = CachedEntry::new(data.clone(), state.ttl)
+        .with_status(response.status)
+        .with_headers(headers)
+        .with_trailers(trailers.clone());
+    state.cache.set(key, entry).await;
+    true
 }
 
 /// `grpc:{authority}{path}#{sha256 of the message}`.

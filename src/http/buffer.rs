@@ -1,6 +1,7 @@
-//! Reading a response body into memory, up to a limit, without losing what follows it.
+//! Reading a body into memory, up to a limit: a response's without losing what follows it, a
+//! request's whole.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -56,6 +57,26 @@ where
         data: data.freeze(),
         trailers,
     }
+}
+
+/// The whole body, if it fits in `limit` bytes and reads without error.
+pub(crate) async fn read_body<B: Body>(body: B, limit: u64) -> Option<Bytes> {
+    let mut body = std::pin::pin!(body);
+    let mut data = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(mut chunk) = frame.ok()?.into_data() {
+            if (data.len() + chunk.remaining()) as u64 > limit {
+                return None;
+            }
+            while chunk.has_remaining() {
+                let part = chunk.chunk();
+                data.extend_from_slice(part);
+                let read = part.len();
+                chunk.advance(read);
+            }
+        }
+    }
+    Some(data.freeze())
 }
 
 #[cfg(test)]

@@ -6,14 +6,15 @@ use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tower::{Service, ServiceExt};
 
+use super::buffer::read_body;
 use super::routes::Rule;
 use super::state::State;
 use super::{key, policy, response};
@@ -164,24 +165,4 @@ fn replay_headers(parts: &Parts) -> Vec<(String, Vec<u8>)> {
         .iter()
         .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
         .collect()
-}
-
-/// The whole body, if it fits in `limit` bytes and reads without error.
-async fn read_body<B: Body>(body: B, limit: u64) -> Option<Bytes> {
-    let mut body = std::pin::pin!(body);
-    let mut data = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(mut chunk) = frame.ok()?.into_data() {
-            if (data.len() + chunk.remaining()) as u64 > limit {
-                return None;
-            }
-            while chunk.has_remaining() {
-                let part = chunk.chunk();
-                data.extend_from_slice(part);
-                let read = part.len();
-                chunk.advance(read);
-            }
-        }
-    }
-    Some(data.freeze())
 }
