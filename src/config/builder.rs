@@ -243,6 +243,7 @@ impl CacheConfigBuilder {
     /// # }
     /// ```
     pub fn build_layer(self) -> Result<CacheLayer, Error> {
-        CacheLayer::try_new(self.build()?)
+        // `try_new` validates it.
+        CacheLayer::try_new(self.config)
     }
 }
