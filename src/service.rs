@@ -306,9 +306,8 @@ where
     if let (Some(found), Some(Reuse::ValidateStale)) = (&resolved.found, reuse) {
         let entry = &found.lookup.entry;
         let windows = policy::stale_windows(entry.headers(), &parts.headers, state.default_stale);
-        let staleness = entry.age_at(now).saturating_sub(entry.ttl());
         let may_serve_stale =
-            !windows.while_revalidate.is_zero() && staleness <= windows.while_revalidate;
+            policy::within_window(windows.while_revalidate, entry.age_at(now), entry.ttl());
         if may_serve_stale && parts.method == Method::GET && !parts.headers.contains_key(RANGE) {
             let response = response::from_entry(
                 &parts.method,

@@ -186,8 +186,8 @@ impl Exchange<'_> {
         let entry = &stale.lookup.entry;
         let windows =
             policy::stale_windows(entry.headers(), client_headers, self.state.default_stale);
-        let staleness = entry.age_at(SystemTime::now()).saturating_sub(entry.ttl());
-        if windows.if_error.is_zero() || staleness > windows.if_error {
+        let age = entry.age_at(SystemTime::now());
+        if !policy::within_window(windows.if_error, age, entry.ttl()) {
             return None;
         }
         tracing::debug!(

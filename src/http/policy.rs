@@ -168,7 +168,7 @@ pub(crate) fn plan_store(
     } else {
         Duration::ZERO
     };
-    let windows = stale_windows(response, &HeaderMap::new(), settings.default_stale);
+    let windows = stale_windows_of(&cc, None, settings.default_stale);
     let keep_stale = for_validation
         .max(windows.while_revalidate)
         .max(windows.if_error);
@@ -328,18 +328,34 @@ pub(crate) fn stale_windows(
     request: &HeaderMap,
     defaults: StaleWindows,
 ) -> StaleWindows {
-    let cc = CacheControl::from_headers(stored);
+    let requested = CacheControl::from_headers(request).stale_if_error;
+    stale_windows_of(&CacheControl::from_headers(stored), requested, defaults)
+}
+
+/// [`stale_windows`] from the stored response's parsed directives and the request's
+/// `stale-if-error`.
+fn stale_windows_of(
+    cc: &CacheControl,
+    requested_if_error: Option<Delta>,
+    defaults: StaleWindows,
+) -> StaleWindows {
     if cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() || cc.no_cache.is_all() {
         return StaleWindows::default();
     }
     let seconds = |delta: Option<Delta>| delta.and_then(Delta::seconds).map(Duration::from_secs);
-    let requested = seconds(CacheControl::from_headers(request).stale_if_error).unwrap_or_default();
+    let requested = seconds(requested_if_error).unwrap_or_default();
     StaleWindows {
         while_revalidate: seconds(cc.stale_while_revalidate).unwrap_or(defaults.while_revalidate),
         if_error: seconds(cc.stale_if_error)
             .unwrap_or(defaults.if_error)
             .max(requested),
     }
+}
+
+/// Whether a stored response of `age` and freshness lifetime `ttl` is stale by no more than
+/// `window`, one of its [`StaleWindows`] (a zero window allows nothing).
+pub(crate) fn within_window(window: Duration, age: Duration, ttl: Duration) -> bool {
+    !window.is_zero() && age.saturating_sub(ttl) <= window
 }
 
 /// What a stored response can do for a request (RFC 9111 §4).
