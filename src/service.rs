@@ -199,7 +199,8 @@ where
     }
 }
 
-/// `hit`, `stale`, `miss` or `bypass`, read from this cache's `Cache-Status` member (the last).
+/// `hit`, `stale`, `miss` or `bypass` (an unsafe method), read from this cache's `Cache-Status`
+/// member (the last). Bypassed requests are not timed here: they never reach a `Timed`.
 fn outcome_of(headers: &http::HeaderMap) -> &'static str {
     let member = headers
         .get_all(&CACHE_STATUS)
@@ -211,7 +212,7 @@ fn outcome_of(headers: &http::HeaderMap) -> &'static str {
         "stale"
     } else if member.contains("; hit") {
         "hit"
-    } else if member.contains("fwd=bypass") || member.contains("fwd=method") {
+    } else if member.contains("fwd=method") {
         "bypass"
     } else {
         "miss"
