@@ -252,6 +252,16 @@ impl Codec {
         Ok(CachedEntry::from_parts(meta, body))
     }
 
+    /// [`Codec::decode`] for a shared-tier read: `None` for an entry past its own lifetime, which
+    /// a tier may still hold (expiry there is lazy, or coarser than milliseconds).
+    pub(crate) fn decode_live(&self, bytes: &Bytes) -> Result<Option<CachedEntry>, DecodeError> {
+        let entry = self.decode(bytes)?;
+        let live = !entry
+            .remaining_lifetime_at(std::time::SystemTime::now())
+            .is_zero();
+        Ok(live.then_some(entry))
+    }
+
     fn decompress(&self, compressed: &[u8], expected: u64) -> Result<Bytes, DecodeError> {
         let limit = expected.min(self.max_body);
         let capacity = usize::try_from(limit).unwrap_or(usize::MAX);

@@ -236,10 +236,9 @@ impl MemcachedTier {
         let Some(data) = value.and_then(|value| value.data) else {
             return Ok(None);
         };
-        match self.codec.decode(&Bytes::from(data)) {
-            // Expiry is in whole seconds: check the entry's own lifetime too.
-            Ok(entry) => Ok(Some(entry)
-                .filter(|entry| !entry.remaining_lifetime_at(SystemTime::now()).is_zero())),
+        // Expiry is in whole seconds: the entry's own lifetime counts too.
+        match self.codec.decode_live(&Bytes::from(data)) {
+            Ok(entry) => Ok(entry),
             Err(err) => {
                 // A bad value would fail every read until it expires; if the delete fails too,
                 // the next read retries it.

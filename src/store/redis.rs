@@ -332,10 +332,9 @@ impl RedisTier {
             .await
             .map_err(tier_error)?;
         let Some(bytes) = value else { return Ok(None) };
-        match self.codec.decode(&bytes) {
-            // Redis expires keys lazily and clocks drift: check the entry's own lifetime too.
-            Ok(entry) => Ok(Some(entry)
-                .filter(|entry| !entry.remaining_lifetime_at(SystemTime::now()).is_zero())),
+        // Redis expires keys lazily and clocks drift: the entry's own lifetime counts too.
+        match self.codec.decode_live(&bytes) {
+            Ok(entry) => Ok(entry),
             Err(err) => {
                 // A bad value would fail every read until it expires; if the delete fails too,
                 // the next read retries it.
