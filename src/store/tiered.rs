@@ -517,14 +517,26 @@ impl TieredCache {
     #[allow(clippy::ptr_arg)] // the memory map is keyed by `String`
     pub(crate) fn fresh_in_memory(&self, key: &String, now: SystemTime) -> Option<CachedEntry> {
         let entry = self.inner.memory.read_at(key, now)?;
-        let obtained = entry.inserted_at_ms();
-        let current = entry.tags().iter().all(|tag| {
-            self.inner
-                .stamps
-                .get(tag)
-                .is_some_and(|stamp| stamp < obtained)
-        });
+        let current = matches!(self.known_stamps(&entry), Stamps::Current);
         (current && entry.is_fresh_at(now)).then_some(entry)
+    }
+
+    /// What the tag stamps known here say of `entry`.
+    fn known_stamps<'a>(&self, entry: &'a CachedEntry) -> Stamps<'a> {
+        let obtained = entry.inserted_at_ms();
+        let mut unknown = Vec::new();
+        for tag in entry.tags() {
+            match self.inner.stamps.get(tag) {
+                Some(stamp) if stamp >= obtained => return Stamps::Invalidated,
+                Some(_) => {}
+                None => unknown.push(tag.as_str()),
+            }
+        }
+        if unknown.is_empty() {
+            Stamps::Current
+        } else {
+            Stamps::Unknown(unknown)
+        }
     }
 
     async fn read_memory(&self, key: &str) -> Option<CachedEntry> {
@@ -604,18 +616,12 @@ impl TieredCache {
     /// does not know are read from Redis (one MGET); if Redis cannot answer, the entry counts as
     /// current (its memory copy lives at most `l1.max_ttl`).
     async fn is_current(&self, entry: &CachedEntry) -> bool {
+        let unknown = match self.known_stamps(entry) {
+            Stamps::Invalidated => return false,
+            Stamps::Current => return true,
+            Stamps::Unknown(unknown) => unknown,
+        };
         let obtained = entry.inserted_at_ms();
-        let mut unknown = Vec::new();
-        for tag in entry.tags() {
-            match self.inner.stamps.get(tag) {
-                Some(stamp) if stamp >= obtained => return false,
-                Some(_) => {}
-                None => unknown.push(tag.as_str()),
-            }
-        }
-        if unknown.is_empty() {
-            return true;
-        }
         let stamps = match &self.inner.shared {
             None => vec![0; unknown.len()],
             Some(shared) => match shared.tag_stamps(&unknown).await {
@@ -719,6 +725,16 @@ fn apply_remote(
     }
     // Nobody listening is fine.
     let _ = events.send(invalidation);
+}
+
+/// What the tag stamps known to this instance say of an entry.
+enum Stamps<'a> {
+    /// A tag of it was invalidated after it was obtained.
+    Invalidated,
+    /// Every tag is known and older than the entry.
+    Current,
+    /// These tags have no stamp here (and none of the known ones invalidates it).
+    Unknown(Vec<&'a str>),
 }
 
 /// The outcome of [`TieredCache::lock_load`].
