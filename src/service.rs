@@ -86,11 +86,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        // Call the service that was driven to readiness, leave a fresh clone in its place.
-        let fresh = self.inner.clone();
-        let mut origin = std::mem::replace(&mut self.inner, fresh);
-        let state = self.state.clone();
-        let rule = state.routes.rule_for(request.uri().path()).clone();
+        let rule = self.state.routes.rule_for(request.uri().path()).clone();
         let started = Instant::now();
         let span = tracing::debug_span!(
             "tiered_cache",
@@ -101,33 +97,45 @@ where
         );
         match classify(&request, &rule) {
             Path::Purge => {
+                let state = self.state.clone();
                 let (parts, _body) = request.into_parts();
                 ResponseFuture::cached(Box::pin(async move {
                     Ok(purge::handle(&state, &parts, &rule).await)
                 }))
             }
             Path::Bypass => {
-                state.cache.count(Counter::Bypasses);
-                ResponseFuture::bypass(origin.call(request), state)
+                self.state.cache.count(Counter::Bypasses);
+                let future = self.take_ready_origin().call(request);
+                ResponseFuture::bypass(future, self.state.clone())
             }
             Path::Mutate => {
-                let future = mutate(state, origin, request, rule);
+                let future = mutate(self.state.clone(), self.take_ready_origin(), request, rule);
                 ResponseFuture::cached(Box::pin(Timed::new(future, span, started)))
             }
             Path::Read => {
                 let (parts, body) = request.into_parts();
                 let primary = key::primary_key(&parts, &rule.key_headers);
                 // The common case needs no future: a fresh entry in memory answers at once.
-                if let Some(response) = fresh_in_memory(&state, &parts, &primary) {
+                if let Some(response) = fresh_in_memory(&self.state, &parts, &primary) {
                     span.record("key", primary.as_str());
                     span.record("outcome", "hit");
                     crate::metrics::request_duration("hit", started.elapsed());
                     return ResponseFuture::ready(response);
                 }
-                let future = serve(state, origin, parts, body, primary, rule);
+                let origin = self.take_ready_origin();
+                let future = serve(self.state.clone(), origin, parts, body, primary, rule);
                 ResponseFuture::cached(Box::pin(Timed::new(future, span, started)))
             }
         }
+    }
+}
+
+impl<S: Clone> CacheService<S> {
+    /// The inner service driven to readiness by `poll_ready`, for a request that calls it; a
+    /// clone takes its place. Requests the cache answers itself leave the ready one in place.
+    fn take_ready_origin(&mut self) -> S {
+        let fresh = self.inner.clone();
+        std::mem::replace(&mut self.inner, fresh)
     }
 }
 
