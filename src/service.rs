@@ -161,7 +161,7 @@ fn fresh_in_memory<B>(
         &parts.headers,
         &entry,
         age,
-        state.memory_hit_status.clone(),
+        Some(state.memory_hit_status.clone()),
     ))
 }
 

@@ -23,19 +23,17 @@ pub(crate) fn from_entry<B>(
     cache_name: &str,
 ) -> Response<CacheBody<B>> {
     let age = entry.age_at(SystemTime::now());
-    let mut response = from_entry_with_status(method, request, entry, age, None);
-    status.append_to(cache_name, response.headers_mut());
-    response
+    from_entry_with_status(method, request, entry, age, status.value(cache_name).ok())
 }
 
 /// [`from_entry`] with the entry's `age` known and its `Cache-Status` member rendered already
-/// (`None`: the caller appends it).
+/// (`None` when it did not render as a header value).
 pub(crate) fn from_entry_with_status<B>(
     method: &Method,
     request: &HeaderMap,
     entry: &CachedEntry,
     age: Duration,
-    cache_status: impl Into<Option<HeaderValue>>,
+    cache_status: Option<HeaderValue>,
 ) -> Response<CacheBody<B>> {
     let mut response = if policy::not_modified(request, entry.headers()) {
         not_modified(entry.headers())
@@ -71,7 +69,7 @@ pub(crate) fn from_entry_with_status<B>(
         response
     };
     response.headers_mut().insert(AGE, age_value(age.as_secs()));
-    if let Some(cache_status) = cache_status.into() {
+    if let Some(cache_status) = cache_status {
         response
             .headers_mut()
             .append(super::cache_status::CACHE_STATUS.clone(), cache_status);
