@@ -9,25 +9,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::load::{layered, spawn_load, time_to_l2_hits, Recorder};
-use common::{config, RedisServer};
+use common::load::{spawn_load, time_to_l2_hits, two_layers, Recorder};
+use common::RedisServer;
 
 const TIMEOUT: Duration = Duration::from_millis(50);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_during_load_fails_no_request_and_l2_resumes() {
     let mut redis = RedisServer::start();
-    let settings = || {
-        config("kill")
-            .l2_timeout(TIMEOUT)
-            .redis_url(redis.url())
-            .build()
-            .unwrap()
-    };
-    let service = layered(settings());
-    let reader = layered(settings());
-    assert!(service.cache().wait_for_redis(Duration::from_secs(5)).await);
-    assert!(reader.cache().wait_for_redis(Duration::from_secs(5)).await);
+    let (service, reader) = two_layers("kill", &redis.url(), TIMEOUT).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let recorder = Arc::new(Recorder::default());

@@ -3,11 +3,22 @@
 
 mod common;
 
-use common::origin::{cached, get, send};
+use std::time::Duration;
+
+use common::origin::{cached, get, send, Cached};
 use common::{config, RedisServer};
-use tower_tiered_cache::CacheConfig;
 use wiremock::matchers::path;
 use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// A layer in front of `server` on `redis` (keys under `prefix`), once it is connected.
+async fn connected(redis: &RedisServer, prefix: &str, server: &MockServer) -> Cached {
+    let service = cached(
+        config(prefix).redis_url(redis.url()).build().unwrap(),
+        server,
+    );
+    assert!(service.cache().wait_for_redis(Duration::from_secs(5)).await);
+    service
+}
 
 #[tokio::test]
 async fn a_second_instance_serves_from_redis_without_calling_the_origin() {
@@ -23,21 +34,8 @@ async fn a_second_instance_serves_from_redis_without_calling_the_origin() {
         .expect(1)
         .mount(&server)
         .await;
-    let build = || -> CacheConfig { config("http").redis_url(redis.url()).build().unwrap() };
-    let first = cached(build(), &server);
-    let second = cached(build(), &server);
-    assert!(
-        second
-            .cache()
-            .wait_for_redis(std::time::Duration::from_secs(5))
-            .await
-    );
-    assert!(
-        first
-            .cache()
-            .wait_for_redis(std::time::Duration::from_secs(5))
-            .await
-    );
+    let first = connected(&redis, "http", &server).await;
+    let second = connected(&redis, "http", &server).await;
 
     let miss = send(&first, get("/shared", &[])).await;
     assert_eq!(
@@ -67,26 +65,8 @@ async fn vary_variants_are_shared_through_redis() {
         .expect(2)
         .mount(&server)
         .await;
-    let first = cached(
-        config("vary").redis_url(redis.url()).build().unwrap(),
-        &server,
-    );
-    let second = cached(
-        config("vary").redis_url(redis.url()).build().unwrap(),
-        &server,
-    );
-    assert!(
-        first
-            .cache()
-            .wait_for_redis(std::time::Duration::from_secs(5))
-            .await
-    );
-    assert!(
-        second
-            .cache()
-            .wait_for_redis(std::time::Duration::from_secs(5))
-            .await
-    );
+    let first = connected(&redis, "vary", &server).await;
+    let second = connected(&redis, "vary", &server).await;
 
     send(&first, get("/v", &[("accept-language", "en")])).await;
     let english = send(&second, get("/v", &[("accept-language", "en")])).await;
@@ -113,26 +93,8 @@ async fn an_invalidation_on_one_instance_reaches_the_other_within_a_second() {
         .expect(1)
         .mount(&server)
         .await;
-    let first = cached(
-        config("cross").redis_url(redis.url()).build().unwrap(),
-        &server,
-    );
-    let second = cached(
-        config("cross").redis_url(redis.url()).build().unwrap(),
-        &server,
-    );
-    assert!(
-        first
-            .cache()
-            .wait_for_redis(std::time::Duration::from_secs(5))
-            .await
-    );
-    assert!(
-        second
-            .cache()
-            .wait_for_redis(std::time::Duration::from_secs(5))
-            .await
-    );
+    let first = connected(&redis, "cross", &server).await;
+    let second = connected(&redis, "cross", &server).await;
     send(&first, get("/inv", &[])).await;
     assert_eq!(
         send(&second, get("/inv", &[])).await.cache_status(),
@@ -146,7 +108,7 @@ async fn an_invalidation_on_one_instance_reaches_the_other_within_a_second() {
 
     send(&first, common::origin::request("DELETE", "/inv", &[])).await;
 
-    tokio::time::timeout(std::time::Duration::from_secs(1), events.recv())
+    tokio::time::timeout(Duration::from_secs(1), events.recv())
         .await
         .expect("the second instance hears of it within 1 s")
         .unwrap();
@@ -176,34 +138,11 @@ async fn a_layer_starts_while_redis_refuses_and_uses_it_once_it_is_up() {
     );
 
     redis.restart();
-    assert!(
-        first
-            .cache()
-            .wait_for_redis(std::time::Duration::from_secs(10))
-            .await
-    );
-    let second = cached(
-        config("late").redis_url(redis.url()).build().unwrap(),
-        &server,
-    );
-    assert!(
-        second
-            .cache()
-            .wait_for_redis(std::time::Duration::from_secs(5))
-            .await
-    );
+    assert!(first.cache().wait_for_redis(Duration::from_secs(10)).await);
+    let second = connected(&redis, "late", &server).await;
     // The first answer never reached Redis; the next miss does.
     send(&second, get("/late", &[])).await;
-    let third = cached(
-        config("late").redis_url(redis.url()).build().unwrap(),
-        &server,
-    );
-    assert!(
-        third
-            .cache()
-            .wait_for_redis(std::time::Duration::from_secs(5))
-            .await
-    );
+    let third = connected(&redis, "late", &server).await;
     assert_eq!(
         send(&third, get("/late", &[])).await.cache_status(),
         "tiered-cache; hit; detail=redis"

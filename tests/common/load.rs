@@ -56,6 +56,22 @@ pub fn layered(config: CacheConfig) -> Layered {
     CacheLayer::new(config).layer(SlowOrigin)
 }
 
+/// Two layers on the Redis at `redis_url` (keys under `prefix`, commands bounded by `timeout`),
+/// both connected: one to put under load, one to see when L2 hits resume.
+pub async fn two_layers(prefix: &str, redis_url: &str, timeout: Duration) -> (Layered, Layered) {
+    let settings = || {
+        super::config(prefix)
+            .l2_timeout(timeout)
+            .redis_url(redis_url)
+            .build()
+            .unwrap()
+    };
+    let (service, reader) = (layered(settings()), layered(settings()));
+    assert!(service.cache().wait_for_redis(Duration::from_secs(5)).await);
+    assert!(reader.cache().wait_for_redis(Duration::from_secs(5)).await);
+    (service, reader)
+}
+
 /// One GET; `Ok` with the `Cache-Status` when it returned 200 with the right body.
 pub async fn get(service: &Layered, path: &str) -> Result<String, String> {
     let request = Request::get(format!("http://load.test{path}"))
