@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::origin::{cached, get, request, send};
+use common::origin::{cached, get, request, send, Cached};
 use tower_tiered_cache::CacheConfig;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -27,6 +27,15 @@ async fn origin(gets: u64) -> MockServer {
     server
 }
 
+/// A layer in front of `server` accepting PURGE with the token `s3cret`.
+fn with_token(server: &MockServer) -> Cached {
+    let config = CacheConfig::builder()
+        .purge_token("s3cret")
+        .build()
+        .unwrap();
+    cached(config, server)
+}
+
 #[tokio::test]
 async fn without_a_configured_token_purge_is_405_and_not_forwarded() {
     let server = origin(1).await;
@@ -47,13 +56,7 @@ async fn without_a_configured_token_purge_is_405_and_not_forwarded() {
 #[tokio::test]
 async fn a_wrong_or_missing_token_is_401() {
     let server = origin(1).await;
-    let service = cached(
-        CacheConfig::builder()
-            .purge_token("s3cret")
-            .build()
-            .unwrap(),
-        &server,
-    );
+    let service = with_token(&server);
     send(&service, get("/p", &[])).await;
     for headers in [
         vec![],
@@ -73,13 +76,7 @@ async fn a_wrong_or_missing_token_is_401() {
 #[tokio::test]
 async fn purge_by_uri_with_the_token() {
     let server = origin(2).await;
-    let service = cached(
-        CacheConfig::builder()
-            .purge_token("s3cret")
-            .build()
-            .unwrap(),
-        &server,
-    );
+    let service = with_token(&server);
     send(&service, get("/p", &[])).await;
     let reply = send(
         &service,
@@ -99,13 +96,7 @@ async fn purge_by_uri_with_the_token() {
 #[tokio::test]
 async fn purge_by_surrogate_key_with_the_token() {
     let server = origin(2).await;
-    let service = cached(
-        CacheConfig::builder()
-            .purge_token("s3cret")
-            .build()
-            .unwrap(),
-        &server,
-    );
+    let service = with_token(&server);
     send(&service, get("/p", &[])).await;
     let reply = send(
         &service,
