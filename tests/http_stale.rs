@@ -62,8 +62,9 @@ async fn until_refreshed(service: &Cached) -> String {
     .expect("the background refresh completes")
 }
 
-#[tokio::test]
-async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
+/// An origin whose `/s` is stale on arrival (with `cache_control` too) and is then revalidated
+/// exactly once with a 304.
+async fn revalidated_once(cache_control: &str) -> MockServer {
     let server = MockServer::start().await;
     Mock::given(header("if-none-match", "\"v1\""))
         .respond_with(ResponseTemplate::new(304).insert_header("cache-control", "max-age=60"))
@@ -71,10 +72,16 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
         .mount(&server)
         .await;
     Mock::given(path("/s"))
-        .respond_with(stale_on_arrival("stale-while-revalidate=600"))
+        .respond_with(stale_on_arrival(cache_control))
         .expect(1)
         .mount(&server)
         .await;
+    server
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
+    let server = revalidated_once("stale-while-revalidate=600").await;
     let service = cached(CacheConfig::default(), &server);
     send(&service, get("/s", &[])).await;
 
@@ -96,17 +103,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
 
 #[tokio::test]
 async fn a_configured_default_window_applies_to_responses_without_one() {
-    let server = MockServer::start().await;
-    Mock::given(header("if-none-match", "\"v1\""))
-        .respond_with(ResponseTemplate::new(304).insert_header("cache-control", "max-age=60"))
-        .expect(1)
-        .mount(&server)
-        .await;
-    Mock::given(path("/s"))
-        .respond_with(stale_on_arrival("public"))
-        .expect(1)
-        .mount(&server)
-        .await;
+    let server = revalidated_once("public").await;
     let config = CacheConfig::builder()
         .stale_while_revalidate(Duration::from_secs(600))
         .build()
