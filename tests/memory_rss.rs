@@ -52,18 +52,11 @@ async fn writing_ten_times_the_memory_budget_keeps_rss_within_it() {
         }
     }
     peak = peak.max(rss_bytes());
-    let bound = baseline + BUDGET + BUDGET / 5;
-    println!(
-        "L1 budget 50 MB, 500 MB written: RSS baseline {} MB, peak {} MB, bound {} MB",
-        baseline / MB,
-        peak / MB,
-        bound / MB
-    );
-    assert!(
-        peak <= bound,
-        "RSS peaked at {} MB, above {} MB",
-        peak / MB,
-        bound / MB
+    assert_rss_within(
+        "L1 budget 50 MB, 500 MB written",
+        baseline,
+        peak,
+        baseline + BUDGET + BUDGET / 5,
     );
     assert!(cache.stats().memory_bytes <= BUDGET);
 }
@@ -110,9 +103,13 @@ async fn a_one_gigabyte_response_streams_through_with_flat_memory() {
 
     assert_eq!(received, (CHUNKS * CHUNK) as u64);
     // At most `max_entry_size` is buffered before the layer gives up on storing it.
-    let bound = baseline + 8 * MB + 32 * MB;
+    assert_rss_within("1 GB streamed", baseline, peak, baseline + 8 * MB + 32 * MB);
+}
+
+/// Prints the measurement of `what` and checks that the RSS `peak` stayed within `bound`.
+fn assert_rss_within(what: &str, baseline: u64, peak: u64, bound: u64) {
     println!(
-        "1 GB streamed: RSS baseline {} MB, peak {} MB, bound {} MB",
+        "{what}: RSS baseline {} MB, peak {} MB, bound {} MB",
         baseline / MB,
         peak / MB,
         bound / MB
