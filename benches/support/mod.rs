@@ -1,6 +1,14 @@
 //! Fixtures shared by the bench binaries: bodies and entries of a given size, an origin service
-//! and the request sent to it, and a private `redis-server`.
-#![allow(dead_code)]
+//! and the request sent to it, and a private `redis-server` (the tests' own).
+#![allow(dead_code, unused_imports)]
+
+#[path = "../../tests/common/process.rs"]
+mod process;
+#[cfg(feature = "redis")]
+#[path = "../../tests/common/redis.rs"]
+mod redis;
+#[cfg(feature = "redis")]
+pub use redis::RedisServer;
 
 use std::convert::Infallible;
 use std::future::Ready;
@@ -184,62 +192,4 @@ pub fn cache_status<B>(response: &Response<B>) -> String {
         .and_then(|value| value.to_str().ok())
         .unwrap_or("")
         .to_owned()
-}
-
-/// A `redis-server` on a free loopback port, without persistence, killed on drop.
-pub struct RedisServer {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    pub fn start() -> Self {
-        use std::io::{BufRead, BufReader};
-        use std::process::{Command, Stdio};
-
-        let dir = tempfile::tempdir().expect("temp dir");
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|listener| listener.local_addr())
-                .expect("a free port")
-                .port();
-            let mut child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--logfile", ""])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server is installed (apt-get install redis-server)");
-            let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-            let ready = lines
-                .by_ref()
-                .map_while(Result::ok)
-                .any(|line| line.contains("Ready to accept connections"));
-            std::thread::spawn(move || lines.for_each(drop));
-            if ready {
-                return Self {
-                    child,
-                    port,
-                    _dir: dir,
-                };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("redis-server did not start");
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
