@@ -9,7 +9,8 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use crate::body::CacheBody;
-use crate::http::cache_status::{Forward, Status};
+use crate::http::cache_status::Status;
+use crate::http::response;
 use crate::http::state::State;
 
 type CachedFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
@@ -31,6 +32,7 @@ pin_project! {
             #[pin]
             future: F,
             state: Arc<State>,
+            status: Status,
         },
         Cached {
             future: CachedFuture<B, E>,
@@ -42,9 +44,14 @@ pin_project! {
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
-    pub(crate) fn bypass(future: F, state: Arc<State>) -> Self {
+    /// The inner service's future, its response labelled `status`.
+    pub(crate) fn bypass(future: F, state: Arc<State>, status: Status) -> Self {
         Self {
-            kind: Kind::Bypass { future, state },
+            kind: Kind::Bypass {
+                future,
+                state,
+                status,
+            },
         }
     }
 
@@ -67,18 +74,26 @@ impl<F, B, E> ResponseFuture<F, B, E> {
 impl<F, B, E> Future for ResponseFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<crate::BoxError>,
 {
     type Output = Result<Response<CacheBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Bypass { future, state } => {
-                let (parts, body) = ready!(future.poll(cx))?.into_parts();
-                let status = Status::forward(Forward::Bypass);
+            KindProj::Bypass {
+                future,
+                state,
+                status,
+            } => {
+                let (mut parts, body) = ready!(future.poll(cx))?.into_parts();
+                if crate::framing::settle(&mut parts.headers).is_err() {
+                    return Poll::Ready(Ok(response::bad_gateway(*status, &state.cache_name)));
+                }
                 Poll::Ready(Ok(state.origin_response(
                     parts,
                     CacheBody::streaming(body),
-                    status,
+                    *status,
                 )))
             }
             KindProj::Cached { future } => future.as_mut().poll(cx),

@@ -136,6 +136,7 @@ pub mod config;
 #[cfg(any(feature = "memcached", feature = "tonic"))]
 mod digest;
 mod error;
+mod framing;
 mod future;
 #[cfg(feature = "tonic")]
 pub mod grpc;

@@ -22,7 +22,7 @@ use crate::http::policy::{self, Reuse};
 use crate::http::routes::Rule;
 use crate::http::state::{Received, State, Times};
 use crate::http::variants::{Found, Placement, Resolved, Stored, Variants};
-use crate::http::{key, purge, range, response, variants, write_behind};
+use crate::http::{key, purge, range, response, target, variants, write_behind};
 use crate::stats::Counter;
 use crate::store::coalesce::Turn;
 use crate::store::{LoadLock, Lookup, TieredCache};
@@ -86,7 +86,18 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let rule = self.state.routes.rule_for(request.uri().path()).clone();
+        let (mut parts, body) = request.into_parts();
+        // 1. One validated target: what is keyed and matched is what the origin receives.
+        if let Err(refusal) = target::validate(&mut parts, self.state.forwarded_headers) {
+            tracing::debug!(uri = %parts.uri, reason = refusal.detail(), "request refused");
+            return ResponseFuture::ready(response::refused(refusal, &self.state.cache_name));
+        }
+        let routes = &self.state.routes;
+        let selected = routes.select(parts.uri.path());
+        let rule = selected
+            .unwrap_or_else(|| routes.rule_for(parts.uri.path()))
+            .clone();
+        let request = Request::from_parts(parts, body);
         let started = Instant::now();
         let span = tracing::debug_span!(
             "tiered_cache",
@@ -95,7 +106,7 @@ where
             key = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        match classify(&request, &rule) {
+        match classify(&request, &rule, selected.is_none()) {
             Path::Purge => {
                 let state = self.state.clone();
                 let (parts, _body) = request.into_parts();
@@ -103,10 +114,12 @@ where
                     Ok(purge::handle(&state, &parts, &rule).await)
                 }))
             }
-            Path::Bypass => {
+            Path::Bypass(detail) => {
                 self.state.cache.count(Counter::Bypasses);
                 let future = self.take_ready_origin().call(request);
-                ResponseFuture::bypass(future, self.state.clone())
+                let mut status = Status::forward(Forward::Bypass);
+                status.detail = detail;
+                ResponseFuture::bypass(future, self.state.clone(), status)
             }
             Path::Mutate => {
                 let future = mutate(self.state.clone(), self.take_ready_origin(), request, rule);
@@ -236,17 +249,19 @@ enum Path {
     /// `PURGE`: answered by the cache itself.
     Purge,
     /// Untouched: bypass routes, OPTIONS and TRACE, upgrade requests, `Cache-Control: no-store`,
-    /// GETs with a body.
-    Bypass,
+    /// GETs with a body; and requests whose path is ambiguous (the `Cache-Status` detail says).
+    Bypass(Option<&'static str>),
 }
 
-fn classify<B: Body>(request: &Request<B>, rule: &Rule) -> Path {
+fn classify<B: Body>(request: &Request<B>, rule: &Rule, ambiguous_path: bool) -> Path {
     let method = request.method();
     let headers = request.headers();
     if method.as_str() == "PURGE" {
         Path::Purge
+    } else if ambiguous_path {
+        Path::Bypass(Some("ambiguous-path"))
     } else if rule.bypass {
-        Path::Bypass
+        Path::Bypass(None)
     } else if !method.is_safe() {
         Path::Mutate
     } else if !matches!(*method, Method::GET | Method::HEAD)
@@ -254,7 +269,7 @@ fn classify<B: Body>(request: &Request<B>, rule: &Rule) -> Path {
         || CacheControl::from_headers(headers).no_store
         || !(request.body().is_end_stream() || request.body().size_hint().exact() == Some(0))
     {
-        Path::Bypass
+        Path::Bypass(None)
     } else {
         Path::Read
     }
@@ -476,12 +491,15 @@ where
     let primary = key::key_for(&target, request.headers(), &rule.key_headers);
     let request_headers = request.headers().clone();
     let request_time = SystemTime::now();
-    let (parts, body) = origin.call(request).await?.into_parts();
+    let (mut parts, body) = origin.call(request).await?.into_parts();
     let times = Times {
         request: request_time,
         response: SystemTime::now(),
     };
     let mut status = Status::forward(Forward::Method);
+    if crate::framing::settle(&mut parts.headers).is_err() {
+        return Ok(response::bad_gateway(status, &state.cache_name));
+    }
     status.forward_status = Some(parts.status.as_u16());
     if !(parts.status.is_success() || parts.status.is_redirection()) {
         return Ok(state.origin_response(parts, CacheBody::streaming(body), status));
@@ -533,6 +551,11 @@ where
         _ => return Ok(state.origin_response(parts, CacheBody::streaming(body), status)),
     };
     let (data, trailers) = match buffer(body, state.max_entry_size).await {
+        Buffered::Complete { data, trailers }
+            if !crate::framing::declares(&parts.headers, data.len()) =>
+        {
+            return Ok(state.origin_response(parts, CacheBody::cached(data, trailers), status))
+        }
         Buffered::Complete { data, trailers } => (data, trailers),
         Buffered::TooLarge { prefix, rest } => {
             return Ok(state.origin_response(parts, CacheBody::prefixed(prefix, rest), status))

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use super::{
-    CacheConfig, ConfigError, GrpcConfig, L3Config, RouteConfig, TagsConfig, WarmConfig,
-    WriteBehindConfig,
+    CacheConfig, ConfigError, ForwardedHeaders, GrpcConfig, L3Config, RouteConfig, TagsConfig,
+    WarmConfig, WriteBehindConfig,
 };
 use crate::{CacheLayer, Error};
 
@@ -199,6 +199,20 @@ impl CacheConfigBuilder {
     /// `http.store_set_cookie`: store responses that set cookies (off by default).
     pub fn store_set_cookie(mut self, store: bool) -> Self {
         self.config.http.store_set_cookie = store;
+        self
+    }
+
+    /// `http.forwarded_headers`: key on URL-overriding request headers (the default) or strip
+    /// them.
+    pub fn forwarded_headers(mut self, policy: ForwardedHeaders) -> Self {
+        self.config.http.forwarded_headers = policy;
+        self
+    }
+
+    /// `http.heuristic_with_credentials`: heuristic freshness for responses to requests with
+    /// `Cookie` or `Authorization` (off by default).
+    pub fn heuristic_with_credentials(mut self, allow: bool) -> Self {
+        self.config.http.heuristic_with_credentials = allow;
         self
     }
 

@@ -31,6 +31,8 @@
 //! | `http.key_headers` | | `[]` | request headers added to every cache key |
 //! | `http.max_variants` | | `32` | most `Vary` variants stored per URL |
 //! | `http.store_set_cookie` | | `false` | store responses that set cookies (RFC-allowed, unsafe for per-user cookies) |
+//! | `http.forwarded_headers` | | `key` | `key`: URL-overriding request headers (`X-Forwarded-Host`, `Forwarded`, ...) are part of the key; `strip`: they are removed before keying and forwarding |
+//! | `http.heuristic_with_credentials` | | `false` | give heuristic freshness and `http.default_ttl` to responses to requests with `Cookie` or `Authorization` |
 //! | `grpc.methods` | | `[]` | unary gRPC methods cached by `GrpcCacheLayer` (feature `tonic`) |
 //! | `grpc.ttl` | | `60s` | freshness of a cached gRPC response |
 //! | `l3.url` | `DATABASE_URL` | empty | database for `SqlLoader` (feature `sqlx`): `sqlite://…` or `postgres://…` |
@@ -489,6 +491,31 @@ pub struct HttpConfig {
     /// them), as RFC 9111 allows. Off by default: a cookie is usually meant for one client.
     #[serde(deserialize_with = "de::flag")]
     pub store_set_cookie: bool,
+    /// What the cache does with request headers that change the URL a framework believes it
+    /// serves (`X-Forwarded-Host`, `Forwarded`, `X-Original-URL`, ...): key on them, or strip
+    /// them. See the README's security model.
+    pub forwarded_headers: ForwardedHeaders,
+    /// Give heuristic freshness (RFC 9111 §4.2.2) and `http.default_ttl` to responses to
+    /// requests carrying `Cookie` or `Authorization`. Off by default: such a response is
+    /// stored only with explicit freshness (or a route's `ttl`), since a page without any is
+    /// often personal.
+    #[serde(deserialize_with = "de::flag")]
+    pub heuristic_with_credentials: bool,
+}
+
+/// `http.forwarded_headers`: what happens to request headers that change the URL an
+/// application believes it serves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ForwardedHeaders {
+    /// Part of the key when present, so a response made from them is served only to requests
+    /// carrying the same values (of `Forwarded`, the `host` and `proto` parameters).
+    #[default]
+    Key,
+    /// Removed from the request before it is keyed and forwarded: for a cache at the edge,
+    /// with no trusted proxy in front of it.
+    Strip,
 }
 
 impl Default for HttpConfig {
@@ -504,6 +531,8 @@ impl Default for HttpConfig {
             key_headers: Vec::new(),
             store_set_cookie: false,
             max_variants: 32,
+            forwarded_headers: ForwardedHeaders::Key,
+            heuristic_with_credentials: false,
         }
     }
 }

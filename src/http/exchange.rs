@@ -19,6 +19,7 @@ use super::routes::Rule;
 use super::state::{Received, State, Times};
 use super::variants::{self, Found, Placement, Stored, Variants};
 use crate::body::{BoxError, CacheBody};
+use crate::framing;
 use crate::store::CachedEntry;
 
 /// A stored response shared with the requests that waited for it.
@@ -72,10 +73,12 @@ impl Representation {
     }
 }
 
-/// Why the origin gave no response.
+/// Why the origin gave no usable response.
 enum OriginFailure<E> {
     Error(E),
     Timeout,
+    /// Its framing cannot be trusted (RFC 9112 §6.3): discarded.
+    Framing,
 }
 
 pub(crate) type Outcome<B, E> = (Result<Response<CacheBody<B>>, E>, Option<Fetched>);
@@ -90,6 +93,8 @@ impl Exchange<'_> {
     ) -> Result<Response<CacheBody<ResBody>>, S::Error>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ResBody: Body<Data = Bytes>,
+        ResBody::Error: Into<BoxError>,
     {
         let mut parts = parts;
         self.state.to_origin(&mut parts.headers);
@@ -98,8 +103,7 @@ impl Exchange<'_> {
             .await
         {
             Ok(response) => response,
-            Err(OriginFailure::Error(error)) => return Err(error),
-            Err(OriginFailure::Timeout) => return Ok(self.timed_out()),
+            Err(failure) => return self.failed(failure),
         };
         let (parts, body) = response.into_parts();
         Ok(self.streamed(parts, body))
@@ -126,8 +130,7 @@ impl Exchange<'_> {
         let request = Request::from_parts(parts, body);
         let response = match self.call_origin(&mut origin, request).await {
             Ok(response) => response,
-            Err(OriginFailure::Error(error)) => return Err(error),
-            Err(OriginFailure::Timeout) => return Ok(self.timed_out()),
+            Err(failure) => return self.failed(failure),
         };
         let times = Times {
             request: request_time,
@@ -149,14 +152,19 @@ impl Exchange<'_> {
     }
 
     /// The origin's response passed on as it streams, not stored.
-    fn streamed<B>(&self, parts: http::response::Parts, body: B) -> Response<CacheBody<B>> {
+    fn streamed<B>(&self, parts: http::response::Parts, body: B) -> Response<CacheBody<B>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
         let mut status = Status::forward(self.forward);
         status.forward_status = Some(parts.status.as_u16());
         self.state
             .origin_response(parts, CacheBody::streaming(body), status)
     }
 
-    /// Calls the origin, bounded by `http.origin_timeout` when one is set.
+    /// Calls the origin, bounded by `http.origin_timeout` when one is set; its response's
+    /// framing settled ([`framing::settle`]).
     async fn call_origin<S, ReqBody, ResBody>(
         &self,
         origin: &mut S,
@@ -172,7 +180,21 @@ impl Exchange<'_> {
                 .map_err(|_| OriginFailure::Timeout)?,
             None => call.await,
         };
-        result.map_err(OriginFailure::Error)
+        let mut response = result.map_err(OriginFailure::Error)?;
+        framing::settle(response.headers_mut()).map_err(|_| OriginFailure::Framing)?;
+        Ok(response)
+    }
+
+    /// The answer to the client when the origin gave none that can be used.
+    fn failed<B, E>(&self, failure: OriginFailure<E>) -> Result<Response<CacheBody<B>>, E> {
+        match failure {
+            OriginFailure::Error(error) => Err(error),
+            OriginFailure::Timeout => Ok(self.timed_out()),
+            OriginFailure::Framing => Ok(response::bad_gateway(
+                Status::forward(self.forward),
+                &self.state.cache_name,
+            )),
+        }
     }
 
     /// The stale entry, when the origin failed (`fwd_status` is its 5xx, if it answered) and
@@ -250,10 +272,7 @@ impl Exchange<'_> {
                 if let Some(stale) = self.stale_on_error(&client_headers, None) {
                     return (Ok(stale), None);
                 }
-                return match failure {
-                    OriginFailure::Error(error) => (Err(error), None),
-                    OriginFailure::Timeout => (Ok(self.timed_out()), None),
-                };
+                return (self.failed(failure), None);
             }
         };
         let times = Times {
@@ -388,8 +407,12 @@ impl Exchange<'_> {
         status.forward_status = Some(parts.status.as_u16());
         let cache_name = &self.state.cache_name;
         match buffer(body, self.state.max_entry_size).await {
-            Buffered::Complete { data, trailers } if !representation.fits(data.len()) => {
-                // A body that is not the range its Content-Range names is passed on, not stored.
+            Buffered::Complete { data, trailers }
+                if !representation.fits(data.len())
+                    || !framing::declares(&parts.headers, data.len()) =>
+            {
+                // A body that is not the range its Content-Range names, or not the length its
+                // Content-Length declares, is passed on, not stored.
                 let body = CacheBody::cached(data, trailers);
                 (Ok(self.state.origin_response(parts, body, status)), None)
             }

@@ -1,37 +1,20 @@
 //! Cache keys: the primary key of a request, and the variant key selected by `Vary`.
 //!
-//! The primary key is the absolute URI, `scheme://host/path?query`, with the host lowercased and
-//! nothing else normalised (so `/a.css` and `/a;.css` stay distinct), followed by any configured
-//! key headers. It is readable, so prefix invalidation works on URLs.
-//!
-//! Headers that frameworks use to rebuild URLs (`X-Forwarded-Host`, `X-Original-URL`, ...) are
-//! classic cache-poisoning vectors: unkeyed, a request carrying a forged one could make the
-//! origin generate a response that is then stored for everyone. They are part of the key when
-//! present, so such a response is only ever served to requests carrying the same values.
+//! The primary key is the absolute URI, `scheme://host/path?query`, of a request whose target
+//! [`target::validate`](super::target::validate) checked and normalised (one canonical
+//! authority; the path as RFC 3986 §6.2.2 normalises it, nothing more, so `/a.css` and
+//! `/a;.css` stay distinct), followed by any configured key headers and the URL-overriding
+//! headers the request carries ([`forwarding`](super::forwarding)). It is readable, so prefix
+//! invalidation works on URLs.
 
 use http::header::HOST;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, Uri};
 
-/// Separates the parts of a key; cannot occur in a URI or a header value.
-const SEPARATOR: char = '\u{1f}';
+use super::forwarding;
 
-/// Request headers that can change the URL an application believes it serves.
-static URL_OVERRIDING_HEADERS: [HeaderName; 13] = [
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-scheme"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-prefix"),
-    HeaderName::from_static("x-forwarded-server"),
-    HeaderName::from_static("x-host"),
-    HeaderName::from_static("x-original-url"),
-    HeaderName::from_static("x-rewrite-url"),
-    HeaderName::from_static("x-original-host"),
-    HeaderName::from_static("x-http-method-override"),
-    HeaderName::from_static("x-http-method"),
-    HeaderName::from_static("x-method-override"),
-];
+/// Separates the parts of a key; cannot occur in a URI or a header value.
+pub(crate) const SEPARATOR: char = '\u{1f}';
 
 /// The primary key of a request. HEAD and GET share it: HEAD is answered from GET entries.
 pub(crate) fn primary_key(parts: &Parts, key_headers: &[HeaderName]) -> String {
@@ -52,15 +35,7 @@ fn append_key_fields(key: &mut String, headers: &HeaderMap, key_headers: &[Heade
     for name in key_headers {
         append_field(key, name.as_str(), headers);
     }
-    // Most requests carry a handful of headers: look for these only when there may be one.
-    let may_override = headers.keys().any(|name| name.as_str().starts_with("x-"));
-    if may_override {
-        for name in &URL_OVERRIDING_HEADERS {
-            if headers.contains_key(name) {
-                append_field(key, name.as_str(), headers);
-            }
-        }
-    }
+    forwarding::append_to_key(key, headers, append_field);
 }
 
 /// The absolute target URI of a request, `scheme://host/path?query`, with the host from the
@@ -315,7 +290,7 @@ mod tests {
     }
 
     #[test]
-    fn paths_are_not_normalised() {
+    fn paths_are_keyed_as_validated() {
         let a = primary_key(&parts("/a.css", &[("host", "h")]), &[]);
         let b = primary_key(&parts("/a;.css", &[("host", "h")]), &[]);
         assert_ne!(a, b);

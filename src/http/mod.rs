@@ -5,6 +5,7 @@ pub(crate) mod buffer;
 pub(crate) mod cache_control;
 pub(crate) mod cache_status;
 pub(crate) mod exchange;
+pub(crate) mod forwarding;
 pub(crate) mod key;
 pub(crate) mod policy;
 pub(crate) mod purge;
@@ -12,6 +13,7 @@ pub(crate) mod range;
 pub(crate) mod response;
 pub(crate) mod routes;
 pub(crate) mod state;
+pub(crate) mod target;
 pub(crate) mod variants;
 pub(crate) mod write_behind;
 

@@ -5,9 +5,9 @@
 use std::time::{Duration, SystemTime};
 
 use http::header::{
-    HeaderMap, HeaderName, AGE, AUTHORIZATION, CONNECTION, DATE, ETAG, EXPIRES, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, LAST_MODIFIED, PRAGMA, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE,
-    TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
+    HeaderMap, HeaderName, AGE, AUTHORIZATION, CONNECTION, COOKIE, DATE, ETAG, EXPIRES,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, PRAGMA, PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
 };
 use http::{Method, StatusCode};
 
@@ -29,6 +29,8 @@ pub(crate) struct Settings<'a> {
     pub(crate) default_stale: StaleWindows,
     /// Store responses that set cookies (off by default: a cookie is for one client).
     pub(crate) store_set_cookie: bool,
+    /// Heuristic freshness and `default_ttl` for responses to requests with credentials.
+    pub(crate) heuristic_with_credentials: bool,
     /// This cache's name as a surrogate, for targeted `Surrogate-Control` directives.
     pub(crate) surrogate_token: &'a str,
 }
@@ -43,6 +45,9 @@ pub(crate) enum NotStored {
     Authorization,
     SetCookie,
     VaryStar,
+    /// No explicit freshness, for a request with `Cookie` or `Authorization`: the page may be
+    /// that client's, and a shared cache would hand it to the next one.
+    Credentials,
     /// Would never be usable: stale at once and without validators.
     Useless,
 }
@@ -147,6 +152,15 @@ pub(crate) fn plan_store(
     let heuristic_allowed = cc.public || heuristically_cacheable(status);
     if explicit.is_none() && !heuristic_allowed && settings.ttl_override.is_none() {
         return Err(NotStored::Status);
+    }
+    // Not an RFC rule (§4.2.2 allows it), but what careful caches do: a response without
+    // explicit freshness to a request with credentials is likely personal.
+    if explicit.is_none()
+        && settings.ttl_override.is_none()
+        && !settings.heuristic_with_credentials
+        && (request.contains_key(AUTHORIZATION) || request.contains_key(COOKIE))
+    {
+        return Err(NotStored::Credentials);
     }
     let age = age_value(response);
     let ttl = match age {
@@ -559,6 +573,7 @@ mod tests {
             keep_stale: Duration::from_secs(600),
             default_stale: StaleWindows::default(),
             store_set_cookie: false,
+            heuristic_with_credentials: false,
             surrogate_token: "tc",
         }
     }
@@ -671,6 +686,56 @@ mod tests {
         assert_eq!(store("max-age=60"), Err(NotStored::Authorization));
         assert!(store("max-age=60, public").is_ok());
         assert!(store("s-maxage=60").is_ok());
+    }
+
+    #[test]
+    fn no_heuristic_freshness_for_requests_with_credentials() {
+        let d = date(1000);
+        let lm = date(0);
+        let response = headers(&[
+            ("date", &d),
+            ("last-modified", &lm),
+            ("cache-control", "public"),
+        ]);
+        let store = |request: &[(&str, &str)], allow: bool| {
+            let settings = Settings {
+                heuristic_with_credentials: allow,
+                ..settings()
+            };
+            plan_store(
+                &Method::GET,
+                &headers(request),
+                StatusCode::OK,
+                &response,
+                at(1000),
+                at(1000),
+                &settings,
+            )
+        };
+        assert_eq!(
+            store(&[("cookie", "session=alice")], false),
+            Err(NotStored::Credentials)
+        );
+        assert_eq!(
+            store(&[("authorization", "Bearer a")], false),
+            Err(NotStored::Credentials)
+        );
+        assert_eq!(
+            store(&[("cookie", "session=alice")], true).unwrap().ttl,
+            Duration::from_secs(100)
+        );
+        assert_eq!(store(&[], false).unwrap().ttl, Duration::from_secs(100));
+        let explicit = headers(&[("cache-control", "max-age=60")]);
+        let with_cookie = plan_store(
+            &Method::GET,
+            &headers(&[("cookie", "a=b")]),
+            StatusCode::OK,
+            &explicit,
+            at(0),
+            at(0),
+            &settings(),
+        );
+        assert_eq!(with_cookie.unwrap().ttl, Duration::from_secs(60));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use http::header::{
 use http::{HeaderMap, Method, Response, StatusCode};
 
 use super::cache_status::Status;
+use super::target::Refusal;
 use super::{policy, range};
 use crate::body::CacheBody;
 use crate::store::CachedEntry;
@@ -135,6 +136,16 @@ pub(crate) fn text<B>(
     detail: &'static str,
     cache_name: &str,
 ) -> Response<CacheBody<B>> {
+    with_status(status, text, Status::detail(detail), cache_name)
+}
+
+/// A `text/plain` answer of the cache's own, with `cache_status` as its member.
+fn with_status<B>(
+    status: StatusCode,
+    text: &'static str,
+    cache_status: Status,
+    cache_name: &str,
+) -> Response<CacheBody<B>> {
     let body = CacheBody::cached(bytes::Bytes::from_static(text.as_bytes()), HeaderMap::new());
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -142,8 +153,25 @@ pub(crate) fn text<B>(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain"),
     );
-    Status::detail(detail).append_to(cache_name, response.headers_mut());
+    cache_status.append_to(cache_name, response.headers_mut());
     response
+}
+
+/// The origin's response could not be framed (RFC 9112 §6.3 item 5): discarded, and `502`.
+pub(crate) fn bad_gateway<B>(mut status: Status, cache_name: &str) -> Response<CacheBody<B>> {
+    status.detail = Some("invalid-framing");
+    let text = "the origin's response has conflicting Content-Length fields\n";
+    with_status(StatusCode::BAD_GATEWAY, text, status, cache_name)
+}
+
+/// A request refused before anything was looked up or forwarded: `400`, saying why.
+pub(crate) fn refused<B>(refusal: Refusal, cache_name: &str) -> Response<CacheBody<B>> {
+    text(
+        StatusCode::BAD_REQUEST,
+        refusal.message(),
+        refusal.detail(),
+        cache_name,
+    )
 }
 
 /// RFC 9111 §5.2.1.7: `only-if-cached` without a usable stored response.

@@ -1,4 +1,13 @@
 //! `[[route]]` rules, compiled once: the first rule whose glob matches the path applies.
+//!
+//! Rules are matched against the path [`target::validate`](super::target::validate)
+//! normalised, the one the origin receives. Origins may read it further in ways RFC 3986 does
+//! not make equivalent: merging repeated slashes (nginx), decoding `%2F` and `%5C` into
+//! separators or decoding twice (some servers and frameworks), taking `\` for `/` (IIS), dropping
+//! `;` parameters from segments (Tomcat, Spring: `/..;/`). A route could be side-stepped through
+//! such a reading (`/static/..%2Facct/me` stored under a `/static/**` TTL, `//acct/me` escaping
+//! an `/acct/**` bypass), so [`Routes::select`] matches a path in every reading it has, and when
+//! the readings select different rules the path is ambiguous: the request is not cached.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +75,21 @@ impl Routes {
         })
     }
 
-    /// Shared, so each request takes it without copying.
+    /// The rule for `path`, when every reading of it an origin may make selects the same one;
+    /// `None` when the path is ambiguous (see the module docs).
+    pub(crate) fn select(&self, path: &str) -> Option<&Arc<Rule>> {
+        let rule = self.rule_for(path);
+        if self.rules.is_empty() || !has_other_readings(path) {
+            return Some(rule);
+        }
+        readings(path)
+            .iter()
+            .all(|reading| Arc::ptr_eq(self.rule_for(reading), rule))
+            .then_some(rule)
+    }
+
+    /// The first rule matching `path` as it is; shared, so each request takes it without
+    /// copying.
     pub(crate) fn rule_for(&self, path: &str) -> &Arc<Rule> {
         if self.rules.is_empty() {
             return &self.default;
@@ -78,6 +101,91 @@ impl Routes {
             .and_then(|index| self.rules.get(index))
             .unwrap_or(&self.default)
     }
+}
+
+/// Whether an origin may read `path` as another path: it has repeated slashes, an encoded
+/// slash, backslash or percent sign, a backslash, or a `;`.
+fn has_other_readings(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    bytes.windows(2).any(|pair| pair == b"//")
+        || bytes.iter().any(|byte| matches!(byte, b'\\' | b';'))
+        || bytes.windows(3).any(|triple| {
+            triple[0] == b'%'
+                && matches!(
+                    [triple[1], triple[2].to_ascii_uppercase()],
+                    [b'2', b'F'] | [b'5', b'C'] | [b'2', b'5']
+                )
+        })
+}
+
+/// Ways of reading a path besides RFC 3986's, each applied or not, in this order.
+const READINGS: [fn(&str) -> String; 5] = [
+    percent_decoded,
+    percent_decoded,
+    backslashes_as_slashes,
+    without_parameters,
+    slashes_merged,
+];
+
+/// Every combination of [`READINGS`], each followed by dot-segment removal.
+fn readings(path: &str) -> Vec<String> {
+    (1..1u32 << READINGS.len())
+        .map(|combination| {
+            READINGS
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| combination & (1 << index) != 0)
+                .fold(path.to_owned(), |path, (_, read)| {
+                    super::target::remove_dot_segments(&read(&path))
+                })
+        })
+        .collect()
+}
+
+fn percent_decoded(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let decoded = (bytes[index] == b'%')
+            .then(|| bytes.get(index + 1..index + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match decoded {
+            Some(byte) => {
+                out.push(byte);
+                index += 3;
+            }
+            None => {
+                out.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn backslashes_as_slashes(path: &str) -> String {
+    path.replace('\\', "/")
+}
+
+/// Each segment without its `;` parameters, as servlet containers read it.
+fn without_parameters(path: &str) -> String {
+    path.split('/')
+        .map(|segment| segment.split(';').next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn slashes_merged(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if !(c == '/' && out.ends_with('/')) {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn header_names(key: &str, names: &[String]) -> Result<Vec<HeaderName>, ConfigError> {
@@ -114,5 +222,44 @@ mod tests {
             routes.rule_for("/other").key_headers,
             [HeaderName::from_static("x-tenant")]
         );
+    }
+
+    #[test]
+    fn paths_whose_readings_select_other_rules_are_ambiguous() {
+        let config = CacheConfig::builder()
+            .route(RouteConfig::new("/static/**").ttl(Duration::from_secs(60)))
+            .route(RouteConfig::new("/acct/**").bypass())
+            .build()
+            .unwrap();
+        let routes = Routes::new(&config).unwrap();
+        for ambiguous in [
+            "/static/..%2Facct/profile",
+            "/static/..%2facct/profile",
+            "/static/..%5Cacct/profile",
+            "/static/..\\acct/profile",
+            "/static/..%252Facct/profile",
+            "/static/..;/acct/profile",
+            "//acct/profile",
+            "/acct%2Fpub/x",
+            "/acct;x/profile",
+            "/static//../acct/profile",
+        ] {
+            assert_eq!(routes.select(ambiguous), None, "{ambiguous}");
+        }
+        for clear in [
+            "/static/app.js",
+            "/static/a;v=2.js",
+            "/acct/me",
+            "/other//x",
+            "/p%2Fq",
+        ] {
+            assert_eq!(
+                routes.select(clear),
+                Some(routes.rule_for(clear)),
+                "{clear}"
+            );
+        }
+        let no_routes = Routes::new(&CacheConfig::default()).unwrap();
+        assert!(no_routes.select("//a%2F..;/b").is_some());
     }
 }

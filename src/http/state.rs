@@ -13,7 +13,7 @@ use super::policy::{self, Settings, StaleWindows, StorePlan};
 use super::routes::{Routes, Rule};
 use super::variants::VARIANTS;
 use crate::body::CacheBody;
-use crate::config::{CacheConfig, WriteBehindConfig};
+use crate::config::{CacheConfig, ForwardedHeaders, WriteBehindConfig};
 use crate::store::coalesce::Coalescer;
 use crate::store::{CachedEntry, TieredCache};
 use crate::write_behind::{DurableTarget, WriteBehind};
@@ -40,6 +40,8 @@ pub(crate) struct State {
     pub(crate) strip_tag_headers: bool,
     pub(crate) purge_token: Option<String>,
     pub(crate) store_set_cookie: bool,
+    pub(crate) heuristic_with_credentials: bool,
+    pub(crate) forwarded_headers: ForwardedHeaders,
     /// `Surrogate-Capability: <name>="Surrogate/1.0"`, announced on origin requests so the
     /// origin may target `Surrogate-Control` at this cache.
     pub(crate) surrogate_capability: HeaderValue,
@@ -94,6 +96,8 @@ impl State {
             strip_tag_headers: config.tags.strip_headers,
             purge_token: config.purge.token.clone(),
             store_set_cookie: config.http.store_set_cookie,
+            heuristic_with_credentials: config.http.heuristic_with_credentials,
+            forwarded_headers: config.http.forwarded_headers,
             write_behind: OnceLock::new(),
             write_behind_config: config.write_behind.clone(),
             durable_target: config.l2.url.as_ref().map(|url| DurableTarget {
@@ -125,8 +129,16 @@ impl State {
         mut parts: http::response::Parts,
         body: CacheBody<B>,
         status: Status,
-    ) -> Response<CacheBody<B>> {
+    ) -> Response<CacheBody<B>>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<crate::body::BoxError>,
+    {
         self.strip_tag_headers(&mut parts.headers);
+        crate::framing::fit_to_body(
+            &mut parts.headers,
+            http_body::Body::size_hint(&body).exact(),
+        );
         let mut response = Response::from_parts(parts, body);
         status.append_to(&self.cache_name, response.headers_mut());
         response
@@ -152,6 +164,7 @@ impl State {
             keep_stale: self.keep_stale,
             default_stale: self.default_stale,
             store_set_cookie: self.store_set_cookie,
+            heuristic_with_credentials: self.heuristic_with_credentials,
             surrogate_token: &self.cache_name,
         }
     }

@@ -62,6 +62,13 @@ pub enum DecodeError {
     /// The compressed body does not decompress.
     #[error("entry body does not decompress: {0}")]
     Decompress(String),
+    /// The stored header fields frame another body than the stored one: a `Content-Length` of
+    /// another length, or a `Transfer-Encoding` (served, it would split the response).
+    #[error("entry header fields declare another body than its {actual} bytes")]
+    Framing {
+        /// The size of the stored body.
+        actual: u64,
+    },
 }
 
 /// Why an entry cannot be encoded.
@@ -241,7 +248,7 @@ impl Codec {
         let meta = EntryMeta {
             status: StatusCode::from_u16(wire.status)
                 .map_err(|_| DecodeError::Meta(format!("invalid status {}", wire.status)))?,
-            headers: fields_from_wire(wire.headers)?,
+            headers: framed(fields_from_wire(wire.headers)?, body.len())?,
             trailers: fields_from_wire(wire.trailers)?,
             stored_at_ms: wire.stored_at_ms,
             inserted_at_ms: wire.inserted_at_ms,
@@ -290,6 +297,15 @@ fn fields_to_wire(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
     map.iter()
         .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
         .collect()
+}
+
+/// `headers`, if they frame a body of `len` bytes ([`crate::framing::frames_stored_body`]).
+fn framed(headers: HeaderMap, len: usize) -> Result<HeaderMap, DecodeError> {
+    if crate::framing::frames_stored_body(&headers, len) {
+        Ok(headers)
+    } else {
+        Err(DecodeError::Framing { actual: len as u64 })
+    }
 }
 
 fn fields_from_wire(fields: Vec<(String, Vec<u8>)>) -> Result<HeaderMap, DecodeError> {
