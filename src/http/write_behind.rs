@@ -102,7 +102,7 @@ where
         );
     };
     let (parts, body) = request.into_parts();
-    let Some(body) = read_body(body, state.max_entry_size).await else {
+    let Ok(body) = read_body(body, state.max_entry_size).await else {
         return response::text(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body larger than http.max_entry_size or unreadable\n",
