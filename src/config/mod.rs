@@ -44,6 +44,8 @@
 //! | `[[route]] ttl` | | | freshness used instead of the origin's on this route |
 //! | `[[route]] bypass` | | `false` | requests on this route pass straight through |
 //! | `[[route]] key_headers` | | `[]` | request headers added to the key on this route |
+//! | `[[route]] write_token` | | empty | `write = "behind"` only: writes need `Authorization: Bearer <token>`, else `401` |
+//! | `[[route]] write_requires` | | `[]` | `write = "behind"` only: request headers writes need (verified by the origin on replay), else `401` |
 //!
 //! Sizes take `bytesize` units: `MB` = 10⁶ bytes, `MiB` = 2²⁰ bytes, plain numbers are bytes.
 //! Durations take `humantime` units: `50ms`, `60s`, `5m`, `1h 30m`.
@@ -599,6 +601,17 @@ pub struct RouteConfig {
     /// What successful PUT/POST/PATCH/DELETE requests do to the cache.
     #[serde(default)]
     pub write: WriteMode,
+    /// `write = "behind"` only: the bearer token writes must carry
+    /// (`Authorization: Bearer <token>`, compared in constant time); a write without it is
+    /// answered `401` and neither stored nor queued. Empty means no token is demanded. (Without
+    /// a replay target, `behind` routes write through, and the origin checks every write.)
+    #[serde(default, deserialize_with = "de::optional_string")]
+    pub write_token: Option<String>,
+    /// `write = "behind"` only: request headers a write must carry (e.g. `["authorization"]`)
+    /// to be accepted; the origin verifies them when the write is replayed, and a write it
+    /// refuses is retracted. A write missing one is answered `401`.
+    #[serde(default)]
+    pub write_requires: Vec<String>,
 }
 
 impl RouteConfig {
@@ -611,7 +624,27 @@ impl RouteConfig {
             key_headers: Vec::new(),
             tags: Vec::new(),
             write: WriteMode::Invalidate,
+            write_token: None,
+            write_requires: Vec::new(),
         }
+    }
+
+    /// Demands `Authorization: Bearer <token>` of writes on this (`write = "behind"`) route.
+    #[must_use]
+    pub fn write_token(mut self, token: impl Into<String>) -> Self {
+        self.write_token = Some(token.into());
+        self
+    }
+
+    /// Demands these request headers of writes on this (`write = "behind"`) route.
+    #[must_use]
+    pub fn write_requires<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        headers: I,
+    ) -> Self {
+        self.write_requires
+            .extend(headers.into_iter().map(Into::into));
+        self
     }
 
     /// Tags every entry stored on this route.
