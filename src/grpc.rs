@@ -89,8 +89,7 @@ struct State {
     methods: HashSet<String>,
     ttl: Duration,
     max_message_size: u64,
-    /// Longest request body read: `grpc.max_request_size` and the frame header.
-    max_request_body: u64,
+    max_request_size: u64,
     /// Metadata that makes a call private unless it is keyed.
     credentials: Vec<HeaderName>,
     /// Metadata whose values are part of the key, in configuration order.
@@ -110,7 +109,7 @@ impl GrpcCacheLayer {
                 methods: grpc.methods.iter().cloned().collect(),
                 ttl: grpc.ttl,
                 max_message_size: config.http.max_entry_size,
-                max_request_body: grpc.max_request_size.saturating_add(FRAME_HEADER),
+                max_request_size: grpc.max_request_size,
                 credentials,
                 key_metadata: metadata_names(&grpc.key_metadata),
                 cache_name: config.http.status_header.clone(),
@@ -185,7 +184,8 @@ where
     }
 }
 
-/// The service's answer, streaming through; labelled `fwd=bypass` when `bypassed` by `State`.
+/// The service's answer, streaming through; with `Cache-Status: …; fwd=bypass` when the call was
+/// `bypassed` (by that state's rules) rather than not cacheable at all.
 fn forward<F, B, E>(future: F, bypassed: Option<Arc<State>>) -> GrpcFuture<B, E>
 where
     F: Future<Output = Result<Response<B>, E>> + Send + 'static,
@@ -255,10 +255,10 @@ where
 {
     let (parts, body) = request.into_parts();
     // The whole request message: gRPC unary requests are one length-prefixed message.
-    let message = match read_body(body, state.max_request_body).await {
+    let limit = state.max_request_size;
+    let message = match read_body(body, limit.saturating_add(FRAME_HEADER)).await {
         Ok(message) => message,
         Err(Unread::TooLarge) => {
-            let limit = state.max_request_body - FRAME_HEADER;
             return Ok(state.refuse(tonic::Status::resource_exhausted(format!(
                 "request message larger than grpc.max_request_size ({limit} bytes)"
             ))));
