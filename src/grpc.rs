@@ -3,6 +3,21 @@
 //! exactly. Only `grpc-status: 0` is stored; every other method (streaming ones included) and
 //! every other request passes through untouched.
 //!
+//! The rules of the HTTP layer apply to calls:
+//! - A call carrying credentials (`authorization`, `cookie`, or metadata named in
+//!   `grpc.credential_metadata`) bypasses the cache (`Cache-Status: …; fwd=bypass`): its answer
+//!   may be meant for that caller only. Metadata named in `grpc.key_metadata` is part of the key
+//!   instead (hashed with SHA-256, so no value appears in a Redis key name; a guessable secret
+//!   could still be guessed from its hash by whoever can list the keys), and a call whose
+//!   credentials are all keyed is cached per identity. `grpc-timeout` is never keyed.
+//! - The request message is read up to `grpc.max_request_size` (4 MiB, tonic's default decoding
+//!   limit); a larger one is answered `RESOURCE_EXHAUSTED`, as tonic itself would.
+//! - A request body that fails is answered `CANCELLED` when the client cancelled the call and
+//!   `INTERNAL` otherwise; the service is not called.
+//!
+//! These answers are trailers-only responses (HTTP 200, `content-type: application/grpc`, the
+//! status in the headers), built by tonic, with `Cache-Status: …; detail=refused`.
+//!
 //! ```no_run
 //! # async fn run(service: impl Clone) {}
 //! use std::time::Duration;
@@ -28,18 +43,21 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
+use http::header::{HeaderName, AUTHORIZATION, CONTENT_TYPE, COOKIE};
 use http::{HeaderMap, Method, Request, Response};
 use http_body::Body;
-use http_body_util::Full;
+use http_body_util::{Empty, Full};
 use tower::{Layer, Service};
 
 use crate::body::{BoxError, CacheBody};
 use crate::config::CacheConfig;
-use crate::http::buffer::{buffer, read_body, Buffered};
+use crate::http::buffer::{buffer, read_body, Buffered, Unread};
 use crate::http::cache_status::{Forward, Status};
 use crate::http::policy;
 use crate::store::{CachedEntry, TieredCache};
+
+/// A gRPC message's prefix: a compression flag and a 32-bit length.
+const FRAME_HEADER: u64 = 5;
 
 /// Request bodies the gRPC cache can rebuild after reading them to hash the message.
 pub trait RebuildBody: Sized {
@@ -71,18 +89,29 @@ struct State {
     methods: HashSet<String>,
     ttl: Duration,
     max_message_size: u64,
+    max_request_size: u64,
+    /// Metadata that makes a call private unless it is keyed.
+    credentials: Vec<HeaderName>,
+    /// Metadata whose values are part of the key, in configuration order.
+    key_metadata: Vec<HeaderName>,
     cache_name: String,
 }
 
 impl GrpcCacheLayer {
     /// A layer storing in `cache` the methods of `config.grpc`.
     pub fn new(cache: TieredCache, config: &CacheConfig) -> Self {
+        let grpc = &config.grpc;
+        let mut credentials = vec![AUTHORIZATION, COOKIE];
+        credentials.extend(metadata_names(&grpc.credential_metadata));
         Self {
             state: Arc::new(State {
                 cache,
-                methods: config.grpc.methods.iter().cloned().collect(),
-                ttl: config.grpc.ttl,
+                methods: grpc.methods.iter().cloned().collect(),
+                ttl: grpc.ttl,
                 max_message_size: config.http.max_entry_size,
+                max_request_size: grpc.max_request_size,
+                credentials,
+                key_metadata: metadata_names(&grpc.key_metadata),
                 cache_name: config.http.status_header.clone(),
             }),
         }
@@ -92,6 +121,15 @@ impl GrpcCacheLayer {
     pub fn cache(&self) -> &TieredCache {
         &self.state.cache
     }
+}
+
+/// The valid names among `names` (validation reports the others; a name that is not a valid
+/// header name cannot occur in a call, so leaving it out changes nothing).
+fn metadata_names(names: &[String]) -> Vec<HeaderName> {
+    names
+        .iter()
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .collect()
 }
 
 impl<S> Layer<S> for GrpcCacheLayer {
@@ -120,6 +158,7 @@ where
     S::Future: Send,
     S::Error: Send,
     ReqBody: Body<Data = Bytes> + RebuildBody + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
@@ -136,14 +175,28 @@ where
         let fresh = self.inner.clone();
         let mut origin = std::mem::replace(&mut self.inner, fresh);
         if !self.state.caches(&request) {
-            let future = origin.call(request);
-            return Box::pin(async move {
-                let response = future.await?;
-                Ok(response.map(CacheBody::streaming))
-            });
+            return forward(origin.call(request), None);
+        }
+        if self.state.is_private(request.headers()) {
+            return forward(origin.call(request), Some(self.state.clone()));
         }
         Box::pin(serve(self.state.clone(), origin, request))
     }
+}
+
+/// The service's answer, streaming through; with `Cache-Status: …; fwd=bypass` when the call was
+/// `bypassed` (by that state's rules) rather than not cacheable at all.
+fn forward<F, B, E>(future: F, bypassed: Option<Arc<State>>) -> GrpcFuture<B, E>
+where
+    F: Future<Output = Result<Response<B>, E>> + Send + 'static,
+{
+    Box::pin(async move {
+        let mut response = future.await?;
+        if let Some(state) = bypassed {
+            state.status(Status::forward(Forward::Bypass), response.headers_mut());
+        }
+        Ok(response.map(CacheBody::streaming))
+    })
 }
 
 impl State {
@@ -156,8 +209,35 @@ impl State {
         request.method() == Method::POST && grpc && self.methods.contains(request.uri().path())
     }
 
+    /// Whether the call carries credentials that are not part of its key, so its answer may be
+    /// meant for that caller only.
+    fn is_private(&self, headers: &HeaderMap) -> bool {
+        self.credentials
+            .iter()
+            .any(|name| headers.contains_key(name) && !self.key_metadata.contains(name))
+    }
+
+    /// `grpc:{authority}{path}#{sha256 of the message}`, then `@{sha256 of the keyed metadata}`
+    /// when metadata is keyed.
+    fn key(&self, request: &http::request::Parts, message: &[u8]) -> String {
+        let mut key = message_key(&request.uri, message);
+        if !self.key_metadata.is_empty() {
+            key.push('@');
+            let identity = identity(&request.headers, &self.key_metadata);
+            crate::digest::push_sha256_hex(&mut key, &identity);
+        }
+        key
+    }
+
     fn status(&self, status: Status, headers: &mut HeaderMap) {
         status.append_to(&self.cache_name, headers);
+    }
+
+    /// The cache's own answer to a call it would not pass on: trailers-only, as tonic writes it.
+    fn refuse<B>(&self, status: tonic::Status) -> Response<CacheBody<B>> {
+        let mut response = status.into_http::<Empty<Bytes>>();
+        self.status(Status::detail("refused"), response.headers_mut());
+        response.map(|_| CacheBody::empty())
     }
 }
 
@@ -169,25 +249,29 @@ async fn serve<S, ReqBody, ResBody>(
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ReqBody: Body<Data = Bytes> + RebuildBody,
+    ReqBody::Error: Into<BoxError>,
     ResBody: Body<Data = Bytes> + Unpin,
     ResBody::Error: Into<BoxError>,
 {
     let (parts, body) = request.into_parts();
-    // The whole request message (gRPC unary requests are one length-prefixed message); `None`
-    // when the body fails.
-    let message = read_body(body, u64::MAX).await;
-    let key = message
-        .as_ref()
-        .map(|message| message_key(&parts.uri, message));
-
-    let hit = match &key {
-        Some(key) => state
-            .cache
-            .lookup(key)
-            .await
-            .filter(crate::Lookup::is_fresh),
-        None => None,
+    // The whole request message: gRPC unary requests are one length-prefixed message.
+    let limit = state.max_request_size;
+    let message = match read_body(body, limit.saturating_add(FRAME_HEADER)).await {
+        Ok(message) => message,
+        Err(Unread::TooLarge) => {
+            return Ok(state.refuse(tonic::Status::resource_exhausted(format!(
+                "request message larger than grpc.max_request_size ({limit} bytes)"
+            ))));
+        }
+        Err(Unread::Failed(error)) => return Ok(state.refuse(body_failed(error.into()))),
     };
+    let key = state.key(&parts, &message);
+
+    let hit = state
+        .cache
+        .lookup(&key)
+        .await
+        .filter(crate::Lookup::is_fresh);
     if let Some(hit) = hit {
         let entry = hit.entry;
         let body = CacheBody::cached(entry.body().clone(), entry.trailers().clone());
@@ -198,25 +282,36 @@ where
         return Ok(response);
     }
 
-    let body = ReqBody::from_bytes(message.unwrap_or_default());
+    let body = ReqBody::from_bytes(message);
     let (mut response_parts, response_body) = origin
         .call(Request::from_parts(parts, body))
         .await?
         .into_parts();
     let mut status = Status::forward(Forward::Miss);
-    let body = match key {
-        None => CacheBody::streaming(response_body),
-        Some(key) => match buffer(response_body, state.max_message_size).await {
-            Buffered::Complete { data, trailers } => {
-                status.stored = store_if_ok(&state, &key, &response_parts, &data, &trailers).await;
-                CacheBody::cached(data, trailers)
-            }
-            Buffered::TooLarge { prefix, rest } => CacheBody::prefixed(prefix, rest),
-            Buffered::Failed { prefix, error } => CacheBody::failed(prefix, error),
-        },
+    let body = match buffer(response_body, state.max_message_size).await {
+        Buffered::Complete { data, trailers } => {
+            status.stored = store_if_ok(&state, &key, &response_parts, &data, &trailers).await;
+            CacheBody::cached(data, trailers)
+        }
+        Buffered::TooLarge { prefix, rest } => CacheBody::prefixed(prefix, rest),
+        Buffered::Failed { prefix, error } => CacheBody::failed(prefix, error),
     };
     state.status(status, &mut response_parts.headers);
     Ok(Response::from_parts(response_parts, body))
+}
+
+/// The status for a request body that failed: `CANCELLED` when the client cancelled the call
+/// (tonic's bodies report that as a `CANCELLED` status), `INTERNAL` for anything else.
+fn body_failed(error: BoxError) -> tonic::Status {
+    let reason = match tonic::Status::try_from_error(error) {
+        Ok(status) if status.code() == tonic::Code::Cancelled => {
+            return tonic::Status::cancelled("the call was cancelled while its request was read");
+        }
+        Ok(status) => status.message().to_owned(),
+        Err(error) => error.to_string(),
+    };
+    tracing::debug!(%reason, "gRPC request body failed");
+    tonic::Status::internal(format!("the request message could not be read: {reason}"))
 }
 
 /// Stores a successful answer (`grpc-status: 0`) under `key`; whether it did.
@@ -253,4 +348,74 @@ fn message_key(uri: &http::Uri, message: &[u8]) -> String {
     );
     crate::digest::push_sha256_hex(&mut key, message);
     key
+}
+
+/// The values of the keyed metadata `names`, in one byte string in which no two different sets
+/// of values look alike: per name (in configuration order), the number of values, then each
+/// value with its length. A missing name and an empty value therefore differ.
+fn identity(headers: &HeaderMap, names: &[HeaderName]) -> Vec<u8> {
+    let mut identity = Vec::new();
+    for name in names {
+        let values = headers.get_all(name);
+        identity.extend_from_slice(&(values.iter().count() as u64).to_be_bytes());
+        for value in values {
+            identity.extend_from_slice(&(value.len() as u64).to_be_bytes());
+            identity.extend_from_slice(value.as_bytes());
+        }
+    }
+    identity
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn layer(toml: &str) -> GrpcCacheLayer {
+        let config = CacheConfig::from_toml_str(toml).unwrap();
+        GrpcCacheLayer::new(TieredCache::new(config.clone()).unwrap(), &config)
+    }
+
+    fn call(metadata: &[(&'static str, &'static str)]) -> http::request::Parts {
+        let mut request = Request::post("http://api.local/demo.Users/Get");
+        for (name, value) in metadata {
+            request = request.header(*name, HeaderValue::from_static(value));
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn keys_hold_a_hash_of_the_identity_never_the_secret() {
+        let layer = layer("[grpc]\nkey_metadata = [\"authorization\", \"x-tenant\"]");
+        let state = &layer.state;
+        let ada = state.key(&call(&[("authorization", "Bearer s3cret")]), b"m");
+        assert!(!ada.contains("s3cret"), "{ada}");
+        assert!(ada.starts_with("grpc:api.local/demo.Users/Get#"), "{ada}");
+        let timed = call(&[("authorization", "Bearer s3cret"), ("grpc-timeout", "5S")]);
+        assert_eq!(state.key(&timed, b"m"), ada, "grpc-timeout is not keyed");
+        for other in [
+            call(&[]),
+            call(&[("authorization", "")]),
+            call(&[("authorization", "Bearer other")]),
+            call(&[("authorization", "Bearer s3cret"), ("x-tenant", "a")]),
+        ] {
+            assert_ne!(state.key(&other, b"m"), ada);
+        }
+    }
+
+    #[test]
+    fn credentials_make_a_call_private_unless_every_one_is_keyed() {
+        let open = layer("[grpc]\ncredential_metadata = [\"x-api-key\"]");
+        assert!(!open.state.is_private(&call(&[("x-tenant", "a")]).headers));
+        for credential in ["authorization", "cookie", "x-api-key"] {
+            assert!(open.state.is_private(&call(&[(credential, "v")]).headers));
+        }
+        let keyed = layer("[grpc]\nkey_metadata = [\"authorization\"]");
+        assert!(!keyed
+            .state
+            .is_private(&call(&[("authorization", "v")]).headers));
+        let both = call(&[("authorization", "v"), ("cookie", "c")]);
+        assert!(keyed.state.is_private(&both.headers));
+    }
 }

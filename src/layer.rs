@@ -92,7 +92,9 @@ impl CacheLayer {
     /// Enables write-behind for `write = "behind"` routes: writes are answered `202` from the
     /// cache and replayed to `target` from the `[write_behind]` queue (in Redis when
     /// `write_behind.durable`). `target` is what the layer wraps (or an upstream client), without
-    /// the cache in front, so replays do not loop.
+    /// the cache in front, so replays do not loop. A write `target` refuses (`4xx`), or that is
+    /// dropped after its last retry, is retracted from the cache. Routes that demand no
+    /// credentials of writes (`write_token`, `write_requires`) are logged as a warning.
     ///
     /// Without a target, `behind` routes write through synchronously instead.
     pub fn write_behind_to<T, B>(self, target: T) -> Result<Self, Error>
@@ -106,8 +108,15 @@ impl CacheLayer {
         let queue = WriteBehind::start(
             &state.write_behind_config,
             state.durable_target.clone(),
-            ReplayTo::new(target),
+            ReplayTo::new(target, state.cache.clone()),
         )?;
+        for path in state.routes.open_write_paths() {
+            tracing::warn!(
+                route = %path,
+                "write-behind route takes writes from anyone: they are served until the origin \
+                 refuses their replay; set write_token or write_requires on the route"
+            );
+        }
         state.write_behind.set(queue).map_err(|_| {
             ConfigError::invalid("write_behind", "a replay target was already given")
         })?;

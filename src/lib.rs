@@ -64,8 +64,9 @@
 //! # With tonic
 //!
 //! [`grpc::GrpcCacheLayer`] (feature `tonic`) caches allow-listed unary methods, keyed by the
-//! method and a hash of the request message, with their trailers (`CatalogServer` stands for
-//! your tonic-build generated server):
+//! method and a hash of the request message, with their trailers; calls carrying credentials
+//! bypass it unless they are keyed per identity (`grpc.key_metadata`). `CatalogServer` stands
+//! for your tonic-build generated server:
 //!
 //! ```text
 //! let mut grpc = GrpcConfig::default();

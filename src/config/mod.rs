@@ -35,6 +35,9 @@
 //! | `http.heuristic_with_credentials` | | `false` | give heuristic freshness and `http.default_ttl` to responses to requests with `Cookie` or `Authorization` |
 //! | `grpc.methods` | | `[]` | unary gRPC methods cached by `GrpcCacheLayer` (feature `tonic`) |
 //! | `grpc.ttl` | | `60s` | freshness of a cached gRPC response |
+//! | `grpc.max_request_size` | | `4MiB` | largest request message read; larger calls fail with `RESOURCE_EXHAUSTED` |
+//! | `grpc.credential_metadata` | | `[]` | metadata carrying credentials, besides `authorization` and `cookie` |
+//! | `grpc.key_metadata` | | `[]` | metadata whose values (hashed) are part of the key; keyed credentials are cached per identity |
 //! | `l3.url` | `DATABASE_URL` | empty | database for `SqlLoader` (feature `sqlx`): `sqlite://…` or `postgres://…` |
 //! | `l3.query` | | `SELECT value FROM cache_store WHERE key = $1` | reads one value by key |
 //! | `l3.write_query` | | upsert into `cache_store` | writes one value (key, value) |
@@ -43,6 +46,8 @@
 //! | `[[route]] ttl` | | | freshness used instead of the origin's on this route |
 //! | `[[route]] bypass` | | `false` | requests on this route pass straight through |
 //! | `[[route]] key_headers` | | `[]` | request headers added to the key on this route |
+//! | `[[route]] write_token` | | empty | `write = "behind"` only: writes need `Authorization: Bearer <token>`, else `401` |
+//! | `[[route]] write_requires` | | `[]` | `write = "behind"` only: request headers writes need (verified by the origin on replay), else `401` |
 //!
 //! Sizes take `bytesize` units: `MB` = 10⁶ bytes, `MiB` = 2²⁰ bytes, plain numbers are bytes.
 //! Durations take `humantime` units: `50ms`, `60s`, `5m`, `1h 30m`.
@@ -152,6 +157,69 @@ pub struct GrpcConfig {
     /// How long a successful (`grpc-status: 0`) response is fresh.
     #[serde(deserialize_with = "de::duration")]
     pub ttl: Duration,
+    /// Largest request message read, in bytes on the wire (without the 5-byte frame header),
+    /// as tonic's `max_decoding_message_size` (4 MiB by default there too). A larger call on a
+    /// cached method fails with `RESOURCE_EXHAUSTED` and never reaches the service.
+    #[serde(deserialize_with = "de::size")]
+    pub max_request_size: u64,
+    /// Metadata that carries credentials, besides `authorization` and `cookie` (which always
+    /// do), e.g. `x-api-key`. A call carrying any of them bypasses the cache, unless every one
+    /// it carries is in [`key_metadata`](Self::key_metadata).
+    pub credential_metadata: Vec<String>,
+    /// Metadata whose values are part of the key, hashed (so no secret appears in a Redis key
+    /// name), e.g. `["authorization", "x-tenant"]`: calls are then cached per identity.
+    /// `grpc-timeout`, which changes with every call, cannot be keyed.
+    pub key_metadata: Vec<String>,
+}
+
+impl GrpcConfig {
+    /// Method paths and metadata names, each an error naming its key.
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (index, method) in self.methods.iter().enumerate() {
+            let parts: Vec<&str> = method.split('/').collect();
+            if parts.len() != 3
+                || !parts[0].is_empty()
+                || parts[1].is_empty()
+                || parts[2].is_empty()
+            {
+                return Err(ConfigError::invalid(
+                    format!("grpc.methods[{index}]"),
+                    format!("{method:?} is not a method path like \"/package.Service/Method\""),
+                ));
+            }
+        }
+        if self.max_request_size == 0 || self.max_request_size > u64::from(u32::MAX) {
+            return Err(ConfigError::invalid(
+                "grpc.max_request_size",
+                format!(
+                    "must be between 1 byte and 4GiB (a gRPC frame's length is 32 bits), got {}",
+                    self.max_request_size
+                ),
+            ));
+        }
+        for (field, names) in [
+            ("credential_metadata", &self.credential_metadata),
+            ("key_metadata", &self.key_metadata),
+        ] {
+            for (index, name) in names.iter().enumerate() {
+                let key = format!("grpc.{field}[{index}]");
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("invalid metadata name {name:?}"),
+                    ));
+                }
+                // The deadline left, different on every call: keyed, nothing would ever hit.
+                if field == "key_metadata" && name.eq_ignore_ascii_case("grpc-timeout") {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "grpc-timeout differs on every call and cannot be part of the key",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for GrpcConfig {
@@ -159,6 +227,9 @@ impl Default for GrpcConfig {
         Self {
             methods: Vec::new(),
             ttl: Duration::from_secs(60),
+            max_request_size: 4 * 1024 * 1024,
+            credential_metadata: Vec::new(),
+            key_metadata: Vec::new(),
         }
     }
 }
@@ -559,6 +630,17 @@ pub struct RouteConfig {
     /// What successful PUT/POST/PATCH/DELETE requests do to the cache.
     #[serde(default)]
     pub write: WriteMode,
+    /// `write = "behind"` only: the bearer token writes must carry
+    /// (`Authorization: Bearer <token>`, compared in constant time); a write without it is
+    /// answered `401` and neither stored nor queued. Empty means no token is demanded. (Without
+    /// a replay target, `behind` routes write through, and the origin checks every write.)
+    #[serde(default, deserialize_with = "de::optional_string")]
+    pub write_token: Option<String>,
+    /// `write = "behind"` only: request headers a write must carry (e.g. `["authorization"]`)
+    /// to be accepted; the origin verifies them when the write is replayed, and a write it
+    /// refuses is retracted. A write missing one is answered `401`.
+    #[serde(default)]
+    pub write_requires: Vec<String>,
 }
 
 impl RouteConfig {
@@ -571,7 +653,27 @@ impl RouteConfig {
             key_headers: Vec::new(),
             tags: Vec::new(),
             write: WriteMode::Invalidate,
+            write_token: None,
+            write_requires: Vec::new(),
         }
+    }
+
+    /// Demands `Authorization: Bearer <token>` of writes on this (`write = "behind"`) route.
+    #[must_use]
+    pub fn write_token(mut self, token: impl Into<String>) -> Self {
+        self.write_token = Some(token.into());
+        self
+    }
+
+    /// Demands these request headers of writes on this (`write = "behind"`) route.
+    #[must_use]
+    pub fn write_requires<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        headers: I,
+    ) -> Self {
+        self.write_requires
+            .extend(headers.into_iter().map(Into::into));
+        self
     }
 
     /// Tags every entry stored on this route.
@@ -692,19 +794,7 @@ impl CacheConfig {
                 "a durable queue lives in one Redis: set l2.url (Redis Cluster is not supported for it)",
             ));
         }
-        for (index, method) in self.grpc.methods.iter().enumerate() {
-            let parts: Vec<&str> = method.split('/').collect();
-            if parts.len() != 3
-                || !parts[0].is_empty()
-                || parts[1].is_empty()
-                || parts[2].is_empty()
-            {
-                return Err(ConfigError::invalid(
-                    format!("grpc.methods[{index}]"),
-                    format!("{method:?} is not a method path like \"/package.Service/Method\""),
-                ));
-            }
-        }
+        self.grpc.validate()?;
         if self.http.max_variants == 0 {
             return Err(ConfigError::invalid(
                 "http.max_variants",

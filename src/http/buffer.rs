@@ -59,14 +59,23 @@ where
     }
 }
 
+/// Why [`read_body`] has no body to give.
+#[derive(Debug)]
+pub(crate) enum Unread<E> {
+    /// More than the limit arrived.
+    TooLarge,
+    /// The body failed.
+    Failed(E),
+}
+
 /// The whole body, if it fits in `limit` bytes and reads without error.
-pub(crate) async fn read_body<B: Body>(body: B, limit: u64) -> Option<Bytes> {
+pub(crate) async fn read_body<B: Body>(body: B, limit: u64) -> Result<Bytes, Unread<B::Error>> {
     let mut body = std::pin::pin!(body);
     let mut data = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        if let Ok(mut chunk) = frame.ok()?.into_data() {
+        if let Ok(mut chunk) = frame.map_err(Unread::Failed)?.into_data() {
             if (data.len() + chunk.remaining()) as u64 > limit {
-                return None;
+                return Err(Unread::TooLarge);
             }
             while chunk.has_remaining() {
                 let part = chunk.chunk();
@@ -76,7 +85,7 @@ pub(crate) async fn read_body<B: Body>(body: B, limit: u64) -> Option<Bytes> {
             }
         }
     }
-    Some(data.freeze())
+    Ok(data.freeze())
 }
 
 #[cfg(test)]

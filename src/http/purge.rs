@@ -67,7 +67,7 @@ pub(crate) async fn handle<ResBody>(
 }
 
 /// `Authorization: Bearer <token>`, compared in constant time.
-fn authorized(headers: &HeaderMap, token: &str) -> bool {
+pub(crate) fn authorized(headers: &HeaderMap, token: &str) -> bool {
     let presented = headers
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())

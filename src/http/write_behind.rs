@@ -1,5 +1,11 @@
 //! Write-behind for HTTP: `write = "behind"` routes answer writes at once from the cache and
 //! replay them to a target service from the queue.
+//!
+//! Trust: the representation is served before the origin has seen the write, so a route can
+//! demand credentials first (`write_token`, checked here; `write_requires`, checked by the origin
+//! on replay), and a write the origin refuses (or that is dropped after its last retry) is
+//! retracted: its representation leaves every tier and instance at once, unless a newer write
+//! replaced it meanwhile.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,7 +13,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
@@ -17,22 +23,25 @@ use tower::{Service, ServiceExt};
 use super::buffer::read_body;
 use super::routes::Rule;
 use super::state::State;
-use super::{key, policy, response};
+use super::{key, policy, purge, response};
 use crate::body::CacheBody;
-use crate::store::CachedEntry;
+use crate::store::{CachedEntry, TieredCache};
 use crate::write_behind::{WriteError, WriteJob, Writer};
 
 /// Replays queued writes to a service (the application behind the cache, or an upstream
 /// client): 2xx/3xx is done, 5xx and errors are retried, other statuses are permanent failures.
+/// A write given up is retracted from `cache`.
 pub(crate) struct ReplayTo<T> {
     /// Behind a mutex only so that the writer is `Sync`; each replay calls a clone.
     target: Mutex<T>,
+    cache: TieredCache,
 }
 
 impl<T> ReplayTo<T> {
-    pub(crate) fn new(target: T) -> Self {
+    pub(crate) fn new(target: T, cache: TieredCache) -> Self {
         Self {
             target: Mutex::new(target),
+            cache,
         }
     }
 }
@@ -67,6 +76,50 @@ where
             }
         })
     }
+
+    fn given_up<'a>(&'a self, job: &'a WriteJob) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(retract(&self.cache, job))
+    }
+}
+
+/// Drops the representation `job`'s write stored, from memory and Redis, and from the memory of
+/// the other instances, unless what is stored now is another write's (a newer write replaced
+/// it; the origin's own answer after this one expired). If nothing is found, the key is dropped
+/// anyway: other instances may still hold a copy.
+///
+/// What is stored is compared with what the job wrote, its body and content type, so no
+/// sequence number has to travel with the job. A newer write with the very same body and type
+/// is dropped too, and the next read goes to the origin: a miss, never a refused write served.
+async fn retract(cache: &TieredCache, job: &WriteJob) {
+    let replaced = cache
+        .find(&job.key)
+        .await
+        .is_some_and(|found| !written_by(&found.entry, job));
+    if replaced {
+        return;
+    }
+    match cache.invalidate(&job.key).await {
+        Ok(()) => {
+            tracing::info!(key = %job.key, "write-behind: retracted a write the origin did not take")
+        }
+        Err(err) => tracing::warn!(
+            key = %job.key,
+            error = %err,
+            "write-behind: a write the origin did not take may still be served from the shared tier until it expires"
+        ),
+    }
+}
+
+/// Whether `entry` is the representation `job`'s write stored: the job's body, with its
+/// content type.
+fn written_by(entry: &CachedEntry, job: &WriteJob) -> bool {
+    let job_type = job
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(CONTENT_TYPE.as_str()))
+        .map(|(_, value)| value.as_slice());
+    let entry_type = entry.headers().get(CONTENT_TYPE).map(HeaderValue::as_bytes);
+    entry.body() == &job.body && entry_type == job_type
 }
 
 fn replay_request(job: WriteJob) -> Result<Request<Full<Bytes>>, String> {
@@ -84,7 +137,8 @@ fn replay_request(job: WriteJob) -> Result<Request<Full<Bytes>>, String> {
 const DETAIL: &str = "write-behind";
 
 /// Stores (or, for DELETE, drops) the representation, queues the write, and answers `202`; a
-/// full queue is `503` with `Retry-After`, with nothing stored.
+/// full queue is `503` with `Retry-After`, with nothing stored. A write without the credentials
+/// the route demands is `401`, with nothing stored or queued.
 pub(crate) async fn accept<ReqBody, B>(
     state: &State,
     request: Request<ReqBody>,
@@ -102,7 +156,19 @@ where
         );
     };
     let (parts, body) = request.into_parts();
-    let Some(body) = read_body(body, state.max_entry_size).await else {
+    if !carries_credentials(&parts.headers, rule) {
+        let mut response = response::text(
+            StatusCode::UNAUTHORIZED,
+            "this route takes writes with credentials only\n",
+            DETAIL,
+            &state.cache_name,
+        );
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    let Ok(body) = read_body(body, state.max_entry_size).await else {
         return response::text(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body larger than http.max_entry_size or unreadable\n",
@@ -119,8 +185,19 @@ where
         headers: replay_headers(&parts),
         body: body.clone(),
     };
-    if let Err(full) = queue.enqueue(job).await {
+    // Failures are counted and logged; the write goes ahead either way.
+    let _ = state.cache.invalidate(&primary).await;
+    // Stored before the job is queued: a replay refused at once must find what to retract.
+    let ttl = rule.ttl.unwrap_or(state.default_ttl);
+    if parts.method != Method::DELETE && !ttl.is_zero() {
+        state
+            .cache
+            .store(&primary, &representation(&parts, body, ttl))
+            .await;
+    }
+    if let Err(full) = queue.enqueue(job.clone()).await {
         tracing::warn!(error = %full, "write-behind refused a write");
+        retract(&state.cache, &job).await;
         let mut response = response::text(
             StatusCode::SERVICE_UNAVAILABLE,
             "write queue full, retry later\n",
@@ -132,21 +209,26 @@ where
             .insert(RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     }
-    // Failures are counted and logged; the write is queued either way.
-    let _ = state.cache.invalidate(&primary).await;
-    let ttl = rule.ttl.unwrap_or(state.default_ttl);
-    if parts.method != Method::DELETE && !ttl.is_zero() {
-        state
-            .cache
-            .store(&primary, &representation(&parts, body, ttl))
-            .await;
-    }
     response::text(
         StatusCode::ACCEPTED,
         "accepted\n",
         DETAIL,
         &state.cache_name,
     )
+}
+
+/// Whether a write carries what `rule` demands: its bearer token (compared in constant time),
+/// and every header it requires (which the origin verifies on replay).
+fn carries_credentials(headers: &HeaderMap, rule: &Rule) -> bool {
+    let token_ok = rule
+        .write_token
+        .as_deref()
+        .is_none_or(|token| purge::authorized(headers, token));
+    token_ok
+        && rule
+            .write_requires
+            .iter()
+            .all(|name| headers.contains_key(name))
 }
 
 /// The request body as the resource's representation, with the request's `Content-Type`.

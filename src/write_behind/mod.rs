@@ -31,8 +31,9 @@
 //!
 //! - Each job is handed to the writer until it returns `Ok`, returns [`WriteError::Permanent`], or
 //!   has failed `max_attempts` times with [`WriteError::Retry`] (waiting `backoff`, doubling, at
-//!   most 30 s, between attempts). A dropped job is counted in [`WriteBehindStats::dropped`] and
-//!   logged with `tracing::error!`; a writer that panics drops its job the same way.
+//!   most 30 s, between attempts). A dropped job is counted in [`WriteBehindStats::dropped`],
+//!   logged with `tracing::error!` and handed to [`Writer::given_up`]; a writer that panics
+//!   drops its job the same way.
 //! - `capacity` bounds the jobs accepted and not yet written or dropped, including those being
 //!   written at the moment.
 //! - With one worker, jobs reach the writer in the order they were enqueued (in durable mode,
@@ -143,6 +144,16 @@ pub trait Writer: Send + Sync + 'static {
         &self,
         job: WriteJob,
     ) -> Pin<Box<dyn Future<Output = Result<(), WriteError>> + Send + '_>>;
+
+    /// Called once a job is given up (a permanent error, out of attempts, or a panicking
+    /// writer), before it leaves the queue, so that what was served for the write can be taken
+    /// back; in durable mode a crash in between calls it again for the replayed job. Does
+    /// nothing by default. The HTTP layer's writer drops the representation it stored for the
+    /// write, in every tier and instance, unless a newer write replaced it.
+    fn given_up<'a>(&'a self, job: &'a WriteJob) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        let _ = job;
+        Box::pin(std::future::ready(()))
+    }
 }
 
 impl<F, Fut> Writer for F

@@ -78,6 +78,11 @@ pub(super) fn spawn<S: Settle>(
                         return;
                     };
                     let outcome = replay(&*writer, &job, retry, &counters).await;
+                    if matches!(outcome, Outcome::Dropped(_)) {
+                        // Before settling: a durable job is then given up again if this
+                        // instance dies in between.
+                        give_up(&*writer, &job).await;
+                    }
                     settle.settle(ticket, job, outcome).await;
                 }
             })
@@ -122,6 +127,17 @@ async fn replay(writer: &dyn Writer, job: &WriteJob, retry: Retry, counters: &Co
             "write-behind job dropped"
         );
         return Outcome::Dropped(reason);
+    }
+}
+
+/// Tells the writer `job` was given up; a panic there must not take the worker down either.
+async fn give_up(writer: &dyn Writer, job: &WriteJob) {
+    if AssertUnwindSafe(writer.given_up(job))
+        .catch_unwind()
+        .await
+        .is_err()
+    {
+        tracing::error!(key = %job.key, "write-behind: the writer panicked in given_up");
     }
 }
 
