@@ -9,6 +9,7 @@
 //! | `tiered_cache_coalesced_total` | counter | |
 //! | `tiered_cache_stores_total` | counter | |
 //! | `tiered_cache_l2_errors_total` | counter | `kind` (`error`, `decode`, `skipped`) |
+//! | `tiered_cache_tags_dropped_total` | counter | |
 //! | `tiered_cache_bytes` | gauge | `tier` (`memory`) |
 //! | `tiered_cache_write_behind_queue` | gauge | |
 //! | `tiered_cache_request_duration_seconds` | histogram | `outcome` (`hit`, `stale`, `miss`, `bypass`) |
@@ -19,44 +20,45 @@ use std::time::Duration;
 use crate::stats::Counter;
 
 #[cfg(feature = "metrics")]
-pub(crate) fn counted(counter: Counter) {
+pub(crate) fn counted(counter: Counter, amount: u64) {
     use metrics::counter;
     match counter {
         Counter::MemoryHits => {
             counter!("tiered_cache_requests_total", "tier" => "memory", "result" => "hit")
-                .increment(1)
+                .increment(amount)
         }
         Counter::RedisHits => {
             counter!("tiered_cache_requests_total", "tier" => "redis", "result" => "hit")
-                .increment(1)
+                .increment(amount)
         }
         Counter::StaleHits => {
             counter!("tiered_cache_requests_total", "tier" => "origin", "result" => "stale")
-                .increment(1)
+                .increment(amount)
         }
         Counter::Misses => {
             counter!("tiered_cache_requests_total", "tier" => "origin", "result" => "miss")
-                .increment(1)
+                .increment(amount)
         }
         Counter::Bypasses => {
             counter!("tiered_cache_requests_total", "tier" => "origin", "result" => "bypass")
-                .increment(1)
+                .increment(amount)
         }
-        Counter::LoaderCalls => counter!("tiered_cache_loader_calls_total").increment(1),
-        Counter::CoalescedWaits => counter!("tiered_cache_coalesced_total").increment(1),
-        Counter::Stores => counter!("tiered_cache_stores_total").increment(1),
+        Counter::LoaderCalls => counter!("tiered_cache_loader_calls_total").increment(amount),
+        Counter::CoalescedWaits => counter!("tiered_cache_coalesced_total").increment(amount),
+        Counter::Stores => counter!("tiered_cache_stores_total").increment(amount),
         Counter::L2Errors => {
-            counter!("tiered_cache_l2_errors_total", "kind" => "error").increment(1)
+            counter!("tiered_cache_l2_errors_total", "kind" => "error").increment(amount)
         }
         Counter::L2DecodeErrors => {
-            counter!("tiered_cache_l2_errors_total", "kind" => "decode").increment(1)
+            counter!("tiered_cache_l2_errors_total", "kind" => "decode").increment(amount)
         }
         Counter::L2Skipped => {
-            counter!("tiered_cache_l2_errors_total", "kind" => "skipped").increment(1)
+            counter!("tiered_cache_l2_errors_total", "kind" => "skipped").increment(amount)
         }
         Counter::L2TooLarge => {
-            counter!("tiered_cache_l2_errors_total", "kind" => "too_large").increment(1)
+            counter!("tiered_cache_l2_errors_total", "kind" => "too_large").increment(amount)
         }
+        Counter::TagsDropped => counter!("tiered_cache_tags_dropped_total").increment(amount),
         Counter::LoaderErrors
         | Counter::StoreSkips
         | Counter::MemoryExpirations
@@ -65,7 +67,7 @@ pub(crate) fn counted(counter: Counter) {
 }
 
 #[cfg(not(feature = "metrics"))]
-pub(crate) fn counted(_: Counter) {}
+pub(crate) fn counted(_: Counter, _: u64) {}
 
 /// The memory tier's weighted size.
 pub(crate) fn memory_bytes(_bytes: u64) {

@@ -53,6 +53,9 @@ pub struct Stats {
     pub lock_waits_filled: u64,
     /// HTTP requests that bypassed the cache (route rules, methods, `no-store`, bodies).
     pub bypasses: u64,
+    /// Tags left off entries: beyond `tags.max_per_entry`, longer than `tags.max_length`, or
+    /// past `tags.max_header_bytes` of a tag header (duplicates are not counted).
+    pub tags_dropped: u64,
 }
 
 impl Stats {
@@ -104,9 +107,10 @@ pub(crate) enum Counter {
     L2TooLarge,
     LockWaitsFilled,
     Bypasses,
+    TagsDropped,
 }
 
-const COUNTERS: usize = Counter::Bypasses as usize + 1;
+const COUNTERS: usize = Counter::TagsDropped as usize + 1;
 
 /// Lock-free counters shared by every clone of a cache.
 #[derive(Debug, Default)]
@@ -114,8 +118,12 @@ pub(crate) struct Counters([AtomicU64; COUNTERS]);
 
 impl Counters {
     pub(crate) fn incr(&self, counter: Counter) {
-        self.0[counter as usize].fetch_add(1, Ordering::Relaxed);
-        crate::metrics::counted(counter);
+        self.add(counter, 1);
+    }
+
+    pub(crate) fn add(&self, counter: Counter, amount: u64) {
+        self.0[counter as usize].fetch_add(amount, Ordering::Relaxed);
+        crate::metrics::counted(counter, amount);
     }
 
     pub(crate) fn get(&self, counter: Counter) -> u64 {
@@ -141,6 +149,7 @@ impl Counters {
             l2_too_large: self.get(Counter::L2TooLarge),
             lock_waits_filled: self.get(Counter::LockWaitsFilled),
             bypasses: self.get(Counter::Bypasses),
+            tags_dropped: self.get(Counter::TagsDropped),
             ..Stats::default()
         }
     }

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -111,4 +112,41 @@ async fn tags_and_cross_instance_invalidation_work_on_a_cluster() {
     assert_eq!(event, Invalidation::Key("item:1".into()));
     assert!(second.get("item:1").await.is_none());
     assert_eq!(first.stats().l2_errors + second.stats().l2_errors, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heavily_tagged_entry_reads_its_stamps_with_one_mget_per_hash_slot() {
+    let cluster = RedisCluster::start();
+    let writer = cache_on_cluster(&cluster, config("cm")).await;
+    // Half the tags share a hash slot (`{shared}`); the others spread over the cluster.
+    let tags: Vec<String> = (0..60)
+        .map(|i| format!("{{shared}}{i}"))
+        .chain((0..60).map(|i| format!("own{i}")))
+        .collect();
+    writer.set("k", entry("v").with_tags(tags.clone())).await;
+    writer
+        .set("other", entry("v").with_tags(["{shared}8", "own8"]))
+        .await;
+    writer.invalidate_tags(&["{shared}7"]).await.unwrap();
+
+    // A new instance knows no stamp: reading "k" asks for all 120.
+    let reader = cache_on_cluster(&cluster, config("cm")).await;
+    let before = cluster.command_calls();
+    assert!(reader.get("k").await.is_none(), "killed by {{shared}}7");
+    let after = cluster.command_calls();
+    let slots: HashSet<u16> = tags
+        .iter()
+        .map(|tag| fred::util::redis_keyslot(format!("cm:tag:{tag}").as_bytes()))
+        .collect();
+    assert_eq!(
+        slots.len(),
+        61,
+        "one slot for the shared ones, 60 for the others"
+    );
+    assert_eq!(after.since(&before, "mget"), slots.len() as u64);
+    assert_eq!(after.since(&before, "get"), 1, "the entry itself");
+
+    // The stamps read landed on their own tags: "other" is alive.
+    assert!(reader.get("other").await.is_some());
+    assert_eq!(reader.stats().l2_errors, 0);
 }

@@ -645,6 +645,43 @@ async fn tag_invalidation_reaches_instances_that_have_not_read_the_stamp() {
 }
 
 #[tokio::test]
+async fn hits_on_entries_whose_tags_were_never_invalidated_do_not_open_the_circuit() {
+    let server = MemcachedServer::start();
+    let cache = memcached_cache(&server, config("fresh-tags")).await;
+    cache.set("k", tagged("v", &["never", "invalidated"])).await;
+
+    // The first hit asks memcached for the stamps, which finds none: an answer, not a failure.
+    for _ in 0..10 {
+        assert!(cache.get("k").await.is_some());
+    }
+
+    let stats = cache.stats();
+    assert_eq!((stats.l2_errors, stats.l2_circuit_open), (0, false));
+    let reader = memcached_cache(&server, config("fresh-tags")).await;
+    assert_eq!(reader.lookup("k").await.unwrap().source, Source::Memcached);
+}
+
+#[tokio::test]
+async fn invalidating_thousands_of_tags_is_one_round_trip() {
+    let server = MemcachedServer::start();
+    let cache = memcached_cache(&server, config("many-tags")).await;
+    cache.set("k", tagged("v", &["t4999"])).await;
+    let tags: Vec<String> = (0..5_000).map(|i| format!("t{i}")).collect();
+
+    // One pipelined multi-set (one set per tag in turn outlasted `l2.timeout`).
+    cache.invalidate_tags(&tags).await.unwrap();
+
+    for tag in ["t0", "t4999"] {
+        assert!(
+            server.raw_get(&tag_key("many-tags", tag)).await.is_some(),
+            "{tag}"
+        );
+    }
+    let reader = memcached_cache(&server, config("many-tags")).await;
+    assert!(reader.get("k").await.is_none());
+}
+
+#[tokio::test]
 async fn tag_stamps_are_kept_for_stamp_ttl_even_beyond_thirty_days() {
     let server = MemcachedServer::start();
     for (prefix, stamp_ttl) in [("stamp30", 30 * DAY), ("stamp40", 40 * DAY)] {

@@ -222,6 +222,12 @@ impl CacheConfigBuilder {
         self
     }
 
+    /// `tags.max_per_entry`: most tags kept on one entry; further ones are dropped and counted.
+    pub fn max_tags_per_entry(mut self, tags: u32) -> Self {
+        self.config.tags.max_per_entry = tags;
+        self
+    }
+
     /// `[grpc]`: unary gRPC methods to cache, and for how long.
     pub fn grpc(mut self, grpc: GrpcConfig) -> Self {
         self.config.grpc = grpc;

@@ -42,6 +42,9 @@
 //! | `l3.query` | | `SELECT value FROM cache_store WHERE key = $1` | reads one value by key |
 //! | `l3.write_query` | | upsert into `cache_store` | writes one value (key, value) |
 //! | `l3.ttl` | | `60s` | freshness of values read from the database |
+//! | `tags.max_per_entry` | | `128` | most tags kept on one entry; further ones are dropped and counted |
+//! | `tags.max_length` | | `256` | longest tag kept, in bytes |
+//! | `tags.max_header_bytes` | | `16KiB` | bytes of a response's `Cache-Tag` (and of its `Surrogate-Key`) read for tags |
 //! | `[[route]] path` | | | glob on the request path (`*` within a segment, `**` across) |
 //! | `[[route]] ttl` | | | freshness used instead of the origin's on this route |
 //! | `[[route]] bypass` | | `false` | requests on this route pass straight through |
@@ -252,6 +255,35 @@ pub struct TagsConfig {
     /// before an invalidation of their tag would not see it.
     #[serde(deserialize_with = "de::duration")]
     pub stamp_ttl: Duration,
+    /// Most tags kept on one entry (route tags first, then the tag headers in order); the rest
+    /// are dropped and counted in [`Stats::tags_dropped`](crate::Stats::tags_dropped). Every
+    /// memory hit checks each tag, and a hit whose stamps are not known here reads them from L2.
+    #[serde(deserialize_with = "de::count")]
+    pub max_per_entry: u32,
+    /// Longest tag kept on an entry, in bytes; longer ones are dropped and counted.
+    #[serde(deserialize_with = "de::size")]
+    pub max_length: u64,
+    /// Bytes of each tag field of a response (`Cache-Tag`, `Surrogate-Key`) that its entry takes
+    /// tags from; tags not entirely within them are dropped and counted (as Fastly ignores them
+    /// in `Surrogate-Key`). Lists of tags to invalidate are read whole.
+    #[serde(deserialize_with = "de::size")]
+    pub max_header_bytes: u64,
+}
+
+impl TagsConfig {
+    /// The tag bounds, each an error naming its key.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("tags.max_per_entry", u64::from(self.max_per_entry)),
+            ("tags.max_length", self.max_length),
+            ("tags.max_header_bytes", self.max_header_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for TagsConfig {
@@ -262,6 +294,9 @@ impl Default for TagsConfig {
             invalidate_header: "cache-invalidate".to_owned(),
             strip_headers: true,
             stamp_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_per_entry: 128,
+            max_length: 256,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -787,6 +822,8 @@ impl CacheConfig {
             http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| ConfigError::invalid(key, format!("invalid header name {name:?}")))?;
         }
+        self.tags.validate()?;
+        self.validate_route_tags()?;
         self.write_behind.validate()?;
         if self.write_behind.durable && self.l2.url.is_none() {
             return Err(ConfigError::invalid(
@@ -815,6 +852,37 @@ impl CacheConfig {
                     self.http.max_entry_size
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// Route tags go first on every entry of the route, so they must fit the tag bounds.
+    fn validate_route_tags(&self) -> Result<(), ConfigError> {
+        for (index, route) in self.route.iter().enumerate() {
+            let key = || format!("route[{index}].tags");
+            if route.tags.len() > self.tags.max_per_entry as usize {
+                return Err(ConfigError::invalid(
+                    key(),
+                    format!(
+                        "{} tags exceed tags.max_per_entry ({})",
+                        route.tags.len(),
+                        self.tags.max_per_entry
+                    ),
+                ));
+            }
+            if let Some(long) = route
+                .tags
+                .iter()
+                .find(|tag| tag.len() as u64 > self.tags.max_length)
+            {
+                return Err(ConfigError::invalid(
+                    key(),
+                    format!(
+                        "tag {long:?} is longer than tags.max_length ({} bytes)",
+                        self.tags.max_length
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -925,5 +993,27 @@ mod tests {
             .build()
             .unwrap_err();
         assert_eq!(err.key(), Some("l2.prefix"));
+    }
+
+    #[test]
+    fn tag_bounds_are_read_and_checked_naming_the_key() {
+        let config = CacheConfig::from_toml_str(
+            "[tags]\nmax_per_entry = 64\nmax_length = \"1KiB\"\nmax_header_bytes = \"8KiB\"",
+        )
+        .unwrap();
+        let tags = &config.tags;
+        assert_eq!((tags.max_per_entry, tags.max_length), (64, 1024));
+        assert_eq!(tags.max_header_bytes, 8192);
+        let err = CacheConfig::builder()
+            .max_tags_per_entry(0)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.key(), Some("tags.max_per_entry"));
+        let err = CacheConfig::builder()
+            .max_tags_per_entry(1)
+            .route(RouteConfig::new("/a").tags(["x", "y"]))
+            .build()
+            .unwrap_err();
+        assert_eq!(err.key(), Some("route[0].tags"));
     }
 }

@@ -38,6 +38,8 @@ pub(crate) struct State {
     pub(crate) surrogate_key_header: HeaderName,
     pub(crate) invalidate_header: HeaderName,
     pub(crate) strip_tag_headers: bool,
+    /// `tags.max_header_bytes`: what an entry takes of each tag field.
+    pub(crate) max_tag_header_bytes: usize,
     pub(crate) purge_token: Option<String>,
     pub(crate) store_set_cookie: bool,
     pub(crate) heuristic_with_credentials: bool,
@@ -94,6 +96,8 @@ impl State {
             surrogate_key_header: header(&config.tags.surrogate_key_header)?,
             invalidate_header: header(&config.tags.invalidate_header)?,
             strip_tag_headers: config.tags.strip_headers,
+            max_tag_header_bytes: usize::try_from(config.tags.max_header_bytes)
+                .unwrap_or(usize::MAX),
             purge_token: config.purge.token.clone(),
             store_set_cookie: config.http.store_set_cookie,
             heuristic_with_credentials: config.http.heuristic_with_credentials,
@@ -169,26 +173,34 @@ impl State {
         }
     }
 
-    /// An entry's tags: the route's, `Cache-Tag` (comma-separated) and `Surrogate-Key`
-    /// (space-separated).
+    /// An entry's tags, in order: the route's, `Cache-Tag` (comma-separated), `Surrogate-Key`
+    /// (space-separated). Of each field only the tags entirely within its first
+    /// `tags.max_header_bytes` are taken (the others are counted as dropped); duplicates and the
+    /// bounds on number and length are the cache's, applied where every entry is stored.
     pub(crate) fn tags_of(&self, headers: &HeaderMap, rule: &Rule) -> Vec<String> {
         let mut tags = rule.tags.clone();
-        tags.extend(list(headers, &self.tag_header, |c| c == ','));
-        tags.extend(self.surrogate_keys(headers));
-        tags.sort();
-        tags.dedup();
+        for (name, separator) in [
+            (&self.tag_header, COMMA),
+            (&self.surrogate_key_header, char::is_whitespace as Separator),
+        ] {
+            let field = Field::read(headers, name, separator, self.max_tag_header_bytes);
+            self.cache
+                .tags_dropped(field.beyond, name.as_str(), "tags.max_header_bytes");
+            tags.extend(field.within);
+        }
         tags
     }
 
-    /// The tags named in the `Surrogate-Key` field (space-separated): a response's, or a
-    /// `PURGE` request's.
+    /// The tags named in the `Surrogate-Key` field (space-separated) of a `PURGE` request. All
+    /// of them: an invalidation left out would serve stale entries.
     pub(crate) fn surrogate_keys(&self, headers: &HeaderMap) -> Vec<String> {
         list(headers, &self.surrogate_key_header, char::is_whitespace)
     }
 
-    /// The tags a response to a mutating request asks to invalidate (comma-separated).
+    /// The tags a response to a mutating request asks to invalidate (comma-separated); all of
+    /// them, as for `PURGE`.
     pub(crate) fn tags_to_invalidate(&self, headers: &HeaderMap) -> Vec<String> {
-        list(headers, &self.invalidate_header, |c| c == ',')
+        list(headers, &self.invalidate_header, COMMA)
     }
 }
 
@@ -254,14 +266,63 @@ impl State {
 
 static SURROGATE_CAPABILITY: HeaderName = HeaderName::from_static("surrogate-capability");
 
-fn list(headers: &HeaderMap, name: &HeaderName, separator: fn(char) -> bool) -> Vec<String> {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(separator))
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-        .map(str::to_owned)
-        .collect()
+type Separator = fn(char) -> bool;
+
+const COMMA: Separator = |c| c == ',';
+
+/// Every item of the `name` fields.
+fn list(headers: &HeaderMap, name: &HeaderName, separator: Separator) -> Vec<String> {
+    Field::read(headers, name, separator, usize::MAX).within
+}
+
+/// The items of a list-valued field, split at `separator` and trimmed, blanks left out.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Field {
+    /// Those entirely within the first `budget` bytes of the field's lines (joined by one byte),
+    /// in order.
+    within: Vec<String>,
+    /// How many lie (partly) beyond: counted, not copied.
+    beyond: u64,
+}
+
+impl Field {
+    fn read(headers: &HeaderMap, name: &HeaderName, separator: Separator, budget: usize) -> Self {
+        let mut field = Self::default();
+        // `to_str` admits visible ASCII only, so every separator is one byte.
+        let mut position = 0usize;
+        for value in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+            for item in value.split(separator) {
+                let end = position.saturating_add(item.len());
+                position = end.saturating_add(1);
+                let item = item.trim();
+                if item.is_empty() {
+                    continue;
+                }
+                if end <= budget {
+                    field.within.push(item.to_owned());
+                } else {
+                    field.beyond += 1;
+                }
+            }
+        }
+        field
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tags_entirely_within_the_budget_are_taken() {
+        let name = HeaderName::from_static("cache-tag");
+        let mut headers = HeaderMap::new();
+        headers.append(&name, HeaderValue::from_static("aa, bb,,cc"));
+        headers.append(&name, HeaderValue::from_static("dd"));
+        // The lines joined by one byte: "bb" ends at byte 6, "cc" at 10, "dd" at 13.
+        let field = Field::read(&headers, &name, COMMA, 9);
+        let within = vec!["aa".to_owned(), "bb".to_owned()];
+        assert_eq!(field, Field { within, beyond: 2 });
+        assert_eq!(Field::read(&headers, &name, COMMA, 13).beyond, 0);
+    }
 }

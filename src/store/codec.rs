@@ -69,6 +69,15 @@ pub enum DecodeError {
         /// The size of the stored body.
         actual: u64,
     },
+    /// More tags than `tags.max_per_entry`: not written under this configuration, and each would
+    /// cost every hit a stamp check.
+    #[error("entry has {count} tags, more than tags.max_per_entry ({limit})")]
+    TooManyTags {
+        /// Tags found.
+        count: u64,
+        /// `tags.max_per_entry`.
+        limit: u64,
+    },
 }
 
 /// Why an entry cannot be encoded.
@@ -150,6 +159,7 @@ pub(crate) struct Codec {
     min_compress_size: u64,
     quality: u32,
     max_body: u64,
+    max_tags: u32,
 }
 
 impl Codec {
@@ -159,6 +169,7 @@ impl Codec {
             min_compress_size: config.compression.min_size,
             quality: config.compression.quality,
             max_body: config.http.max_entry_size,
+            max_tags: config.tags.max_per_entry,
         }
     }
 
@@ -245,6 +256,12 @@ impl Codec {
             stored_body
         };
         self.check_body_len(wire.body_len, body.len() as u64)?;
+        if wire.tags.len() > self.max_tags as usize {
+            return Err(DecodeError::TooManyTags {
+                count: wire.tags.len() as u64,
+                limit: u64::from(self.max_tags),
+            });
+        }
         let meta = EntryMeta {
             status: StatusCode::from_u16(wire.status)
                 .map_err(|_| DecodeError::Meta(format!("invalid status {}", wire.status)))?,
@@ -433,6 +450,20 @@ mod tests {
                 limit: 1 << 20
             }
         );
+    }
+
+    #[test]
+    fn entries_with_more_tags_than_the_reader_keeps_are_rejected() {
+        let tags: Vec<String> = (0..3).map(|i| format!("t{i}")).collect();
+        let bytes = codec().encode(&entry(vec![1]).with_tags(tags)).unwrap();
+        let reader_config = CacheConfig::builder()
+            .max_tags_per_entry(2)
+            .build()
+            .unwrap();
+        let err = Codec::new(&reader_config)
+            .decode(&Bytes::from(bytes))
+            .unwrap_err();
+        assert_eq!(err, DecodeError::TooManyTags { count: 3, limit: 2 });
     }
 
     fn arb_entry() -> impl Strategy<Value = CachedEntry> {

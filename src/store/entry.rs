@@ -101,7 +101,8 @@ impl CachedEntry {
         self
     }
 
-    /// Sets the tags the entry can be invalidated by.
+    /// Sets the tags the entry can be invalidated by. Storing keeps the first
+    /// `tags.max_per_entry` of them (see [`TieredCache::set`](crate::TieredCache::set)).
     #[must_use]
     pub fn with_tags<I, T>(mut self, tags: I) -> Self
     where

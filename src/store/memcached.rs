@@ -15,6 +15,7 @@
 //! no durable write-behind). Configuration rejects what asks for the last; the first returns
 //! [`TierError::Unsupported`].
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -108,22 +109,34 @@ impl MemcachedTier {
         let keys: Vec<String> = tags.iter().map(|tag| self.key("t", tag)).collect();
         let values = self
             .breaker
-            .guard(self.call(async |client| client.get_multi(&keys).await))
+            .guard(self.call(async |client| {
+                match client.get_multi(&keys).await {
+                    Ok(values) => Ok(values),
+                    // The client reports a multi-get that found nothing as an error; for stamps
+                    // it is the common answer (no tag invalidated yet), not a failure.
+                    Err(McError::Protocol(Status::NotFound)) => Ok(Vec::new()),
+                    Err(err) => Err(err),
+                }
+            }))
             .await?;
+        let stamps: HashMap<&[u8], u64> = values
+            .iter()
+            .filter_map(|value| {
+                let stamp = std::str::from_utf8(value.data.as_deref()?)
+                    .ok()?
+                    .parse()
+                    .ok()?;
+                Some((value.key.as_slice(), stamp))
+            })
+            .collect();
         Ok(keys
             .iter()
-            .map(|key| {
-                values
-                    .iter()
-                    .find(|value| value.key == key.as_bytes())
-                    .and_then(|value| value.data.as_deref())
-                    .and_then(|data| std::str::from_utf8(data).ok()?.parse().ok())
-                    .unwrap_or(0)
-            })
+            .map(|key| stamps.get(key.as_bytes()).copied().unwrap_or(0))
             .collect())
     }
 
-    /// Records `stamp` as the invalidation time of each tag, kept for `ttl`.
+    /// Records `stamp` as the invalidation time of each tag, kept for `ttl`: one pipelined
+    /// multi-set, so many tags still cost one round trip.
     pub(crate) async fn stamp_tags(
         &self,
         tags: &[String],
@@ -131,14 +144,14 @@ impl MemcachedTier {
         ttl: Duration,
     ) -> Result<(), TierError> {
         let stamp = stamp.to_string();
-        let expiry = expiry(ttl);
+        let writes: Vec<(String, &str)> = tags
+            .iter()
+            .map(|tag| (self.key("t", tag), stamp.as_str()))
+            .collect();
         self.breaker
             .guard(self.call(async |client| {
-                for tag in tags {
-                    let key = self.key("t", tag);
-                    client.set(&key, stamp.as_str(), Some(expiry), None).await?;
-                }
-                Ok(())
+                let results = client.set_multi(&writes, Some(expiry(ttl)), None).await?;
+                results.into_values().collect::<Result<(), McError>>()
             }))
             .await
     }

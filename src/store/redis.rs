@@ -9,6 +9,7 @@
 //! time; invalidations are published on `{prefix}:inv` and a subscriber connection receives the
 //! other instances' (each (re)connection is reported, since events may have been missed).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -20,6 +21,7 @@ use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterfac
 use fred::types::config::{Config, Options, ReconnectPolicy, ServerConfig};
 use fred::types::scan::Scanner;
 use fred::types::{Expiration, SetOptions};
+use fred::util::redis_keyslot;
 use futures_util::StreamExt;
 
 use super::breaker::Breaker;
@@ -32,6 +34,12 @@ use crate::Error;
 
 /// Keys asked for per SCAN page, and so deleted per UNLINK, in prefix invalidation.
 const SCAN_PAGE: u32 = 1000;
+/// Most keys in one multi-key command (MGET, stamp script, UNLINK): Redis serves nobody else
+/// while it runs one.
+const SLOT_BATCH: usize = 1024;
+/// Writes the stamp `ARGV[1]` under every key of `KEYS`, expiring in `ARGV[2]` ms.
+const STAMP_SCRIPT: &str =
+    "for _, key in ipairs(KEYS) do redis.call('SET', key, ARGV[1], 'PX', ARGV[2]) end return 0";
 /// Redis rejects expiries that overflow its clock; a century is far enough.
 const MAX_PX_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 
@@ -54,7 +62,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(crate) struct RedisTier {
     pool: Pool,
-    /// Redis Cluster: multi-key commands are split by key (keys hash to different slots).
+    /// Redis Cluster: multi-key commands are split by hash slot (see [`slot_batches`]).
     clustered: bool,
     breaker: Arc<Breaker>,
     subscriber: SubscriberClient,
@@ -155,20 +163,27 @@ impl RedisTier {
             .await
     }
 
-    /// The invalidation stamps of `tags` (0 for tags never invalidated), in order. One GET per
-    /// tag, sent together: stamp keys hash to different cluster slots.
+    /// The invalidation stamps of `tags` (0 for tags never invalidated), in order: one MGET on
+    /// one Redis; on a cluster, where a multi-key command must stay within a hash slot, one MGET
+    /// per slot, sent together. One breaker-guarded operation either way.
     pub(crate) async fn tag_stamps(&self, tags: &[&str]) -> Result<Vec<u64>, TierError> {
+        let keys: Vec<String> = tags.iter().map(|tag| self.tag_key(tag)).collect();
+        let batches = slot_batches(&keys, self.clustered);
         self.breaker
             .guard(async {
                 let reader = self.pool.with_options(&self.options);
-                let reads = tags
+                let reads = batches
                     .iter()
-                    .map(|tag| reader.get::<Option<u64>, _>(self.tag_key(tag)));
-                futures_util::future::join_all(reads)
-                    .await
-                    .into_iter()
-                    .map(|stamp| stamp.map(Option::unwrap_or_default).map_err(tier_error))
-                    .collect()
+                    .map(|batch| reader.mget::<Vec<Option<u64>>, _>(batch.keys.clone()));
+                let reads = futures_util::future::join_all(reads).await;
+                let mut stamps = vec![0; keys.len()];
+                for (batch, read) in batches.iter().zip(reads) {
+                    for (&position, stamp) in batch.positions.iter().zip(read.map_err(tier_error)?)
+                    {
+                        stamps[position] = stamp.unwrap_or_default();
+                    }
+                }
+                Ok(stamps)
             })
             .await
     }
@@ -227,25 +242,23 @@ impl RedisTier {
         format!("{}:lock:{key}", self.prefix)
     }
 
-    /// Records `stamp` as the invalidation time of each tag, kept for `ttl`.
+    /// Records `stamp` as the invalidation time of each tag, kept for `ttl`: one script per
+    /// batch of [`slot_batches`] (so one command for a few tags on one Redis), sent together as
+    /// one breaker-guarded operation.
     pub(crate) async fn stamp_tags(
         &self,
         tags: &[String],
         stamp: u64,
         ttl: Duration,
     ) -> Result<(), TierError> {
-        let expiry = px(ttl);
+        let keys: Vec<String> = tags.iter().map(|tag| self.tag_key(tag)).collect();
+        let batches = slot_batches(&keys, self.clustered);
+        let args = vec![stamp.to_string(), millis(ttl).max(1).to_string()];
         self.breaker
             .guard(async {
                 let writer = self.pool.with_options(&self.options);
-                let writes = tags.iter().map(|tag| {
-                    writer.set::<(), _, _>(
-                        self.tag_key(tag),
-                        stamp,
-                        Some(expiry.clone()),
-                        None,
-                        false,
-                    )
+                let writes = batches.into_iter().map(|batch| {
+                    writer.eval::<(), _, _, _>(STAMP_SCRIPT, batch.keys, args.clone())
                 });
                 for result in futures_util::future::join_all(writes).await {
                     result.map_err(tier_error)?;
@@ -344,17 +357,13 @@ impl RedisTier {
         }
     }
 
-    /// UNLINK: one command for all `keys` on one Redis, one per key on a cluster (where they
-    /// hash to different slots), sent together.
+    /// UNLINK: one command per batch of [`slot_batches`] (one for a page of keys on one Redis,
+    /// one per hash slot on a cluster), sent together.
     async fn delete(&self, keys: Vec<String>) -> Result<u64, TierError> {
-        if keys.is_empty() {
-            return Ok(0);
-        }
         let client = self.pool.with_options(&self.options);
-        if !self.clustered {
-            return client.unlink(keys).await.map_err(tier_error);
-        }
-        let unlinks = keys.into_iter().map(|key| client.unlink::<u64, _>(key));
+        let unlinks = slot_batches(&keys, self.clustered)
+            .into_iter()
+            .map(|batch| client.unlink::<u64, _>(batch.keys));
         futures_util::future::join_all(unlinks)
             .await
             .into_iter()
@@ -491,6 +500,38 @@ fn tier_error(err: RedisError) -> TierError {
     }
 }
 
+/// Keys for one multi-key command, with their positions in the list they were taken from.
+#[derive(Debug)]
+struct Batch<'a> {
+    positions: Vec<usize>,
+    keys: Vec<&'a str>,
+}
+
+/// `keys` in batches that one multi-key command can take: at most [`SLOT_BATCH`] keys, and on a
+/// cluster (which refuses a command whose keys hash to different slots) keys of one slot.
+fn slot_batches(keys: &[String], clustered: bool) -> Vec<Batch<'_>> {
+    let mut slots: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+    for (position, key) in keys.iter().enumerate() {
+        let slot = if clustered {
+            redis_keyslot(key.as_bytes())
+        } else {
+            0
+        };
+        slots.entry(slot).or_default().push(position);
+    }
+    let batch = |positions: &[usize]| Batch {
+        positions: positions.to_vec(),
+        keys: positions
+            .iter()
+            .map(|&position| keys[position].as_str())
+            .collect(),
+    };
+    slots
+        .values()
+        .flat_map(|positions| positions.chunks(SLOT_BATCH).map(batch))
+        .collect()
+}
+
 /// Escapes Redis glob metacharacters so a prefix matches literally.
 fn glob_escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
@@ -506,6 +547,35 @@ fn glob_escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_batched_by_slot_only_on_a_cluster() {
+        let keys: Vec<String> = ["{a}1", "b", "{a}2", "c"]
+            .iter()
+            .map(|key| (*key).to_owned())
+            .collect();
+        let positions = |batches: Vec<Batch<'_>>| -> Vec<Vec<usize>> {
+            batches.into_iter().map(|batch| batch.positions).collect()
+        };
+        assert_eq!(positions(slot_batches(&keys, false)), [vec![0, 1, 2, 3]]);
+        let clustered = slot_batches(&keys, true);
+        assert_eq!(
+            clustered.len(),
+            3,
+            "{{a}}1 and {{a}}2 share a slot: {clustered:?}"
+        );
+        let shared = clustered.iter().find(|batch| batch.positions == [0, 2]);
+        assert_eq!(
+            shared.map(|batch| batch.keys.clone()),
+            Some(vec!["{a}1", "{a}2"])
+        );
+        let many: Vec<String> = (0..SLOT_BATCH + 1).map(|i| i.to_string()).collect();
+        let sizes: Vec<usize> = positions(slot_batches(&many, false))
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, [SLOT_BATCH, 1]);
+    }
 
     #[test]
     fn glob_metacharacters_are_escaped() {

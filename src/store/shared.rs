@@ -79,10 +79,13 @@ impl SharedTier {
         on_tier!(self, tier => tier.publish(event).await)
     }
 
+    /// The invalidation stamps of `tags`, in order (0 for never invalidated), in one guarded
+    /// operation of one round trip: a multi-get (on Redis Cluster one per hash slot, together).
     pub(crate) async fn tag_stamps(&self, tags: &[&str]) -> Result<Vec<u64>, TierError> {
         on_tier!(self, tier => tier.tag_stamps(tags).await)
     }
 
+    /// Records `stamp` for every tag, kept for `ttl`, in one guarded operation of batched writes.
     pub(crate) async fn stamp_tags(
         &self,
         tags: &[String],

@@ -6,9 +6,12 @@
 //! entries nothing. Stamps are cached here for `l1.max_ttl` (and updated by invalidation events
 //! from other instances), so an L2 hit stays one round trip.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use mini_moka::sync::Cache;
+
+use crate::config::TagsConfig;
 
 /// Most tags remembered; beyond this the least used are re-read from Redis when needed.
 const MAX_KNOWN_TAGS: u64 = 100_000;
@@ -45,9 +48,109 @@ impl TagStamps {
     }
 }
 
+/// A tag as entries carry it and invalidations name it: trimmed; `None` when blank or spanning
+/// lines (invalidation events are line-based).
+fn clean(tag: &str) -> Option<&str> {
+    let tag = tag.trim();
+    (!tag.is_empty() && !tag.contains('\n')).then_some(tag)
+}
+
+/// `tags` cleaned (see [`clean`]) and without duplicates, first occurrence first.
+pub(crate) fn distinct<'a>(tags: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut seen = HashSet::new();
+    tags.into_iter()
+        .filter_map(clean)
+        .filter(|tag| seen.insert(*tag))
+        .collect()
+}
+
+/// The bounds on an entry's tags (`tags.max_per_entry`, `tags.max_length`). Every memory hit
+/// checks each tag of the entry, and one whose stamps are not known here reads them from L2:
+/// the number of tags is what a hit costs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TagLimits {
+    max_per_entry: usize,
+    max_length: usize,
+}
+
+/// An entry's tags after [`TagLimits::bound`] changed them.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Bounded {
+    pub(crate) tags: Vec<String>,
+    /// Tags left off for their length or number (not blanks or duplicates).
+    pub(crate) dropped: u64,
+}
+
+impl TagLimits {
+    pub(crate) fn new(config: &TagsConfig) -> Self {
+        Self {
+            max_per_entry: usize::try_from(config.max_per_entry).unwrap_or(usize::MAX),
+            max_length: usize::try_from(config.max_length).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// `tags` as an entry keeps them: [`distinct`], at most `max_length` bytes each and
+    /// `max_per_entry` in all, the first ones winning. `None` when `tags` already are that.
+    pub(crate) fn bound(&self, tags: &[String]) -> Option<Bounded> {
+        let mut kept = Vec::with_capacity(tags.len().min(self.max_per_entry));
+        let mut dropped = 0;
+        for tag in distinct(tags.iter().map(String::as_str)) {
+            if tag.len() > self.max_length || kept.len() == self.max_per_entry {
+                dropped += 1;
+            } else {
+                kept.push(tag);
+            }
+        }
+        if kept.len() == tags.len() && kept.iter().zip(tags).all(|(kept, tag)| kept == tag) {
+            return None;
+        }
+        Some(Bounded {
+            tags: kept.into_iter().map(str::to_owned).collect(),
+            dropped,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn limits(max_per_entry: u32, max_length: u64) -> TagLimits {
+        TagLimits::new(&TagsConfig {
+            max_per_entry,
+            max_length,
+            ..TagsConfig::default()
+        })
+    }
+
+    fn strings(tags: &[&str]) -> Vec<String> {
+        tags.iter().map(|tag| (*tag).to_owned()).collect()
+    }
+
+    #[test]
+    fn conforming_tags_are_left_alone() {
+        assert_eq!(limits(3, 8).bound(&strings(&["a", "b", "c"])), None);
+        assert_eq!(limits(3, 8).bound(&[]), None);
+    }
+
+    #[test]
+    fn the_first_distinct_tags_within_the_length_are_kept() {
+        let bounded = limits(3, 4)
+            .bound(&strings(&[
+                " a ", "a", "", "toolong", "b", "x\ny", "c", "d", "e",
+            ]))
+            .unwrap();
+        assert_eq!(bounded.tags, ["a", "b", "c"]);
+        assert_eq!(
+            bounded.dropped, 3,
+            "toolong, d and e; not blanks or duplicates"
+        );
+    }
+
+    #[test]
+    fn invalidated_tags_are_cleaned_like_stored_ones() {
+        assert_eq!(distinct([" a", "a ", "", "b", "x\ny"]), ["a", "b"]);
+    }
 
     #[test]
     fn the_newest_stamp_wins() {

@@ -12,7 +12,7 @@ use super::codec::Codec;
 use super::entry::unix_ms;
 use super::events::{EventSink, Invalidation};
 use super::memory::MemoryTier;
-use super::tags::TagStamps;
+use super::tags::{self, Bounded, TagLimits, TagStamps};
 use super::tier::{Tier, TierError};
 use super::{CachedEntry, SharedTier};
 use crate::config::CacheConfig;
@@ -80,7 +80,9 @@ struct Inner {
     flights: Coalescer<CachedEntry>,
     counters: Counters,
     max_entry_size: u64,
+    tag_limits: TagLimits,
     l2_warnings: LogThrottle,
+    tag_warnings: LogThrottle,
 }
 
 impl std::fmt::Debug for TieredCache {
@@ -128,7 +130,9 @@ impl TieredCache {
                 flights: Coalescer::new(),
                 counters: Counters::default(),
                 max_entry_size: config.http.max_entry_size,
+                tag_limits: TagLimits::new(&config.tags),
                 l2_warnings: LogThrottle::new(Duration::from_secs(10)),
+                tag_warnings: LogThrottle::new(Duration::from_secs(10)),
             }),
         })
     }
@@ -176,6 +180,11 @@ impl TieredCache {
     /// Stores `entry` in memory and in Redis, for its remaining lifetime. Entries larger than
     /// `http.max_entry_size` or already past their lifetime are not stored. A Redis failure is
     /// counted and logged, not returned: the entry is then cached in memory only.
+    ///
+    /// The stored entry keeps its first `tags.max_per_entry` distinct tags (trimmed, blank ones
+    /// left out) of at most `tags.max_length` bytes; the others are dropped, counted in
+    /// [`Stats::tags_dropped`] and logged with the key, so an invalidation of a dropped tag does
+    /// not reach the entry.
     pub async fn set(&self, key: &str, entry: CachedEntry) {
         self.store(key, &entry).await;
     }
@@ -439,10 +448,12 @@ impl TieredCache {
     /// # }
     /// ```
     pub async fn invalidate_tags<T: AsRef<str>>(&self, tags: &[T]) -> Result<(), Error> {
-        let tags: Vec<String> = tags
-            .iter()
-            .map(|tag| tag.as_ref().trim().to_owned())
-            .filter(|tag| !tag.is_empty() && !tag.contains('\n'))
+        // Not bounded like an entry's tags: an entry stored under other limits may carry any of
+        // them, and a dropped invalidation would serve it stale. The shared tier writes the
+        // stamps in batches instead.
+        let tags: Vec<String> = tags::distinct(tags.iter().map(AsRef::as_ref))
+            .into_iter()
+            .map(str::to_owned)
             .collect();
         if tags.is_empty() {
             return Ok(());
@@ -613,8 +624,9 @@ impl TieredCache {
     }
 
     /// Whether no tag of `entry` was invalidated since it was obtained. Stamps this instance
-    /// does not know are read from Redis (one MGET); if Redis cannot answer, the entry counts as
-    /// current (its memory copy lives at most `l1.max_ttl`).
+    /// does not know are read from the shared tier in one guarded round trip (see
+    /// [`SharedTier::tag_stamps`]); if it cannot answer, the entry counts as current (its memory
+    /// copy lives at most `l1.max_ttl`).
     async fn is_current(&self, entry: &CachedEntry) -> bool {
         let unknown = match self.known_stamps(entry) {
             Stamps::Invalidated => return false,
@@ -661,12 +673,24 @@ impl TieredCache {
         self.inner.counters.incr(counter);
     }
 
+    /// Where every new entry goes in (library, HTTP, gRPC, write-behind), so the size, lifetime
+    /// and tag bounds hold for all of them; entries read back from L2 meet the tag bound in the
+    /// codec.
     pub(crate) async fn store(&self, key: &str, entry: &CachedEntry) {
         let too_large = entry.body().len() as u64 > self.inner.max_entry_size;
         if too_large || entry.remaining_lifetime_at(SystemTime::now()).is_zero() {
             self.inner.counters.incr(Counter::StoreSkips);
             return;
         }
+        let bounded;
+        let entry = match self.inner.tag_limits.bound(entry.tags()) {
+            None => entry,
+            Some(Bounded { tags, dropped }) => {
+                self.tags_dropped(dropped, key, "tags.max_per_entry or tags.max_length");
+                bounded = entry.clone().with_tags(tags);
+                &bounded
+            }
+        };
         self.inner.memory.set(key, entry).await.ok();
         if let Some(shared) = &self.inner.shared {
             if let Err(err) = shared.set(key, entry).await {
@@ -674,6 +698,20 @@ impl TieredCache {
             }
         }
         self.inner.counters.incr(Counter::Stores);
+    }
+
+    /// Counts `dropped` tags left off an entry by `limit`, and logs it with `source` (the key, or
+    /// the header they came in): at most one warning per interval, the rest at debug.
+    pub(crate) fn tags_dropped(&self, dropped: u64, source: &str, limit: &'static str) {
+        if dropped == 0 {
+            return;
+        }
+        self.inner.counters.add(Counter::TagsDropped, dropped);
+        if self.inner.tag_warnings.allow() {
+            tracing::warn!(source, dropped, limit, "tags left off an entry");
+        } else {
+            tracing::debug!(source, dropped, limit, "tags left off an entry");
+        }
     }
 
     /// Counts and logs an L2 failure (at most one warning per interval; the rest at debug).

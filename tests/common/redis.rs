@@ -77,6 +77,11 @@ impl RedisServer {
         self.process.resume();
     }
 
+    /// Calls of each command (`get`, `mget`, …) since the server started (`INFO commandstats`).
+    pub fn command_calls(&self) -> CommandCalls {
+        command_calls(self.port)
+    }
+
     /// A connected fred client, to look at what the cache wrote.
     pub async fn client(&self) -> Client {
         let client = Client::new(Config::from_url(&self.url()).unwrap(), None, None, None);
@@ -215,6 +220,17 @@ impl RedisCluster {
         }
     }
 
+    /// Calls of each command, summed over the nodes (see [`RedisServer::command_calls`]).
+    pub fn command_calls(&self) -> CommandCalls {
+        let mut total = CommandCalls::default();
+        for port in &self.ports {
+            for (command, calls) in command_calls(*port).0 {
+                *total.0.entry(command).or_default() += calls;
+            }
+        }
+        total
+    }
+
     /// One node's URL; the others are discovered.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.ports[0])
@@ -242,6 +258,41 @@ impl Drop for RedisCluster {
             let _ = node.wait();
         }
     }
+}
+
+/// Calls per command (lower case), from `INFO commandstats`.
+#[derive(Clone, Debug, Default)]
+pub struct CommandCalls(std::collections::HashMap<String, u64>);
+
+impl CommandCalls {
+    /// Calls of `command` (lower case) made after `earlier` was taken.
+    pub fn since(&self, earlier: &Self, command: &str) -> u64 {
+        let calls = |stats: &Self| stats.0.get(command).copied().unwrap_or(0);
+        calls(self) - calls(earlier)
+    }
+}
+
+/// `INFO commandstats` of the server on `port`: lines like `cmdstat_get:calls=3,usec=…`.
+fn command_calls(port: u16) -> CommandCalls {
+    let output = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "info", "commandstats"])
+        .output()
+        .expect("redis-cli runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let calls = text
+        .lines()
+        .filter_map(|line| {
+            let (command, stats) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((command.to_owned(), calls))
+        })
+        .collect();
+    CommandCalls(calls)
 }
 
 /// A port that is free, and whose cluster bus port (+10000) is free too.
