@@ -130,6 +130,7 @@
 //! [fred]: https://docs.rs/fred
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod bench_support;
 mod body;
@@ -140,12 +141,14 @@ mod error;
 mod framing;
 mod future;
 #[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod grpc;
 mod http;
 mod layer;
 mod metrics;
 mod service;
 #[cfg(feature = "sqlx")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
 pub mod sql;
 mod stats;
 mod store;

@@ -1,7 +1,6 @@
 //! A private `memcached` per test, a raw client to look at (and poke) what the cache wrote, and
 //! cache builders on it.
 
-use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_memcached::{AsciiProtocol, Client, MetaProtocol};
 use sha2::{Digest, Sha256};
 
-use super::process::{free_port, ServerProcess};
+use super::process::{free_port, run_installed, ServerProcess};
 pub use tower_tiered_cache::CacheConfigBuilder;
 use tower_tiered_cache::{CacheConfig, TieredCache};
 
@@ -140,22 +139,16 @@ impl MemcachedServer {
 /// Spawns memcached and waits until its port accepts connections; `None` if it exits first (for
 /// example because the port was taken) or never listens.
 fn spawn_memcached(host: &str, port: u16, extra: &[String]) -> Option<Child> {
-    let spawned = Command::new("memcached")
+    let mut command = Command::new("memcached");
+    command
         .args(["-p", &port.to_string(), "-l", host, "-U", "0", "-t", "2"])
         // memcached refuses to run as root without -u, and ignores -u otherwise.
         .args(["-u", "root"])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(err) if err.kind() == ErrorKind::NotFound => {
-            panic!("memcached is not installed (.ci/run installs it): {err}")
-        }
-        Err(err) => panic!("memcached does not start: {err}"),
-    };
+        .stderr(Stdio::null());
+    let mut child = run_installed(&mut command, "memcached", Command::spawn);
     let address: SocketAddr = (host.parse::<IpAddr>().expect("an IP address"), port).into();
     let deadline = Instant::now() + Duration::from_secs(5);
     // memcached prints nothing when ready: its port accepting (while it still runs) is the sign.

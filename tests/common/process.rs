@@ -1,8 +1,32 @@
 //! What the private test servers (redis-server, memcached) share: a free port, and a child
 //! process that can be killed, paused and resumed, and is killed on drop.
 
+use std::io::{self, ErrorKind};
 use std::net::TcpListener;
 use std::process::{Child, Command};
+
+/// Runs `command` with `run` (`Command::spawn`, `status`, `output`). A program that is not
+/// installed panics with one line naming its Debian `package`, instead of an OS error that says
+/// only "No such file or directory".
+#[track_caller]
+pub fn run_installed<T>(
+    command: &mut Command,
+    package: &str,
+    run: impl FnOnce(&mut Command) -> io::Result<T>,
+) -> T {
+    match run(command) {
+        Ok(ran) => ran,
+        Err(err) => {
+            let program = command.get_program().to_string_lossy();
+            if err.kind() == ErrorKind::NotFound {
+                panic!(
+                    "{program} is not installed: run scripts/test.sh or apt-get install {package}"
+                )
+            }
+            panic!("{program} does not start: {err}")
+        }
+    }
+}
 
 /// A free loopback port (free now; a server may still lose it to a race, so callers retry).
 pub fn free_port() -> u16 {

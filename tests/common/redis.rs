@@ -1,6 +1,6 @@
 //! A private `redis-server` per test, and cache builders on it.
 
-use super::process::{free_port, ServerProcess};
+use super::process::{free_port, run_installed, ServerProcess};
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -34,7 +34,7 @@ impl RedisServer {
                 };
             }
         }
-        panic!("redis-server did not start; is it installed? (.ci/run installs it)");
+        panic!("redis-server did not start on a free port (5 attempts)");
     }
 
     /// A port nothing listens on, for "Redis refused" tests; start it later with [`Self::restart`].
@@ -97,7 +97,8 @@ fn spawn_redis(port: u16, dir: &std::path::Path) -> Option<Child> {
 }
 
 fn spawn_redis_with(port: u16, dir: &std::path::Path, extra: &[&str]) -> Option<Child> {
-    let mut child = Command::new("redis-server")
+    let mut command = Command::new("redis-server");
+    command
         .args([
             "--port",
             &port.to_string(),
@@ -116,9 +117,8 @@ fn spawn_redis_with(port: u16, dir: &std::path::Path, extra: &[&str]) -> Option<
         .arg(dir)
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server is installed");
+        .stderr(Stdio::null());
+    let mut child = run_installed(&mut command, "redis-server", Command::spawn);
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut lines = BufReader::new(stdout).lines();
     let ready = lines
@@ -180,14 +180,16 @@ impl RedisCluster {
             .iter()
             .map(|port| format!("127.0.0.1:{port}"))
             .collect();
-        let created = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("redis-cli is installed");
+        let created = run_installed(
+            Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(&addresses)
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            "redis-tools",
+            Command::status,
+        );
         assert!(created.success(), "redis-cli --cluster create");
         let cluster = Self {
             nodes,
@@ -204,10 +206,11 @@ impl RedisCluster {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         for port in &self.ports {
             loop {
-                let info = Command::new("redis-cli")
-                    .args(["-p", &port.to_string(), "cluster", "info"])
-                    .output()
-                    .expect("redis-cli runs");
+                let info = run_installed(
+                    Command::new("redis-cli").args(["-p", &port.to_string(), "cluster", "info"]),
+                    "redis-tools",
+                    Command::output,
+                );
                 if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
                     break;
                 }
