@@ -8,6 +8,8 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::tee::Tee;
+
 /// The error type of [`CacheBody`]: the inner body's error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -48,6 +50,12 @@ pin_project! {
             prefix: Option<Bytes>,
             error: Option<BoxError>,
         },
+        Filling {
+            prefix: Option<Bytes>,
+            #[pin]
+            body: B,
+            tee: Tee,
+        },
     }
 }
 
@@ -78,6 +86,24 @@ impl<B> CacheBody<B> {
             kind: Kind::Streaming {
                 prefix: Some(prefix).filter(|prefix| !prefix.is_empty()),
                 body,
+            },
+        }
+    }
+}
+
+impl<B: Body> CacheBody<B> {
+    /// `prefix` (already read from `body`, and kept by `tee`), then the rest of `body`
+    /// streaming through while `tee` keeps a copy of it for the cache.
+    pub(crate) fn filling(prefix: Bytes, body: B, mut tee: Tee) -> Self {
+        if body.is_end_stream() {
+            // Servers do not poll a body that says it is over: hand the copy over now.
+            let _ = tee.finish();
+        }
+        Self {
+            kind: Kind::Filling {
+                prefix: Some(prefix).filter(|prefix| !prefix.is_empty()),
+                body,
+                tee,
             },
         }
     }
@@ -126,6 +152,31 @@ where
                     .map(|prefix| Ok(Frame::data(prefix)))
                     .or_else(|| error.take().map(Err)),
             ),
+            KindProj::Filling {
+                prefix,
+                mut body,
+                tee,
+            } => match prefix.take() {
+                Some(prefix) => Poll::Ready(Some(Ok(Frame::data(prefix)))),
+                None => match ready!(body.as_mut().poll_frame(cx)) {
+                    Some(Ok(frame)) => {
+                        tee.observe(&frame);
+                        // A server stops polling once the body says it is over.
+                        if body.is_end_stream() {
+                            let _ = tee.finish();
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Some(Err(error)) => {
+                        tee.give_up();
+                        Poll::Ready(Some(Err(error.into())))
+                    }
+                    None => {
+                        let _ = tee.finish();
+                        Poll::Ready(None)
+                    }
+                },
+            },
         }
     }
 
@@ -134,6 +185,7 @@ where
             Kind::Cached { data, trailers } => data.is_none() && trailers.is_none(),
             Kind::Streaming { prefix, body } => prefix.is_none() && body.is_end_stream(),
             Kind::Failed { prefix, error } => prefix.is_none() && error.is_none(),
+            Kind::Filling { prefix, body, .. } => prefix.is_none() && body.is_end_stream(),
         }
     }
 
@@ -142,19 +194,22 @@ where
             Kind::Cached { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |data| data.len() as u64))
             }
-            Kind::Streaming { prefix, body } => {
-                let prefix = prefix.as_ref().map_or(0, |prefix| prefix.len() as u64);
-                let rest = body.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(rest.lower() + prefix);
-                if let Some(upper) = rest.upper() {
-                    hint.set_upper(upper + prefix);
-                }
-                hint
-            }
+            Kind::Streaming { prefix, body } => with_prefix(prefix.as_ref(), body.size_hint()),
             Kind::Failed { .. } => SizeHint::new(),
+            Kind::Filling { prefix, body, .. } => with_prefix(prefix.as_ref(), body.size_hint()),
         }
     }
+}
+
+/// The size of `prefix` and then a body of size `rest`.
+fn with_prefix(prefix: Option<&Bytes>, rest: SizeHint) -> SizeHint {
+    let prefix = prefix.map_or(0, |prefix| prefix.len() as u64);
+    let mut hint = SizeHint::new();
+    hint.set_lower(rest.lower() + prefix);
+    if let Some(upper) = rest.upper() {
+        hint.set_upper(upper + prefix);
+    }
+    hint
 }
 
 impl<B> std::fmt::Debug for CacheBody<B> {
@@ -163,6 +218,7 @@ impl<B> std::fmt::Debug for CacheBody<B> {
             Kind::Cached { .. } => "cached",
             Kind::Streaming { .. } => "streaming",
             Kind::Failed { .. } => "failed",
+            Kind::Filling { .. } => "filling",
         };
         formatter
             .debug_struct("CacheBody")

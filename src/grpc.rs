@@ -54,7 +54,8 @@ use crate::config::CacheConfig;
 use crate::http::buffer::{buffer, read_body, Buffered, Unread};
 use crate::http::cache_status::{Forward, Status};
 use crate::http::policy;
-use crate::store::{CachedEntry, TieredCache};
+use crate::store::coalesce::Coalescer;
+use crate::store::{CachedEntry, Fill, FillOptions, TieredCache};
 
 /// A gRPC message's prefix: a compression flag and a 32-bit length.
 const FRAME_HEADER: u64 = 5;
@@ -95,6 +96,9 @@ struct State {
     /// Metadata whose values are part of the key, in configuration order.
     key_metadata: Vec<HeaderName>,
     cache_name: String,
+    /// One backend call per key at a time; the others share its answer.
+    flights: Arc<Coalescer<CachedEntry>>,
+    coalesce_wait: Duration,
 }
 
 impl GrpcCacheLayer {
@@ -113,6 +117,8 @@ impl GrpcCacheLayer {
                 credentials,
                 key_metadata: metadata_names(&grpc.key_metadata),
                 cache_name: config.http.status_header.clone(),
+                flights: Arc::new(Coalescer::new()),
+                coalesce_wait: config.http.coalesce_wait,
             }),
         }
     }
@@ -233,6 +239,16 @@ impl State {
         status.append_to(&self.cache_name, headers);
     }
 
+    /// A stored answer, replayed exactly: status, headers, message and trailers.
+    fn replay<B>(&self, entry: &CachedEntry, status: Status) -> Response<CacheBody<B>> {
+        let body = CacheBody::cached(entry.body().clone(), entry.trailers().clone());
+        let mut response = Response::new(body);
+        *response.status_mut() = entry.status();
+        *response.headers_mut() = entry.headers().clone();
+        self.status(status, response.headers_mut());
+        response
+    }
+
     /// The cache's own answer to a call it would not pass on: trailers-only, as tonic writes it.
     fn refuse<B>(&self, status: tonic::Status) -> Response<CacheBody<B>> {
         let mut response = status.into_http::<Empty<Bytes>>();
@@ -267,20 +283,42 @@ where
     };
     let key = state.key(&parts, &message);
 
-    let hit = state
+    let found = state
         .cache
         .lookup(&key)
         .await
         .filter(crate::Lookup::is_fresh);
-    if let Some(hit) = hit {
-        let entry = hit.entry;
-        let body = CacheBody::cached(entry.body().clone(), entry.trailers().clone());
-        let mut response = Response::new(body);
-        *response.status_mut() = entry.status();
-        *response.headers_mut() = entry.headers().clone();
-        state.status(Status::hit(hit.source), response.headers_mut());
-        return Ok(response);
+    if let Some(hit) = found {
+        return Ok(state.replay(&hit.entry, Status::hit(hit.source)));
     }
+    let options = FillOptions {
+        across_instances: true,
+        wait: Some(state.coalesce_wait),
+    };
+    let stored = || async {
+        let found = state.cache.find(&key).await;
+        found
+            .filter(crate::Lookup::is_fresh)
+            .map(|found| found.entry)
+    };
+    let permit = match state
+        .cache
+        .fill(&state.flights, &key, options, stored)
+        .await
+    {
+        Fill::Shared(entry) => {
+            let mut status = Status::forward(Forward::Miss);
+            status.collapsed = true;
+            return Ok(state.replay(&entry, status));
+        }
+        Fill::Found(entry) => {
+            let mut status = Status::hit(state.cache.shared_source());
+            status.collapsed = true;
+            return Ok(state.replay(&entry, status));
+        }
+        Fill::Failed(_) | Fill::Alone => None,
+        Fill::Lead(permit) => Some(permit),
+    };
 
     let body = ReqBody::from_bytes(message);
     let (mut response_parts, response_body) = origin
@@ -288,17 +326,29 @@ where
         .await?
         .into_parts();
     let mut status = Status::forward(Forward::Miss);
-    let body = match buffer(response_body, state.max_message_size).await {
+    let (body, entry) = match buffer(response_body, state.max_message_size).await {
         Buffered::Complete { data, trailers } => {
-            status.stored = store_if_ok(&state, &key, &response_parts, &data, &trailers).await;
-            CacheBody::cached(data, trailers)
+            let entry = entry_if_ok(&state, &response_parts, &data, &trailers);
+            (CacheBody::cached(data, trailers), entry)
         }
-        Buffered::TooLarge { prefix, rest } => CacheBody::prefixed(prefix, rest),
-        Buffered::Failed { prefix, error } => CacheBody::failed(prefix, error),
+        Buffered::TooLarge { prefix, rest } => (CacheBody::prefixed(prefix, rest), None),
+        Buffered::Failed { prefix, error } => (CacheBody::failed(prefix, error), None),
     };
+    if let Some(entry) = &entry {
+        state.cache.set(&key, entry.clone()).await;
+        status.stored = true;
+    }
+    let shared = entry.ok_or(Arc::new(Unshared));
+    if let Some(lock) = permit.and_then(|permit| permit.finish(shared)) {
+        lock.release().await;
+    }
     state.status(status, &mut response_parts.headers);
     Ok(Response::from_parts(response_parts, body))
 }
+
+/// The fill's error when a call's answer is not stored: each waiting call asks itself.
+#[derive(Debug)]
+struct Unshared;
 
 /// The status for a request body that failed: `CANCELLED` when the client cancelled the call
 /// (tonic's bodies report that as a `CANCELLED` status), `INTERNAL` for anything else.
@@ -314,29 +364,28 @@ fn body_failed(error: BoxError) -> tonic::Status {
     tonic::Status::internal(format!("the request message could not be read: {reason}"))
 }
 
-/// Stores a successful answer (`grpc-status: 0`) under `key`; whether it did.
-async fn store_if_ok(
+/// The entry for a successful answer (`grpc-status: 0`), the only kind stored.
+fn entry_if_ok(
     state: &State,
-    key: &str,
     response: &http::response::Parts,
     data: &Bytes,
     trailers: &HeaderMap,
-) -> bool {
+) -> Option<CachedEntry> {
     // `grpc-status` travels in the trailers, or in the headers of a trailers-only response.
     let grpc_status = trailers
         .get("grpc-status")
         .or_else(|| response.headers.get("grpc-status"));
     if !(response.status.is_success() && grpc_status.is_some_and(|value| value == "0")) {
-        return false;
+        return None;
     }
     let mut headers = response.headers.clone();
     policy::remove_hop_by_hop(&mut headers);
-    let entry = CachedEntry::new(data.clone(), state.ttl)
-        .with_status(response.status)
-        .with_headers(headers)
-        .with_trailers(trailers.clone());
-    state.cache.set(key, entry).await;
-    true
+    Some(
+        CachedEntry::new(data.clone(), state.ttl)
+            .with_status(response.status)
+            .with_headers(headers)
+            .with_trailers(trailers.clone()),
+    )
 }
 
 /// `grpc:{authority}{path}#{sha256 of the message}`.

@@ -53,6 +53,29 @@ pub struct CacheLayer {
     state: Arc<State>,
 }
 
+impl crate::CacheConfigBuilder {
+    /// Validates the configuration and builds a [`CacheLayer`] from it (see
+    /// [`CacheLayer::try_new`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_tiered_cache::Error> {
+    /// use std::time::Duration;
+    /// use tower_tiered_cache::CacheLayer;
+    ///
+    /// let layer = CacheLayer::builder()
+    ///     .l1_size(64 * 1024 * 1024)
+    ///     .stale_if_error(Duration::from_secs(300))
+    ///     .build_layer()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn build_layer(self) -> Result<CacheLayer, Error> {
+        // `try_new` validates it.
+        CacheLayer::try_new(self.into_config())
+    }
+}
+
 impl CacheLayer {
     /// A layer with its own [`TieredCache`] built from `config`.
     ///

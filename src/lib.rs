@@ -152,6 +152,7 @@ mod service;
 pub mod sql;
 mod stats;
 mod store;
+mod tee;
 mod warm;
 mod write_behind;
 

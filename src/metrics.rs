@@ -10,6 +10,7 @@
 //! | `tiered_cache_stores_total` | counter | |
 //! | `tiered_cache_l2_errors_total` | counter | `kind` (`error`, `decode`, `skipped`) |
 //! | `tiered_cache_tags_dropped_total` | counter | |
+//! | `tiered_cache_not_stored_total` | counter | `reason` (`method`, `status`, `no_store`, `private`, `authorization`, `set_cookie`, `vary_star`, `credentials`, `useless`, `too_large`, `framing`, `incomplete`, `part_mismatch`, `variants`) |
 //! | `tiered_cache_bytes` | gauge | `tier` (`memory`) |
 //! | `tiered_cache_write_behind_queue` | gauge | |
 //! | `tiered_cache_request_duration_seconds` | histogram | `outcome` (`hit`, `stale`, `miss`, `bypass`) |
@@ -17,57 +18,28 @@
 
 use std::time::Duration;
 
-use crate::stats::Counter;
-
+/// Adds `amount` to the counter `name` with `labels` (the mapping of the cache's counters to
+/// metrics is [`Counter::metric`](crate::stats)).
 #[cfg(feature = "metrics")]
-pub(crate) fn counted(counter: Counter, amount: u64) {
-    use metrics::counter;
-    match counter {
-        Counter::MemoryHits => {
-            counter!("tiered_cache_requests_total", "tier" => "memory", "result" => "hit")
-                .increment(amount)
-        }
-        Counter::RedisHits => {
-            counter!("tiered_cache_requests_total", "tier" => "redis", "result" => "hit")
-                .increment(amount)
-        }
-        Counter::StaleHits => {
-            counter!("tiered_cache_requests_total", "tier" => "origin", "result" => "stale")
-                .increment(amount)
-        }
-        Counter::Misses => {
-            counter!("tiered_cache_requests_total", "tier" => "origin", "result" => "miss")
-                .increment(amount)
-        }
-        Counter::Bypasses => {
-            counter!("tiered_cache_requests_total", "tier" => "origin", "result" => "bypass")
-                .increment(amount)
-        }
-        Counter::LoaderCalls => counter!("tiered_cache_loader_calls_total").increment(amount),
-        Counter::CoalescedWaits => counter!("tiered_cache_coalesced_total").increment(amount),
-        Counter::Stores => counter!("tiered_cache_stores_total").increment(amount),
-        Counter::L2Errors => {
-            counter!("tiered_cache_l2_errors_total", "kind" => "error").increment(amount)
-        }
-        Counter::L2DecodeErrors => {
-            counter!("tiered_cache_l2_errors_total", "kind" => "decode").increment(amount)
-        }
-        Counter::L2Skipped => {
-            counter!("tiered_cache_l2_errors_total", "kind" => "skipped").increment(amount)
-        }
-        Counter::L2TooLarge => {
-            counter!("tiered_cache_l2_errors_total", "kind" => "too_large").increment(amount)
-        }
-        Counter::TagsDropped => counter!("tiered_cache_tags_dropped_total").increment(amount),
-        Counter::LoaderErrors
-        | Counter::StoreSkips
-        | Counter::MemoryExpirations
-        | Counter::LockWaitsFilled => {}
-    }
+pub(crate) fn increment(
+    name: &'static str,
+    labels: &'static [(&'static str, &'static str)],
+    amount: u64,
+) {
+    metrics::counter!(name, labels).increment(amount);
 }
 
 #[cfg(not(feature = "metrics"))]
-pub(crate) fn counted(_: Counter, _: u64) {}
+pub(crate) fn increment(_: &'static str, _: &'static [(&'static str, &'static str)], _: u64) {}
+
+/// A response not stored, by reason.
+#[cfg(feature = "metrics")]
+pub(crate) fn not_stored(reason: &'static str) {
+    metrics::counter!("tiered_cache_not_stored_total", "reason" => reason).increment(1);
+}
+
+#[cfg(not(feature = "metrics"))]
+pub(crate) fn not_stored(_reason: &'static str) {}
 
 /// The memory tier's weighted size.
 pub(crate) fn memory_bytes(_bytes: u64) {

@@ -56,6 +56,10 @@ pub struct Stats {
     /// Tags left off entries: beyond `tags.max_per_entry`, longer than `tags.max_length`, or
     /// past `tags.max_header_bytes` of a tag header (duplicates are not counted).
     pub tags_dropped: u64,
+    /// HTTP responses the cache did not store, for any reason (the policy refused, too large,
+    /// a body of another length than declared, cut off or failed, too many variants); the
+    /// metric `tiered_cache_not_stored_total` has the reason as a label.
+    pub not_stored: u64,
 }
 
 impl Stats {
@@ -108,9 +112,42 @@ pub(crate) enum Counter {
     LockWaitsFilled,
     Bypasses,
     TagsDropped,
+    NotStored,
 }
 
-const COUNTERS: usize = Counter::TagsDropped as usize + 1;
+const COUNTERS: usize = Counter::NotStored as usize + 1;
+
+/// `(metric, labels)` of a counter published under a metric (see [`crate::metrics`]).
+type Metric = (&'static str, &'static [(&'static str, &'static str)]);
+
+impl Counter {
+    /// The metric this counter is published as, if any.
+    fn metric(self) -> Option<Metric> {
+        const REQUESTS: &str = "tiered_cache_requests_total";
+        const L2_ERRORS: &str = "tiered_cache_l2_errors_total";
+        Some(match self {
+            Self::MemoryHits => (REQUESTS, &[("tier", "memory"), ("result", "hit")]),
+            Self::RedisHits => (REQUESTS, &[("tier", "redis"), ("result", "hit")]),
+            Self::StaleHits => (REQUESTS, &[("tier", "origin"), ("result", "stale")]),
+            Self::Misses => (REQUESTS, &[("tier", "origin"), ("result", "miss")]),
+            Self::Bypasses => (REQUESTS, &[("tier", "origin"), ("result", "bypass")]),
+            Self::LoaderCalls => ("tiered_cache_loader_calls_total", &[]),
+            Self::CoalescedWaits => ("tiered_cache_coalesced_total", &[]),
+            Self::Stores => ("tiered_cache_stores_total", &[]),
+            Self::L2Errors => (L2_ERRORS, &[("kind", "error")]),
+            Self::L2DecodeErrors => (L2_ERRORS, &[("kind", "decode")]),
+            Self::L2Skipped => (L2_ERRORS, &[("kind", "skipped")]),
+            Self::L2TooLarge => (L2_ERRORS, &[("kind", "too_large")]),
+            Self::TagsDropped => ("tiered_cache_tags_dropped_total", &[]),
+            // By reason, where the reason is known (`metrics::not_stored`).
+            Self::NotStored
+            | Self::LoaderErrors
+            | Self::StoreSkips
+            | Self::MemoryExpirations
+            | Self::LockWaitsFilled => return None,
+        })
+    }
+}
 
 /// Lock-free counters shared by every clone of a cache.
 #[derive(Debug, Default)]
@@ -123,7 +160,9 @@ impl Counters {
 
     pub(crate) fn add(&self, counter: Counter, amount: u64) {
         self.0[counter as usize].fetch_add(amount, Ordering::Relaxed);
-        crate::metrics::counted(counter, amount);
+        if let Some((name, labels)) = counter.metric() {
+            crate::metrics::increment(name, labels, amount);
+        }
     }
 
     pub(crate) fn get(&self, counter: Counter) -> u64 {
@@ -150,6 +189,7 @@ impl Counters {
             lock_waits_filled: self.get(Counter::LockWaitsFilled),
             bypasses: self.get(Counter::Bypasses),
             tags_dropped: self.get(Counter::TagsDropped),
+            not_stored: self.get(Counter::NotStored),
             ..Stats::default()
         }
     }

@@ -5,6 +5,7 @@
 //! service that has the cache layer (a [`CacheService`](crate::CacheService), or an axum
 //! `Router` with the layer), so each answer is stored as a client's would be.
 
+use std::future::Future;
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
@@ -14,6 +15,7 @@ use serde::Serialize;
 use tower::{Service, ServiceExt};
 
 use crate::config::WarmConfig;
+use crate::store::{CachedEntry, TieredCache};
 
 /// What a warming round did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -83,6 +85,32 @@ where
         requests.push(warm_one(service.clone(), path.clone(), request));
     }
     run(requests, config.concurrency).await
+}
+
+impl TieredCache {
+    /// Warming: loads each of `keys` that has no fresh entry, `concurrency` at a time, through
+    /// [`get_or_set`](Self::get_or_set). Failures are counted and logged, never fatal.
+    pub async fn warm<I, F, Fut, E>(&self, keys: I, concurrency: usize, loader: F) -> WarmReport
+    where
+        I: IntoIterator<Item = String>,
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Result<CachedEntry, E>>,
+        E: std::fmt::Display + Send + Sync + 'static,
+    {
+        let attempts = keys.into_iter().map(|key| {
+            let load = loader(key.clone());
+            async move {
+                match self.get_or_set(&key, || load).await {
+                    Ok(_) => true,
+                    Err(err) => {
+                        tracing::warn!(key, error = %err, "warming: loader failed");
+                        false
+                    }
+                }
+            }
+        });
+        run(attempts, concurrency).await
+    }
 }
 
 /// Runs warming `attempts` (each says whether it succeeded), `concurrency` at a time, and logs

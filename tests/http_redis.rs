@@ -42,6 +42,8 @@ async fn a_second_instance_serves_from_redis_without_calling_the_origin() {
         miss.cache_status(),
         "tiered-cache; fwd=miss; fwd-status=200; stored"
     );
+    // The shared tier is written after the response went out.
+    first.cache().wait_for_writes().await;
 
     let from_redis = send(&second, get("/shared", &[])).await;
     assert_eq!(from_redis.cache_status(), "tiered-cache; hit; detail=redis");
@@ -69,6 +71,7 @@ async fn vary_variants_are_shared_through_redis() {
     let second = connected(&redis, "vary", &server).await;
 
     send(&first, get("/v", &[("accept-language", "en")])).await;
+    first.cache().wait_for_writes().await;
     let english = send(&second, get("/v", &[("accept-language", "en")])).await;
     assert_eq!(english.cache_status(), "tiered-cache; hit; detail=redis");
     let french = send(&second, get("/v", &[("accept-language", "fr")])).await;
@@ -96,6 +99,7 @@ async fn an_invalidation_on_one_instance_reaches_the_other_within_a_second() {
     let first = connected(&redis, "cross", &server).await;
     let second = connected(&redis, "cross", &server).await;
     send(&first, get("/inv", &[])).await;
+    first.cache().wait_for_writes().await;
     assert_eq!(
         send(&second, get("/inv", &[])).await.cache_status(),
         "tiered-cache; hit; detail=redis"
@@ -142,6 +146,7 @@ async fn a_layer_starts_while_redis_refuses_and_uses_it_once_it_is_up() {
     let second = connected(&redis, "late", &server).await;
     // The first answer never reached Redis; the next miss does.
     send(&second, get("/late", &[])).await;
+    second.cache().wait_for_writes().await;
     let third = connected(&redis, "late", &server).await;
     assert_eq!(
         send(&third, get("/late", &[])).await.cache_status(),

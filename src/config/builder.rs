@@ -6,7 +6,6 @@ use super::{
     CacheConfig, ConfigError, ForwardedHeaders, GrpcConfig, L3Config, RouteConfig, TagsConfig,
     WarmConfig, WriteBehindConfig,
 };
-use crate::{CacheLayer, Error};
 
 /// Builds a [`CacheConfig`] in code, starting from the defaults; [`build`](Self::build) validates.
 ///
@@ -246,24 +245,8 @@ impl CacheConfigBuilder {
         Ok(self.config)
     }
 
-    /// Validates the configuration and builds a [`CacheLayer`] from it (see
-    /// [`CacheLayer::try_new`]).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), tower_tiered_cache::Error> {
-    /// use std::time::Duration;
-    /// use tower_tiered_cache::CacheLayer;
-    ///
-    /// let layer = CacheLayer::builder()
-    ///     .l1_size(64 * 1024 * 1024)
-    ///     .stale_if_error(Duration::from_secs(300))
-    ///     .build_layer()?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn build_layer(self) -> Result<CacheLayer, Error> {
-        // `try_new` validates it.
-        CacheLayer::try_new(self.config)
+    /// The configuration as set, not validated yet.
+    pub(crate) fn into_config(self) -> CacheConfig {
+        self.config
     }
 }

@@ -26,7 +26,8 @@
 //! | `http.keep_stale` | | `10m` | how long stale entries with validators are kept for revalidation |
 //! | `http.stale_while_revalidate` | | `0s` | default `stale-while-revalidate` (RFC 5861) |
 //! | `http.stale_if_error` | | `0s` | default `stale-if-error` (RFC 5861) |
-//! | `http.origin_timeout` | | `0s` | longest wait for the origin's headers (`0s`: no limit) |
+//! | `http.origin_timeout` | | `30s` | longest wait for the origin's headers, and for a background revalidation or a body read for the cache (`0s`: no limit) |
+//! | `http.coalesce_wait` | | `5s` | longest wait for another request's fill of the same key (it streams to its own client meanwhile); then a request asks the origin itself |
 //! | `http.status_header` | | `tiered-cache` | the cache's name in `Cache-Status` |
 //! | `http.key_headers` | | `[]` | request headers added to every cache key |
 //! | `http.max_variants` | | `32` | most `Vary` variants stored per URL |
@@ -76,6 +77,7 @@
 //! # Ok::<(), tower_tiered_cache::ConfigError>(())
 //! ```
 
+mod address;
 mod builder;
 mod de;
 mod load;
@@ -84,6 +86,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+#[cfg_attr(not(feature = "memcached"), allow(unused_imports))]
+pub(crate) use address::memcached_address;
 pub use builder::CacheConfigBuilder;
 pub use load::ConfigError;
 
@@ -586,6 +590,11 @@ pub struct HttpConfig {
     /// On timeout, a stale entry (within `stale-if-error`) answers, or the cache's own 504.
     #[serde(deserialize_with = "de::duration")]
     pub origin_timeout: Duration,
+    /// Longest wait for another request's fill of the same key: a fill streams to its own
+    /// client, and the requests waiting for it get the stored entry once the body has passed;
+    /// past this wait a request asks the origin itself (as nginx's `proxy_cache_lock_timeout`).
+    #[serde(deserialize_with = "de::duration")]
+    pub coalesce_wait: Duration,
     /// The cache's name in `Cache-Status` (RFC 9211).
     pub status_header: String,
     /// Request headers added to every cache key (e.g. a tenant header).
@@ -632,7 +641,8 @@ impl Default for HttpConfig {
             keep_stale: Duration::from_secs(600),
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
-            origin_timeout: Duration::ZERO,
+            origin_timeout: Duration::from_secs(30),
+            coalesce_wait: Duration::from_secs(5),
             status_header: "tiered-cache".to_owned(),
             key_headers: Vec::new(),
             store_set_cookie: false,
@@ -899,7 +909,7 @@ impl CacheConfig {
             ));
         }
         if let Some(url) = &self.l2.url {
-            crate::store::memcached_address(url)
+            address::memcached_address(url)
                 .map_err(|reason| ConfigError::invalid("l2.url", reason))?;
         }
         if !self.l2.cluster.is_empty() {

@@ -1,76 +1,49 @@
 //! One exchange with the origin for a GET the cache could not answer: the (conditional)
-//! request, the 304 refresh or the store decision, and the response to the client.
+//! request, a 304's refresh of the stored entry, or the origin's response streamed to the
+//! client as it arrives while a copy is kept for the cache ([`admit`](super::admit) decides
+//! whether it is stored).
+//!
+//! A streamed fill finishes when its body has passed to the client: the entry goes into memory
+//! at once, the requests waiting for it get it whole, and the shared tier is written in the
+//! background. A body that fails, outgrows `http.max_entry_size` or is left unread by a client
+//! that went away is not stored; the waiting requests then ask the origin themselves. They
+//! never receive a truncated body.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http::header::{HeaderMap, CONTENT_RANGE, IF_MODIFIED_SINCE, IF_NONE_MATCH};
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::header::{HeaderMap, HeaderValue, AGE, IF_MODIFIED_SINCE, IF_NONE_MATCH};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
+use http_body_util::BodyExt;
 use tower::Service;
 
-use super::buffer::{buffer, Buffered};
+use super::admit::{self, Admission, NotStored, Representation};
 use super::cache_status::{Forward, Status};
-use super::policy::{self, Settings, StorePlan};
+use super::entries::{self, Permit, Unshared};
+use super::policy::{self, StorePlan};
 use super::range::Held;
 use super::response;
 use super::routes::Rule;
 use super::state::{Received, State, Times};
-use super::variants::{self, Found, Placement, Stored, Variants};
+use super::variants::{Found, Placement, Variants};
 use crate::body::{BoxError, CacheBody};
 use crate::framing;
 use crate::store::CachedEntry;
-
-/// A stored response shared with the requests that waited for it.
-#[derive(Clone)]
-pub(crate) struct Fetched {
-    pub(crate) entry: CachedEntry,
-    pub(crate) stored: Stored,
-}
-
-/// The flight's error when the leader's response could not be shared (not storable, too large,
-/// failed): each waiting request then asks the origin itself.
-#[derive(Debug)]
-pub(crate) struct Unshared;
+use crate::tee::{Completion, Tee};
 
 /// One exchange with the origin for a request the cache could not answer.
 pub(crate) struct Exchange<'a> {
-    pub(crate) state: &'a State,
-    pub(crate) rule: &'a Rule,
+    pub(crate) state: &'a Arc<State>,
+    pub(crate) rule: &'a Arc<Rule>,
     pub(crate) primary: &'a str,
     pub(crate) variants: Option<&'a Variants>,
     /// The stored response being validated, if any.
     pub(crate) stale: Option<&'a Found>,
     pub(crate) forward: Forward,
-}
-
-/// What a response to be stored is.
-#[derive(Clone, Copy)]
-enum Representation {
-    /// The whole resource.
-    Complete,
-    /// A `206` holding one range of it (RFC 9111 §3.3).
-    Partial(Held),
-}
-
-impl Representation {
-    /// The status whose storage rules apply: a part is judged as the complete `200` would be
-    /// (RFC 9111 §3.3; 206 is heuristically cacheable too, RFC 9110 §15.1).
-    fn judged_as(self, status: StatusCode) -> StatusCode {
-        match self {
-            Self::Complete => status,
-            Self::Partial(_) => StatusCode::OK,
-        }
-    }
-
-    /// Whether a body of `len` bytes is what this representation says it is.
-    fn fits(self, len: usize) -> bool {
-        match self {
-            Self::Complete => true,
-            Self::Partial(held) => held.len() == len,
-        }
-    }
 }
 
 /// Why the origin gave no usable response.
@@ -80,8 +53,6 @@ enum OriginFailure<E> {
     /// Its framing cannot be trusted (RFC 9112 §6.3): discarded.
     Framing,
 }
-
-pub(crate) type Outcome<B, E> = (Result<Response<CacheBody<B>>, E>, Option<Fetched>);
 
 impl Exchange<'_> {
     /// Forwards unchanged and passes the response on without storing it.
@@ -121,7 +92,7 @@ impl Exchange<'_> {
     ) -> Result<Response<CacheBody<ResBody>>, S::Error>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-        ResBody: Body<Data = Bytes> + Unpin,
+        ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
         ResBody::Error: Into<BoxError>,
     {
         let client_headers = parts.headers.clone();
@@ -145,10 +116,9 @@ impl Exchange<'_> {
             },
             _ => return Ok(self.streamed(parts, body)),
         };
-        let (response, _) = self
-            .store_or_pass(parts, body, &client_headers, times, representation)
-            .await;
-        response
+        Ok(self
+            .admitted(parts, body, &client_headers, times, representation, None)
+            .await)
     }
 
     /// The origin's response passed on as it streams, not stored.
@@ -163,8 +133,8 @@ impl Exchange<'_> {
             .origin_response(parts, CacheBody::streaming(body), status)
     }
 
-    /// Calls the origin, bounded by `http.origin_timeout` when one is set; its response's
-    /// framing settled ([`framing::settle`]).
+    /// Calls the origin, bounded by `http.origin_timeout`; its response's framing settled
+    /// ([`framing::settle`]).
     async fn call_origin<S, ReqBody, ResBody>(
         &self,
         origin: &mut S,
@@ -236,16 +206,18 @@ impl Exchange<'_> {
     }
 
     /// Asks the origin (conditionally, when a stale entry has validators), stores what may be
-    /// stored, and answers the client. The second value is the stored result, for sharing.
+    /// stored, and answers the client. With `permit`, this request fills the key for the
+    /// others: they get what is stored, or ask for themselves when nothing is.
     pub(crate) async fn fetch<S, ReqBody, ResBody>(
         &self,
         mut origin: S,
         mut parts: Parts,
         body: ReqBody,
-    ) -> Outcome<ResBody, S::Error>
+        permit: Option<Permit>,
+    ) -> Result<Response<CacheBody<ResBody>>, S::Error>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-        ResBody: Body<Data = Bytes> + Unpin,
+        ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
         ResBody::Error: Into<BoxError>,
     {
         // The client's own validators are answered from the full response; ask with ours.
@@ -263,16 +235,20 @@ impl Exchange<'_> {
         let response = match self.call_origin(&mut origin, request).await {
             Ok(response) if response.status().is_server_error() => {
                 match self.stale_on_error(&client_headers, Some(response.status())) {
-                    Some(stale) => return (Ok(stale), None),
+                    Some(stale) => {
+                        unshared(permit);
+                        return Ok(stale);
+                    }
                     None => response,
                 }
             }
             Ok(response) => response,
             Err(failure) => {
+                unshared(permit);
                 if let Some(stale) = self.stale_on_error(&client_headers, None) {
-                    return (Ok(stale), None);
+                    return Ok(stale);
                 }
-                return (self.failed(failure), None);
+                return self.failed(failure);
             }
         };
         let times = Times {
@@ -281,183 +257,177 @@ impl Exchange<'_> {
         };
         let (response_parts, response_body) = response.into_parts();
         match self.stale {
-            Some(stale) if response_parts.status == StatusCode::NOT_MODIFIED => {
-                self.refresh(stale, &response_parts.headers, &client_headers, times)
-                    .await
-            }
-            _ => {
-                let complete = Representation::Complete;
-                self.store_or_pass(
+            Some(stale) if response_parts.status == StatusCode::NOT_MODIFIED => Ok(self
+                .refresh(
+                    stale,
+                    &response_parts.headers,
+                    &client_headers,
+                    times,
+                    permit,
+                )
+                .await),
+            _ => Ok(self
+                .admitted(
                     response_parts,
                     response_body,
                     &client_headers,
                     times,
-                    complete,
+                    Representation::Complete,
+                    permit,
                 )
-                .await
-            }
+                .await),
         }
     }
 
     /// A 304 to our validation: the stored response, with the 304's header fields, is fresh
     /// again (RFC 9111 §4.3.4); the client gets it whole.
-    async fn refresh<B, E>(
+    async fn refresh<B>(
         &self,
         stale: &Found,
         not_modified: &HeaderMap,
         client_headers: &HeaderMap,
         times: Times,
-    ) -> Outcome<B, E> {
+        permit: Option<Permit>,
+    ) -> Response<CacheBody<B>> {
         let stored = &stale.lookup.entry;
         let mut headers = stored.headers().clone();
         policy::update_headers(&mut headers, not_modified);
-        let received = |headers| Received {
-            status: stored.status(),
-            headers,
-            body: stored.body().clone(),
-            trailers: stored.trailers().clone(),
-        };
-        let Times {
-            request: request_time,
-            response: response_time,
-        } = times;
-        let plan = policy::plan_store(
-            &Method::GET,
-            client_headers,
-            stored.status(),
-            &headers,
-            request_time,
-            response_time,
-            &self.settings(),
-        );
         let mut status = Status::forward(self.forward);
         status.forward_status = Some(StatusCode::NOT_MODIFIED.as_u16());
-        let (entry, fetched) = match plan {
-            Ok(plan) => {
-                let entry = self.state.entry(received(headers), &plan, self.rule, times);
-                let stored = self.store(&entry, client_headers).await;
-                status.stored = stored.is_some();
-                let fetched = stored.map(|stored| Fetched {
-                    entry: entry.clone(),
-                    stored,
-                });
-                (entry, fetched)
+        let refreshed = admit::Response {
+            headers: &headers,
+            declared_len: None,
+            times,
+        };
+        let admitted = admit::admit(
+            self.state,
+            self.rule,
+            &stale.key,
+            client_headers,
+            refreshed,
+            stored.status(),
+            Representation::Complete,
+        )
+        .and_then(|admission| {
+            admission.entry(Some((stored.body().clone(), stored.trailers().clone())))
+        });
+        let entry = match admitted {
+            Ok(entry) => {
+                status.stored = self.store(&entry, client_headers, permit);
+                entry
             }
             Err(_) => {
+                unshared(permit);
                 self.forget_stale().await;
+                // Served once, as the origin now describes it, and not kept.
+                let received = Received {
+                    status: stored.status(),
+                    headers,
+                    body: stored.body().clone(),
+                    trailers: stored.trailers().clone(),
+                };
                 let plan = StorePlan {
                     ttl: Duration::ZERO,
                     initial_age: Duration::ZERO,
                     keep_stale: Duration::ZERO,
                     strip: Vec::new(),
                 };
-                (
-                    self.state.entry(received(headers), &plan, self.rule, times),
-                    None,
-                )
+                self.state.entry(received, &plan, self.rule, times)
             }
         };
-        let response = response::from_entry(
+        response::from_entry(
             &Method::GET,
             client_headers,
             &entry,
             status,
             &self.state.cache_name,
-        );
-        (Ok(response), fetched)
+        )
     }
 
-    /// A full response: stored when the policy allows and it fits, else streamed through.
-    async fn store_or_pass<B, E>(
+    /// A full response (or a part): passed on as it streams, and stored once it has passed
+    /// whole when [`admit`](admit::admit) lets it.
+    async fn admitted<B>(
         &self,
         parts: http::response::Parts,
         body: B,
         client_headers: &HeaderMap,
         times: Times,
         representation: Representation,
-    ) -> Outcome<B, E>
+        permit: Option<Permit>,
+    ) -> Response<CacheBody<B>>
     where
-        B: Body<Data = Bytes> + Unpin,
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let plan = policy::plan_store(
-            &Method::GET,
+        let response = admit::Response {
+            headers: &parts.headers,
+            declared_len: body.size_hint().exact(),
+            times,
+        };
+        let admission = match admit::admit(
+            self.state,
+            self.rule,
+            self.primary,
             client_headers,
-            representation.judged_as(parts.status),
-            &parts.headers,
-            times.request,
-            times.response,
-            &self.settings(),
-        );
-        let declared_too_large = body
-            .size_hint()
-            .exact()
-            .is_some_and(|length| length > self.state.max_entry_size);
-        let plan = match plan {
-            Ok(plan) if !declared_too_large => plan,
-            _ => {
+            response,
+            parts.status,
+            representation,
+        ) {
+            Ok(admission) => admission,
+            Err(_) => {
+                unshared(permit);
                 // A final answer that may not be stored supersedes what was stored before.
                 if !parts.status.is_server_error() {
                     self.forget_stale().await;
                 }
-                return (Ok(self.streamed(parts, body)), None);
+                return self.streamed(parts, body);
             }
         };
         let mut status = Status::forward(self.forward);
         status.forward_status = Some(parts.status.as_u16());
-        let cache_name = &self.state.cache_name;
-        match buffer(body, self.state.max_entry_size).await {
-            Buffered::Complete { data, trailers }
-                if !representation.fits(data.len())
-                    || !framing::declares(&parts.headers, data.len()) =>
-            {
-                // A body that is not the range its Content-Range names, or not the length its
-                // Content-Length declares, is passed on, not stored.
-                let body = CacheBody::cached(data, trailers);
-                (Ok(self.state.origin_response(parts, body, status)), None)
-            }
-            Buffered::Complete { data, trailers } => {
-                let mut received = Received {
-                    status: parts.status,
-                    headers: parts.headers.clone(),
-                    body: data.clone(),
-                    trailers: trailers.clone(),
-                };
-                if matches!(representation, Representation::Partial(held) if held.is_whole()) {
-                    // All of it (a `bytes=0-` answer): stored as the complete response (§3.4).
-                    received.status = StatusCode::OK;
-                    received.headers.remove(CONTENT_RANGE);
+        let age = admission.plan.initial_age;
+        let storing = Storing {
+            admission,
+            primary: self.primary.to_owned(),
+            request_headers: client_headers.clone(),
+            variants: self.variants.cloned(),
+            new_variant: self.stale.is_none(),
+            permit,
+        };
+        let mut tee = Tee::new(self.state.max_entry_size, Box::new(storing));
+        if matches!(representation, Representation::Complete)
+            && policy::not_modified(client_headers, &parts.headers)
+        {
+            // The client's own validators match: a 304 now, and the body read for the cache.
+            let mut body = body;
+            status.stored = match read_ready(&mut body, &mut tee) {
+                Ready::Ended { stored, .. } => stored,
+                Ready::Failed { .. } => false,
+                Ready::Waiting(_) => {
+                    tokio::spawn(drain(body, tee, self.state.origin_timeout));
+                    true
                 }
-                let entry = self.state.entry(received, &plan, self.rule, times);
-                let stored = self.store(&entry, client_headers).await;
-                status.stored = stored.is_some();
-                // The client gets the origin's response as it came (its own Age, fields the
-                // cache may not store), or a 304 when its own conditionals match.
-                let response = if policy::not_modified(client_headers, entry.headers()) {
-                    response::from_entry(&Method::GET, client_headers, &entry, status, cache_name)
-                } else {
-                    self.state
-                        .origin_response(parts, CacheBody::cached(data, trailers), status)
-                };
-                let fetched = stored.map(|stored| Fetched { entry, stored });
-                (Ok(response), fetched)
-            }
-            Buffered::TooLarge { prefix, rest } => {
-                let body = CacheBody::prefixed(prefix, rest);
-                (Ok(self.state.origin_response(parts, body, status)), None)
-            }
-            Buffered::Failed { prefix, error } => {
-                let body = CacheBody::failed(prefix, error);
-                (Ok(self.state.origin_response(parts, body, status)), None)
-            }
+            };
+            let mut response = response::not_modified(&parts.headers);
+            response
+                .headers_mut()
+                .insert(AGE, HeaderValue::from(age.as_secs()));
+            status.append_to(&self.state.cache_name, response.headers_mut());
+            return response;
         }
+        let (body, stored) = kept(body, tee);
+        status.stored = stored;
+        self.state.origin_response(parts, body, status)
     }
 
-    fn settings(&self) -> Settings<'_> {
-        self.state.settings(self.rule)
-    }
-
-    async fn store(&self, entry: &CachedEntry, request_headers: &HeaderMap) -> Option<Stored> {
+    /// Stores `entry` as this exchange's response to a request with `request_headers`, and
+    /// finishes `permit` with it; whether it was stored.
+    fn store(
+        &self,
+        entry: &CachedEntry,
+        request_headers: &HeaderMap,
+        permit: Option<Permit>,
+    ) -> bool {
         let placement = Placement {
             primary: self.primary,
             request_headers,
@@ -465,7 +435,11 @@ impl Exchange<'_> {
             new_variant: self.stale.is_none(),
             max_variants: self.state.max_variants,
         };
-        variants::store(&self.state.cache, placement, entry).await
+        let stored = entries::store(&self.state.cache, placement, entry, permit);
+        if stored.is_none() {
+            admit::refused(self.state, self.primary, NotStored::Variants);
+        }
+        stored.is_some()
     }
 
     /// Drops the entry being validated; a Redis failure is already counted and logged.
@@ -473,5 +447,166 @@ impl Exchange<'_> {
         if let Some(stale) = self.stale {
             let _ = self.state.cache.invalidate(&stale.key).await;
         }
+    }
+}
+
+/// Tells the requests waiting on this fill to ask the origin themselves.
+fn unshared(permit: Option<Permit>) {
+    if let Some(permit) = permit {
+        // No entry: the shared lock, if any, goes at once.
+        drop(permit.finish(Err(Arc::new(Unshared))));
+    }
+}
+
+/// A response on its way to a client, to be stored once its body has passed whole.
+pub(crate) struct Storing {
+    pub(crate) admission: Admission,
+    pub(crate) primary: String,
+    pub(crate) request_headers: HeaderMap,
+    pub(crate) variants: Option<Variants>,
+    /// Whether no entry was stored for this request's variant before.
+    pub(crate) new_variant: bool,
+    pub(crate) permit: Option<Permit>,
+}
+
+impl Completion for Storing {
+    fn complete(self: Box<Self>, body: Option<(Bytes, HeaderMap)>) -> bool {
+        let Self {
+            admission,
+            primary,
+            request_headers,
+            variants,
+            new_variant,
+            permit,
+        } = *self;
+        let entry = match admission.entry(body) {
+            Ok(entry) => entry,
+            Err(_) => {
+                unshared(permit);
+                return false;
+            }
+        };
+        let state = &admission.state;
+        let placement = Placement {
+            primary: &primary,
+            request_headers: &request_headers,
+            known: variants.as_ref(),
+            new_variant,
+            max_variants: state.max_variants,
+        };
+        let stored = entries::store(&state.cache, placement, &entry, permit).is_some();
+        if !stored {
+            admission.refused(NotStored::Variants);
+        }
+        stored
+    }
+}
+
+/// `body` on its way to the client while `tee` keeps a copy: what is ready at once is read
+/// first (and when that is all of it, stored before the response goes out); the rest streams.
+/// The flag says whether it was stored: known when the body was read whole, else `true` (it
+/// is stored if it passes whole).
+pub(crate) fn kept<B>(mut body: B, mut tee: Tee) -> (CacheBody<B>, bool)
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    match read_ready(&mut body, &mut tee) {
+        Ready::Ended {
+            data,
+            trailers,
+            stored,
+        } => (CacheBody::cached(data, trailers), stored),
+        Ready::Failed { prefix, error } => (CacheBody::failed(prefix, error), false),
+        Ready::Waiting(prefix) => (CacheBody::filling(prefix, body, tee), true),
+    }
+}
+
+/// Most bytes read from a response body before the response goes out: what is ready at once.
+const READY_LIMIT: usize = 64 * 1024;
+
+/// What [`read_ready`] found.
+enum Ready {
+    /// The whole body: stored already (if it was to be), as if it had been buffered.
+    Ended {
+        data: Bytes,
+        trailers: HeaderMap,
+        stored: bool,
+    },
+    Failed {
+        prefix: Bytes,
+        error: BoxError,
+    },
+    /// The rest is still to come, after this prefix.
+    Waiting(Bytes),
+}
+
+/// Reads what `body` has ready, without waiting, up to [`READY_LIMIT`] bytes (kept by `tee`
+/// too). Bodies that are complete already — most small ones — are then stored before their
+/// response goes out; the rest streams.
+fn read_ready<B>(body: &mut B, tee: &mut Tee) -> Ready
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut prefix = BytesMut::new();
+    let mut trailers = HeaderMap::new();
+    while prefix.len() < READY_LIMIT && !body.is_end_stream() {
+        let frame = match body.frame().now_or_never() {
+            None => return Ready::Waiting(prefix.freeze()),
+            Some(None) => break,
+            Some(Some(Err(error))) => {
+                tee.give_up();
+                return Ready::Failed {
+                    prefix: prefix.freeze(),
+                    error: error.into(),
+                };
+            }
+            Some(Some(Ok(frame))) => frame,
+        };
+        tee.observe(&frame);
+        match frame.into_data() {
+            Ok(data) => prefix.extend_from_slice(&data),
+            Err(frame) => {
+                if let Ok(more) = frame.into_trailers() {
+                    trailers.extend(more);
+                }
+            }
+        }
+    }
+    if prefix.len() >= READY_LIMIT && !body.is_end_stream() {
+        return Ready::Waiting(prefix.freeze());
+    }
+    Ready::Ended {
+        stored: tee.finish(),
+        data: prefix.freeze(),
+        trailers,
+    }
+}
+
+/// Reads `body` to its end for `tee` (a client that needs no body, e.g. a 304), for at most
+/// `limit`; stops as soon as `tee` has nothing more to keep.
+async fn drain<B>(mut body: B, mut tee: Tee, limit: Option<Duration>)
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => tee.observe(&frame),
+                Err(_) => tee.give_up(),
+            }
+            if tee.is_done() {
+                return;
+            }
+        }
+        let _ = tee.finish();
+    };
+    match limit {
+        Some(limit) => {
+            // Past the limit the fill is abandoned: the tee goes unfinished.
+            let _ = tokio::time::timeout(limit, read).await;
+        }
+        None => read.await,
     }
 }

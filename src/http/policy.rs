@@ -52,6 +52,22 @@ pub(crate) enum NotStored {
     Useless,
 }
 
+impl NotStored {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Method => "method",
+            Self::Status => "status",
+            Self::NoStore => "no_store",
+            Self::Private => "private",
+            Self::Authorization => "authorization",
+            Self::SetCookie => "set_cookie",
+            Self::VaryStar => "vary_star",
+            Self::Credentials => "credentials",
+            Self::Useless => "useless",
+        }
+    }
+}
+
 /// How to store a response that may be stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct StorePlan {

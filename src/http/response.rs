@@ -110,7 +110,7 @@ fn age_value(seconds: u64) -> HeaderValue {
 
 /// RFC 9110 §15.4.5: a 304 carries the fields a 200 would have that describe the
 /// representation's identity and freshness.
-fn not_modified<B>(stored: &HeaderMap) -> Response<CacheBody<B>> {
+pub(crate) fn not_modified<B>(stored: &HeaderMap) -> Response<CacheBody<B>> {
     let mut response = Response::new(CacheBody::empty());
     *response.status_mut() = StatusCode::NOT_MODIFIED;
     for name in [

@@ -1,7 +1,7 @@
 //! What every clone of a layer and its services share: the cache and the settings taken from
 //! the configuration, with the helpers that apply them to responses.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -19,7 +19,7 @@ use crate::store::{CachedEntry, TieredCache};
 use crate::write_behind::{DurableTarget, WriteBehind};
 use crate::Error;
 
-use super::exchange::Fetched;
+use super::entries::Fetched;
 
 pub(crate) struct State {
     pub(crate) cache: TieredCache,
@@ -33,7 +33,9 @@ pub(crate) struct State {
     pub(crate) keep_stale: Duration,
     pub(crate) default_stale: StaleWindows,
     pub(crate) origin_timeout: Option<Duration>,
-    pub(crate) flights: Coalescer<Fetched>,
+    pub(crate) flights: Arc<Coalescer<Fetched>>,
+    /// Longest wait for another request's fill of the same key (`http.coalesce_wait`).
+    pub(crate) coalesce_wait: Duration,
     pub(crate) tag_header: HeaderName,
     pub(crate) surrogate_key_header: HeaderName,
     pub(crate) invalidate_header: HeaderName,
@@ -91,7 +93,8 @@ impl State {
                 if_error: config.http.stale_if_error,
             },
             origin_timeout: Some(config.http.origin_timeout).filter(|timeout| !timeout.is_zero()),
-            flights: Coalescer::new(),
+            flights: Arc::new(Coalescer::new()),
+            coalesce_wait: config.http.coalesce_wait,
             tag_header: header(&config.tags.tag_header)?,
             surrogate_key_header: header(&config.tags.surrogate_key_header)?,
             invalidate_header: header(&config.tags.invalidate_header)?,

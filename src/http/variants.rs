@@ -1,4 +1,5 @@
-//! HTTP entries in the [`TieredCache`], with `Vary` (RFC 9111 §4.1).
+//! Where HTTP entries go, with `Vary` (RFC 9111 §4.1): pure, the reads and writes are in
+//! [`entries`](super::entries).
 //!
 //! A response without `Vary` is stored under the request's primary key. A response with `Vary`
 //! is stored under a variant key (the primary key plus the request's values of the `Vary`
@@ -14,7 +15,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::key::variant_key;
 use super::policy::vary_fields;
-use crate::store::{random_id, CachedEntry, Lookup, TieredCache};
+use crate::store::{random_id, CachedEntry, Lookup};
 
 /// Internal header of marker entries: `<generation> <variant count> <field>,<field>`. Stripped
 /// from responses before they are stored, so an origin cannot forge one.
@@ -31,7 +32,7 @@ pub(crate) struct Variants {
 }
 
 impl Variants {
-    fn of(marker: &CachedEntry) -> Option<Self> {
+    pub(crate) fn of(marker: &CachedEntry) -> Option<Self> {
         let value = marker.headers().get(&VARIANTS)?.to_str().ok()?;
         let mut parts = value.splitn(3, ' ');
         let generation = parts.next()?;
@@ -69,49 +70,6 @@ pub(crate) struct Resolved {
     pub(crate) variants: Option<Variants>,
 }
 
-/// The fresh entry in memory for a request, following a variant list to the variant; `None`
-/// when memory alone cannot tell (nothing fresh there, or a tag stamp not known here).
-#[allow(clippy::ptr_arg)] // the memory map is keyed by `String`
-pub(crate) fn fresh_in_memory(
-    cache: &TieredCache,
-    primary: &String,
-    request_headers: &HeaderMap,
-    now: SystemTime,
-) -> Option<CachedEntry> {
-    let entry = cache.fresh_in_memory(primary, now)?;
-    if !entry.headers().contains_key(&VARIANTS) {
-        return Some(entry);
-    }
-    let key = Variants::of(&entry)?.key_for(primary, request_headers);
-    cache.fresh_in_memory(&key, now)
-}
-
-/// What is stored for a request; the caller counts the lookup (once per request).
-pub(crate) async fn resolve(
-    cache: &TieredCache,
-    primary: &str,
-    request_headers: &HeaderMap,
-) -> Resolved {
-    let Some(primary_hit) = cache.find(primary).await else {
-        return Resolved::default();
-    };
-    let Some(variants) = Variants::of(&primary_hit.entry) else {
-        return Resolved {
-            found: Some(Found {
-                lookup: primary_hit,
-                key: primary.to_owned(),
-            }),
-            variants: None,
-        };
-    };
-    let key = variants.key_for(primary, request_headers);
-    let variant = cache.find(&key).await;
-    Resolved {
-        found: variant.map(|lookup| Found { lookup, key }),
-        variants: Some(variants),
-    }
-}
-
 /// Where an entry was stored.
 #[derive(Clone, Debug)]
 pub(crate) struct Stored {
@@ -134,6 +92,7 @@ impl Stored {
 }
 
 /// How to store one response.
+#[derive(Clone, Copy)]
 pub(crate) struct Placement<'a> {
     pub(crate) primary: &'a str,
     pub(crate) request_headers: &'a HeaderMap,
@@ -145,14 +104,11 @@ pub(crate) struct Placement<'a> {
     pub(crate) max_variants: u32,
 }
 
-/// Stores `entry`, the response to a request with `request_headers`; `None` when the resource
-/// already has `max_variants` variants (a client could otherwise fill the cache with variants
-/// of one URL by varying a header).
-pub(crate) async fn store(
-    cache: &TieredCache,
-    placement: Placement<'_>,
-    entry: &CachedEntry,
-) -> Option<Stored> {
+/// Where `entry`, the response to a request with `request_headers`, is stored: the entries to
+/// write (the variant and its marker, or the entry under the primary key) and what the request
+/// finds there afterwards. `None` when the resource already has `max_variants` variants (a
+/// client could otherwise fill the cache with variants of one URL by varying a header).
+pub(crate) fn place(placement: Placement<'_>, entry: &CachedEntry) -> Option<Placed> {
     let Placement {
         primary,
         request_headers,
@@ -162,10 +118,12 @@ pub(crate) async fn store(
     } = placement;
     let fields = vary_fields(entry.headers());
     if fields.is_empty() {
-        cache.store(primary, entry).await;
-        return Some(Stored {
-            key: primary.to_owned(),
-            variants: None,
+        return Some(Placed {
+            writes: vec![(primary.to_owned(), entry.clone())],
+            stored: Stored {
+                key: primary.to_owned(),
+                variants: None,
+            },
         });
     }
     let now = SystemTime::now();
@@ -177,7 +135,6 @@ pub(crate) async fn store(
     };
     let generation = reusable.map_or_else(random_id, |variants| variants.generation.clone());
     let key = variant_key(primary, &generation, &fields, request_headers);
-    cache.store(&key, entry).await;
     // The marker must outlive every variant it leads to.
     let lifetime = reusable
         .map(|variants| variants.marker.remaining_lifetime_at(now))
@@ -192,100 +149,26 @@ pub(crate) async fn store(
     let marker = CachedEntry::new(Bytes::new(), lifetime)
         .with_stored_at(now)
         .with_headers(headers);
-    cache.store(primary, &marker).await;
-    Some(Stored {
-        key,
-        variants: Some(Variants {
-            generation,
-            count,
-            fields,
-            marker,
-        }),
+    Some(Placed {
+        writes: vec![
+            (key.clone(), entry.clone()),
+            (primary.to_owned(), marker.clone()),
+        ],
+        stored: Stored {
+            key,
+            variants: Some(Variants {
+                generation,
+                count,
+                fields,
+                marker,
+            }),
+        },
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-    use crate::CacheConfig;
-
-    fn request(accept_encoding: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert("accept-encoding", accept_encoding.parse().unwrap());
-        headers
-    }
-
-    fn placement<'a>(headers: &'a HeaderMap, known: Option<&'a Variants>) -> Placement<'a> {
-        Placement {
-            primary: "p",
-            request_headers: headers,
-            known,
-            new_variant: true,
-            max_variants: 32,
-        }
-    }
-
-    fn response(body: &'static str) -> CachedEntry {
-        let mut headers = HeaderMap::new();
-        headers.insert("vary", "Accept-Encoding".parse().unwrap());
-        CachedEntry::new(body, Duration::from_secs(60)).with_headers(headers)
-    }
-
-    #[tokio::test]
-    async fn each_variant_has_its_own_entry() {
-        let cache = TieredCache::new(CacheConfig::default()).unwrap();
-        store(&cache, placement(&request("gzip"), None), &response("gz")).await;
-        let known = resolve(&cache, "p", &request("br")).await;
-        assert!(known.found.is_none());
-        store(
-            &cache,
-            placement(&request("br"), known.variants.as_ref()),
-            &response("br"),
-        )
-        .await;
-
-        let gzip = resolve(&cache, "p", &request("gzip")).await.found.unwrap();
-        let brotli = resolve(&cache, "p", &request("br")).await.found.unwrap();
-        assert_eq!(gzip.lookup.entry.body(), "gz");
-        assert_eq!(brotli.lookup.entry.body(), "br");
-    }
-
-    #[tokio::test]
-    async fn removing_the_primary_key_hides_all_variants_for_good() {
-        let cache = TieredCache::new(CacheConfig::default()).unwrap();
-        store(&cache, placement(&request("gzip"), None), &response("gz")).await;
-        cache.invalidate("p").await.unwrap();
-        assert!(resolve(&cache, "p", &request("gzip")).await.found.is_none());
-
-        // A new variant list starts a new generation: the old gzip variant stays unreachable.
-        store(&cache, placement(&request("br"), None), &response("br")).await;
-        assert!(resolve(&cache, "p", &request("gzip")).await.found.is_none());
-    }
-
-    #[tokio::test]
-    async fn variants_per_resource_are_capped() {
-        let cache = TieredCache::new(CacheConfig::default()).unwrap();
-        let no_headers = HeaderMap::new();
-        let mut max = placement(&no_headers, None);
-        max.max_variants = 3;
-        for encoding in ["a", "b", "c", "d"] {
-            let headers = request(encoding);
-            let known = resolve(&cache, "p", &headers).await.variants;
-            let stored = store(
-                &cache,
-                Placement {
-                    request_headers: &headers,
-                    known: known.as_ref(),
-                    ..max
-                },
-                &response("x"),
-            )
-            .await;
-            assert_eq!(stored.is_some(), encoding != "d", "{encoding}");
-        }
-        assert!(resolve(&cache, "p", &request("c")).await.found.is_some());
-        assert!(resolve(&cache, "p", &request("d")).await.found.is_none());
-    }
+/// An entry placed: what to write, and where the request finds it.
+pub(crate) struct Placed {
+    /// The entries to store, in order (a variant before the marker that leads to it).
+    pub(crate) writes: Vec<(String, CachedEntry)>,
+    pub(crate) stored: Stored,
 }

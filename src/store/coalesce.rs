@@ -7,10 +7,13 @@
 //! bounds or spawned tasks.
 //!
 //! Flights are keyed by the key and the error type, so callers with different error types never
-//! receive each other's errors.
+//! receive each other's errors. The leader's [`FlightGuard`] owns a handle on the coalescer, so a
+//! flight can outlive the request that started it: a streaming fill finishes it when the body
+//! ends, and a dropped body abandons it.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
+#[cfg(test)]
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,6 +32,7 @@ enum State<V> {
 type FlightKey = (String, TypeId);
 
 /// How a caller took part in a flight.
+#[cfg(test)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Role {
     /// Ran the work.
@@ -41,6 +45,16 @@ pub(crate) struct Coalescer<V> {
     flights: Mutex<HashMap<FlightKey, watch::Sender<State<V>>>>,
 }
 
+impl<V> std::fmt::Debug for Coalescer<V> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let flights = self.flights.lock().map_or(0, |flights| flights.len());
+        formatter
+            .debug_struct("Coalescer")
+            .field("flights", &flights)
+            .finish()
+    }
+}
+
 impl<V: Clone + Send + Sync + 'static> Coalescer<V> {
     pub(crate) fn new() -> Self {
         Self {
@@ -49,7 +63,12 @@ impl<V: Clone + Send + Sync + 'static> Coalescer<V> {
     }
 
     /// Runs `work` unless a flight for `key` is running, in which case its result is shared.
-    pub(crate) async fn run<E, F, Fut>(&self, key: &str, work: F) -> (Result<V, Arc<E>>, Role)
+    #[cfg(test)]
+    pub(crate) async fn run<E, F, Fut>(
+        self: &Arc<Self>,
+        key: &str,
+        work: F,
+    ) -> (Result<V, Arc<E>>, Role)
     where
         E: Send + Sync + 'static,
         F: FnOnce() -> Fut,
@@ -67,7 +86,7 @@ impl<V: Clone + Send + Sync + 'static> Coalescer<V> {
 
     /// Waits for a running flight of `key` and returns its result, or, when there is none (or
     /// it was abandoned), makes the caller the leader of a new one.
-    pub(crate) async fn turn<E: Send + Sync + 'static>(&self, key: &str) -> Turn<'_, V, E> {
+    pub(crate) async fn turn<E: Send + Sync + 'static>(self: &Arc<Self>, key: &str) -> Turn<V, E> {
         let flight_key = (key.to_owned(), TypeId::of::<E>());
         loop {
             let mut receiver = match self.join::<E>(&flight_key) {
@@ -92,7 +111,18 @@ impl<V: Clone + Send + Sync + 'static> Coalescer<V> {
         }
     }
 
-    fn join<E>(&self, key: &FlightKey) -> Joined<'_, V, E> {
+    /// Leads a new flight of `key` if none is running; never waits.
+    pub(crate) fn try_lead<E: Send + Sync + 'static>(
+        self: &Arc<Self>,
+        key: &str,
+    ) -> Option<FlightGuard<V, E>> {
+        match self.join::<E>(&(key.to_owned(), TypeId::of::<E>())) {
+            Joined::Leader(guard) => Some(guard),
+            Joined::Follower(_) => None,
+        }
+    }
+
+    fn join<E>(self: &Arc<Self>, key: &FlightKey) -> Joined<V, E> {
         let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(sender) = flights.get(key) {
             return Joined::Follower(sender.subscribe());
@@ -100,7 +130,7 @@ impl<V: Clone + Send + Sync + 'static> Coalescer<V> {
         let (sender, _) = watch::channel(State::Running);
         flights.insert(key.clone(), sender.clone());
         Joined::Leader(FlightGuard {
-            coalescer: self,
+            coalescer: Arc::clone(self),
             error_type: PhantomData,
             key: key.clone(),
             sender,
@@ -124,28 +154,28 @@ impl<V: Clone + Send + Sync + 'static> Coalescer<V> {
 }
 
 /// A caller's part in a flight, from [`Coalescer::turn`].
-pub(crate) enum Turn<'a, V: Clone + Send + Sync + 'static, E> {
+pub(crate) enum Turn<V: Clone + Send + Sync + 'static, E> {
     /// Do the work, then [`FlightGuard::finish`] with its result.
-    Lead(FlightGuard<'a, V, E>),
+    Lead(FlightGuard<V, E>),
     /// Another caller's result.
     Follow(Result<V, Arc<E>>),
 }
 
-enum Joined<'a, V: Clone + Send + Sync + 'static, E> {
-    Leader(FlightGuard<'a, V, E>),
+enum Joined<V: Clone + Send + Sync + 'static, E> {
+    Leader(FlightGuard<V, E>),
     Follower(watch::Receiver<State<V>>),
 }
 
 /// Held by the leader; publishes the result, or `Abandoned` if dropped first.
-pub(crate) struct FlightGuard<'a, V: Clone + Send + Sync + 'static, E> {
-    coalescer: &'a Coalescer<V>,
+pub(crate) struct FlightGuard<V: Clone + Send + Sync + 'static, E> {
+    coalescer: Arc<Coalescer<V>>,
     error_type: PhantomData<fn() -> E>,
     key: FlightKey,
     sender: watch::Sender<State<V>>,
     finished: bool,
 }
 
-impl<V: Clone + Send + Sync + 'static, E: Send + Sync + 'static> FlightGuard<'_, V, E> {
+impl<V: Clone + Send + Sync + 'static, E: Send + Sync + 'static> FlightGuard<V, E> {
     /// Publishes the result to the followers.
     pub(crate) fn finish(mut self, result: Result<V, Arc<E>>) {
         let result = result.map_err(|err| err as SharedError);
@@ -154,7 +184,7 @@ impl<V: Clone + Send + Sync + 'static, E: Send + Sync + 'static> FlightGuard<'_,
     }
 }
 
-impl<V: Clone + Send + Sync + 'static, E> FlightGuard<'_, V, E> {
+impl<V: Clone + Send + Sync + 'static, E> FlightGuard<V, E> {
     /// Unregisters the flight (so later callers start afresh) and wakes the followers.
     fn close(&self, state: State<V>) {
         let mut flights = self
@@ -173,7 +203,7 @@ impl<V: Clone + Send + Sync + 'static, E> FlightGuard<'_, V, E> {
     }
 }
 
-impl<V: Clone + Send + Sync + 'static, E> Drop for FlightGuard<'_, V, E> {
+impl<V: Clone + Send + Sync + 'static, E> Drop for FlightGuard<V, E> {
     fn drop(&mut self) {
         if !self.finished {
             self.close(State::Abandoned);
@@ -191,7 +221,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_callers_share_one_run() {
-        let coalescer = Coalescer::<u32>::new();
+        let coalescer = Arc::new(Coalescer::<u32>::new());
         let runs = AtomicUsize::new(0);
         let release = Notify::new();
         let calls = (0..50).map(|_| {
@@ -222,7 +252,7 @@ mod tests {
 
     #[tokio::test]
     async fn errors_reach_every_follower() {
-        let coalescer = Coalescer::<u32>::new();
+        let coalescer = Arc::new(Coalescer::<u32>::new());
         let release = Notify::new();
         let leader = coalescer.run("k", || async {
             release.notified().await;
@@ -268,8 +298,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn try_lead_never_waits_and_leads_only_a_free_key() {
+        let coalescer = Arc::new(Coalescer::<u32>::new());
+        let leader = coalescer.try_lead::<()>("k").expect("free");
+        assert!(coalescer.try_lead::<()>("k").is_none(), "taken");
+        drop(leader);
+        assert!(
+            coalescer.try_lead::<()>("k").is_some(),
+            "abandoned, free again"
+        );
+    }
+
+    #[tokio::test]
     async fn different_error_types_do_not_share_flights() {
-        let coalescer = Coalescer::<u32>::new();
+        let coalescer = Arc::new(Coalescer::<u32>::new());
         let release = Notify::new();
         let a = coalescer.run::<String, _, _>("k", || async {
             release.notified().await;

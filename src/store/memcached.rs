@@ -59,7 +59,7 @@ impl MemcachedTier {
             .url
             .as_deref()
             .ok_or_else(|| ConfigError::invalid("l2.url", "set the Memcached URL"))?;
-        let address = super::memcached_address(url)
+        let address = crate::config::memcached_address(url)
             .map_err(|reason| ConfigError::invalid("l2.url", reason))?;
         Ok(Self {
             address,

@@ -75,7 +75,7 @@ impl MemoryTier {
         Some(entry)
     }
 
-    fn write(&self, key: &str, entry: &CachedEntry) {
+    pub(crate) fn write(&self, key: &str, entry: &CachedEntry) {
         let Some(cache) = &self.cache else { return };
         let weight = weigh(key, entry);
         if u64::from(weight) > self.capacity {

@@ -1,24 +1,24 @@
 //! [`TieredCache`]: memory, then Redis, then the loader.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 
-use super::coalesce::{Coalescer, Role};
+use super::coalesce::Coalescer;
 use super::codec::Codec;
 use super::entry::unix_ms;
 use super::events::{EventSink, Invalidation};
+use super::fill::{Fill, FillOptions, SharedLock};
 use super::memory::MemoryTier;
 use super::tags::{self, Bounded, TagLimits, TagStamps};
 use super::tier::{Tier, TierError};
+use super::writes::BackgroundWrites;
 use super::{CachedEntry, SharedTier};
 use crate::config::CacheConfig;
 use crate::stats::{Counter, Counters, Stats};
-use crate::warm::WarmReport;
-use crate::write_behind::{QueueFull, WriteBehind, WriteJob};
 use crate::Error;
 
 /// The tier an entry was found in.
@@ -77,12 +77,14 @@ struct Inner {
     /// Invalidations received from other instances, after they were applied.
     events: broadcast::Sender<Invalidation>,
     stamp_ttl: Duration,
-    flights: Coalescer<CachedEntry>,
+    flights: Arc<Coalescer<CachedEntry>>,
     counters: Counters,
     max_entry_size: u64,
     tag_limits: TagLimits,
     l2_warnings: LogThrottle,
     tag_warnings: LogThrottle,
+    /// Shared-tier writes running in the background.
+    writes: Arc<BackgroundWrites>,
 }
 
 impl std::fmt::Debug for TieredCache {
@@ -127,11 +129,12 @@ impl TieredCache {
                 shared,
                 events,
                 stamp_ttl: config.tags.stamp_ttl,
-                flights: Coalescer::new(),
+                flights: Arc::new(Coalescer::new()),
                 counters: Counters::default(),
                 max_entry_size: config.http.max_entry_size,
                 tag_limits: TagLimits::new(&config.tags),
                 l2_warnings: LogThrottle::new(Duration::from_secs(10)),
+                writes: Arc::new(BackgroundWrites::new(config.l1.max_ttl)),
                 tag_warnings: LogThrottle::new(Duration::from_secs(10)),
             }),
         })
@@ -215,107 +218,73 @@ impl TieredCache {
         Fut: Future<Output = Result<CachedEntry, E>>,
         E: Send + Sync + 'static,
     {
-        if let Some(entry) = self.read_memory(key).await.filter(CachedEntry::is_fresh) {
+        if let Some(entry) = self.fresh_in_memory(&key.to_owned(), SystemTime::now()) {
             self.inner.counters.incr(Counter::MemoryHits);
             return Ok(entry);
         }
-        let (result, role) = self
-            .inner
-            .flights
-            .run(key, || async {
-                // Another flight may have filled the tiers since the check above.
-                let found = self.find(key).await;
+        // Counted once: the lock path may look again while it waits.
+        let counted = AtomicBool::new(false);
+        let stored = || async {
+            let found = self.find(key).await;
+            if !counted.swap(true, Ordering::Relaxed) {
                 self.count_lookup(found.as_ref());
-                if let Some(found) = found.filter(Lookup::is_fresh) {
-                    return Ok(found.entry);
-                }
-                let lock = match self.lock_load(key, || self.fresh_in_redis(key)).await {
-                    LoadLock::Filled(entry) => return Ok(entry),
-                    LoadLock::Held(lock) => Some(lock),
-                    LoadLock::NotNeeded => None,
-                };
-                self.inner.counters.incr(Counter::LoaderCalls);
-                let load_started = SystemTime::now();
-                let entry = loader()
-                    .await
-                    .inspect_err(|_| {
-                        self.inner.counters.incr(Counter::LoaderErrors);
-                    })?
-                    .with_inserted_at(load_started);
+            }
+            found.filter(Lookup::is_fresh).map(|found| found.entry)
+        };
+        let options = FillOptions {
+            across_instances: true,
+            wait: None,
+        };
+        let permit = match self.fill(&self.inner.flights, key, options, stored).await {
+            Fill::Shared(entry) | Fill::Found(entry) => return Ok(entry),
+            Fill::Failed(error) => return Err(error),
+            // Not without a wait bound; and then loading is right.
+            Fill::Alone => None,
+            Fill::Lead(permit) => Some(permit),
+        };
+        self.inner.counters.incr(Counter::LoaderCalls);
+        let load_started = SystemTime::now();
+        let result = match loader().await {
+            Ok(entry) => {
+                let entry = entry.with_inserted_at(load_started);
                 self.store(key, &entry).await;
-                self.release(lock).await;
                 Ok(entry)
-            })
-            .await;
-        if role == Role::Follower {
-            self.inner.counters.incr(Counter::CoalescedWaits);
+            }
+            Err(error) => {
+                self.inner.counters.incr(Counter::LoaderErrors);
+                Err(Arc::new(error))
+            }
+        };
+        if let Some(lock) = permit.and_then(|permit| permit.finish(result.clone())) {
+            lock.release().await;
         }
         result
     }
 
-    /// Cross-instance coalescing (`l2.lock`): before loading `key`, take its Redis lock. If
-    /// another instance holds it, wait for that instance's result (checked with `filled`) until
-    /// `l2.lock_wait`, then load anyway. Locks expire after `l2.lock_ttl`, so a crashed holder
-    /// delays others at most that long; a failing Redis means loading without a lock.
-    pub(crate) async fn lock_load<T, F, Fut>(&self, key: &str, filled: F) -> LoadLock<T>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Option<T>>,
-    {
-        let (Some((ttl, wait)), Some(shared)) = (self.inner.lock, &self.inner.shared) else {
-            return LoadLock::NotNeeded;
-        };
-        let token = super::random_id();
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut pause = Duration::from_millis(10);
-        loop {
-            match shared.try_lock(key, &token, ttl).await {
-                Ok(true) => {
-                    let lock = HeldLock {
-                        key: key.to_owned(),
-                        token,
-                    };
-                    // The previous holder may have stored it just before letting go.
-                    if let Some(value) = filled().await {
-                        self.release(Some(lock)).await;
-                        self.inner.counters.incr(Counter::LockWaitsFilled);
-                        return LoadLock::Filled(value);
-                    }
-                    return LoadLock::Held(lock);
-                }
-                Ok(false) => {}
-                Err(err) => {
-                    self.l2_failed("lock", err);
-                    return LoadLock::NotNeeded;
-                }
-            }
-            if let Some(value) = filled().await {
-                self.inner.counters.incr(Counter::LockWaitsFilled);
-                return LoadLock::Filled(value);
-            }
-            if tokio::time::Instant::now() + pause > deadline {
-                tracing::debug!(key, "lock wait over; loading without the lock");
-                return LoadLock::NotNeeded;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
-        }
+    /// `l2.lock`'s (lock lifetime, longest wait), when a shared tier can hold the locks.
+    pub(crate) fn lock_options(&self) -> Option<(Duration, Duration)> {
+        self.inner.shared.as_ref().and(self.inner.lock)
     }
 
-    /// Releases a lock taken by [`lock_load`](Self::lock_load).
-    pub(crate) async fn release(&self, lock: Option<HeldLock>) {
-        if let (Some(lock), Some(shared)) = (lock, &self.inner.shared) {
-            if let Err(err) = shared.unlock(&lock.key, &lock.token).await {
+    /// Takes `key`'s lock in the shared tier for `ttl` with `token`: whether it was free, or
+    /// `None` when the shared tier cannot say (counted and logged).
+    pub(crate) async fn try_lock(&self, key: &str, token: &str, ttl: Duration) -> Option<bool> {
+        let shared = self.inner.shared.as_ref()?;
+        shared
+            .try_lock(key, token, ttl)
+            .await
+            .map_err(|err| self.l2_failed("lock", err))
+            .ok()
+    }
+
+    /// Releases `key`'s lock if it still holds `token`; a failure is counted and logged (the
+    /// lock then expires after `l2.lock_ttl`).
+    pub(crate) async fn unlock(&self, key: &str, token: &str) {
+        if let Some(shared) = &self.inner.shared {
+            if let Err(err) = shared.unlock(key, token).await {
                 self.l2_failed("unlock", err);
             }
         }
-    }
-
-    /// A fresh entry in Redis (promoted to memory), for instances waiting on a lock.
-    async fn fresh_in_redis(&self, key: &str) -> Option<CachedEntry> {
-        let entry = self.read_shared(key).await.filter(CachedEntry::is_fresh)?;
-        self.inner.memory.set(key, &entry).await.ok();
-        Some(entry)
     }
 
     /// Write-through: `writer` persists `entry` first (it is the source of truth); then both
@@ -351,58 +320,23 @@ impl TieredCache {
         Fut: Future<Output = Result<(), E>>,
     {
         writer(entry.clone()).await?;
-        self.store(key, &entry).await;
-        // Failures are counted and logged; the write itself succeeded.
-        let _ = self.publish(Invalidation::Key(key.to_owned())).await;
+        self.store_written(key, &entry).await;
         Ok(())
     }
 
-    /// Write-behind: queues the write of `entry` for `queue`'s writer (which persists it in the
-    /// background, with retries), then stores it in both tiers so readers see it at once; other
-    /// instances drop their copies. A full queue refuses at once and nothing is stored.
-    pub async fn write_behind(
-        &self,
-        queue: &WriteBehind,
-        key: &str,
-        entry: CachedEntry,
-    ) -> Result<(), QueueFull> {
-        queue
-            .enqueue(WriteJob::new(key, entry.body().clone()))
-            .await?;
-        self.store(key, &entry).await;
-        // Failures are counted and logged; the write is queued.
+    /// Stores a value just written to the source of truth (or queued for it), and tells the
+    /// other instances to drop their copies of `key`. Failures are counted and logged: the write
+    /// itself stands.
+    pub(crate) async fn store_written(&self, key: &str, entry: &CachedEntry) {
+        self.store(key, entry).await;
         let _ = self.publish(Invalidation::Key(key.to_owned())).await;
-        Ok(())
-    }
-
-    /// Warming: loads each of `keys` that has no fresh entry, `concurrency` at a time, through
-    /// [`get_or_set`](Self::get_or_set). Failures are counted and logged, never fatal.
-    pub async fn warm<I, F, Fut, E>(&self, keys: I, concurrency: usize, loader: F) -> WarmReport
-    where
-        I: IntoIterator<Item = String>,
-        F: Fn(String) -> Fut,
-        Fut: Future<Output = Result<CachedEntry, E>>,
-        E: std::fmt::Display + Send + Sync + 'static,
-    {
-        let attempts = keys.into_iter().map(|key| {
-            let load = loader(key.clone());
-            async move {
-                match self.get_or_set(&key, || load).await {
-                    Ok(_) => true,
-                    Err(err) => {
-                        tracing::warn!(key, error = %err, "warming: loader failed");
-                        false
-                    }
-                }
-            }
-        });
-        crate::warm::run(attempts, concurrency).await
     }
 
     /// Removes `key` from memory, then from Redis, and tells the other instances to drop it from
     /// their memory. The error reports a Redis failure: the entry may then still be served from
     /// Redis (by this or another instance) until it expires.
     pub async fn invalidate(&self, key: &str) -> Result<(), Error> {
+        self.inner.writes.invalidating(key).await;
         self.inner.memory.delete(key);
         if let Some(shared) = &self.inner.shared {
             shared
@@ -417,6 +351,7 @@ impl TieredCache {
     /// `UNLINK` in batches, never `KEYS`, so Redis keeps serving meanwhile), and tells the other
     /// instances.
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<Purged, Error> {
+        self.inner.writes.idle().await;
         let memory = self.inner.memory.delete_prefix(prefix);
         let redis = match &self.inner.shared {
             Some(shared) => shared
@@ -473,6 +408,7 @@ impl TieredCache {
 
     /// Removes everything this cache stored, in every tier and instance.
     pub async fn flush(&self) -> Result<Purged, Error> {
+        self.inner.writes.idle().await;
         self.inner.memory.clear();
         let redis = match &self.inner.shared {
             Some(shared) => shared
@@ -676,28 +612,90 @@ impl TieredCache {
     /// Where every new entry goes in (library, HTTP, gRPC, write-behind), so the size, lifetime
     /// and tag bounds hold for all of them; entries read back from L2 meet the tag bound in the
     /// codec.
+    /// Stores each of `writes` in memory now; returns them as stored (bounded tags), without
+    /// those too large or past their lifetime, for [`store_shared_later`](Self::store_shared_later).
+    pub(crate) fn store_in_memory_now(
+        &self,
+        writes: Vec<(String, CachedEntry)>,
+    ) -> Vec<(String, CachedEntry)> {
+        writes
+            .into_iter()
+            .filter_map(|(key, entry)| {
+                let stored = self.store_in_memory(&key, &entry)?;
+                Some((key, stored))
+            })
+            .collect()
+    }
+
+    /// Writes `writes` (as [`store_in_memory_now`](Self::store_in_memory_now) returned them) to
+    /// the shared tier in the background, then releases `lock`: the way the HTTP layer stores
+    /// what it just passed to a client, so the shared tier's round trip (and brotli) never
+    /// delays a response. [`wait_for_writes`](Self::wait_for_writes) waits for them.
+    pub(crate) fn store_shared_later(
+        &self,
+        writes: Vec<(String, CachedEntry)>,
+        lock: Option<SharedLock>,
+    ) {
+        if self.inner.shared.is_none() || writes.is_empty() {
+            return;
+        }
+        let cache = self.clone();
+        let keys = writes.iter().map(|(key, _)| key.clone()).collect();
+        let in_flight = self.inner.writes.start(keys);
+        tokio::spawn(async move {
+            for (key, entry) in &writes {
+                // Not after an invalidation of the key: that would bring the old entry back.
+                if cache.inner.writes.is_current(key, entry) {
+                    cache.store_shared(key, entry).await;
+                }
+            }
+            if let Some(lock) = lock {
+                lock.release().await;
+            }
+            drop(in_flight);
+        });
+    }
+
+    /// Waits until every shared-tier write started in the background has finished
+    /// ([`CacheLayer`](crate::CacheLayer) stores what it passed to a client that way): for a
+    /// graceful shutdown, or a test that reads through another instance.
+    pub async fn wait_for_writes(&self) {
+        self.inner.writes.idle().await;
+    }
+
+    /// Stores `entry` in memory and in the shared tier, for its remaining lifetime.
     pub(crate) async fn store(&self, key: &str, entry: &CachedEntry) {
+        if let Some(stored) = self.store_in_memory(key, entry) {
+            self.store_shared(key, &stored).await;
+        }
+    }
+
+    /// Stores `entry` in memory, with at most `tags.max_per_entry` tags, and returns it as
+    /// stored; `None` (counted) when it is too large or past its lifetime.
+    fn store_in_memory(&self, key: &str, entry: &CachedEntry) -> Option<CachedEntry> {
         let too_large = entry.body().len() as u64 > self.inner.max_entry_size;
         if too_large || entry.remaining_lifetime_at(SystemTime::now()).is_zero() {
             self.inner.counters.incr(Counter::StoreSkips);
-            return;
+            return None;
         }
-        let bounded;
         let entry = match self.inner.tag_limits.bound(entry.tags()) {
-            None => entry,
+            None => entry.clone(),
             Some(Bounded { tags, dropped }) => {
                 self.tags_dropped(dropped, key, "tags.max_per_entry or tags.max_length");
-                bounded = entry.clone().with_tags(tags);
-                &bounded
+                entry.clone().with_tags(tags)
             }
         };
-        self.inner.memory.set(key, entry).await.ok();
+        self.inner.memory.write(key, &entry);
+        self.inner.counters.incr(Counter::Stores);
+        Some(entry)
+    }
+
+    async fn store_shared(&self, key: &str, entry: &CachedEntry) {
         if let Some(shared) = &self.inner.shared {
             if let Err(err) = shared.set(key, entry).await {
                 self.l2_failed("set", err);
             }
         }
-        self.inner.counters.incr(Counter::Stores);
     }
 
     /// Counts `dropped` tags left off an entry by `limit`, and logs it with `source` (the key, or
@@ -773,23 +771,6 @@ enum Stamps<'a> {
     Current,
     /// These tags have no stamp here (and none of the known ones invalidates it).
     Unknown(Vec<&'a str>),
-}
-
-/// The outcome of [`TieredCache::lock_load`].
-pub(crate) enum LoadLock<T> {
-    /// No lock configured (or Redis unavailable, or the wait ran out): load.
-    NotNeeded,
-    /// This instance holds the lock: load, store, then release it.
-    Held(HeldLock),
-    /// Another instance loaded it meanwhile.
-    Filled(T),
-}
-
-/// A held Redis lock: released with its token, so an expired lock taken by another instance is
-/// never released by mistake.
-pub(crate) struct HeldLock {
-    key: String,
-    token: String,
 }
 
 /// Lets one event through per interval.

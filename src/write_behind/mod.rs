@@ -87,6 +87,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, WriteBehindConfig};
+use crate::store::{CachedEntry, TieredCache};
 use crate::Error;
 
 use memory::MemoryQueue;
@@ -462,6 +463,24 @@ fn start_durable(
         "a durable queue needs the `redis` feature, which this build does not have",
     )
     .into())
+}
+
+impl TieredCache {
+    /// Write-behind: queues the write of `entry` for `queue`'s writer (which persists it in the
+    /// background, with retries), then stores it in both tiers so readers see it at once; other
+    /// instances drop their copies. A full queue refuses at once and nothing is stored.
+    pub async fn write_behind(
+        &self,
+        queue: &WriteBehind,
+        key: &str,
+        entry: CachedEntry,
+    ) -> Result<(), QueueFull> {
+        queue
+            .enqueue(WriteJob::new(key, entry.body().clone()))
+            .await?;
+        self.store_written(key, &entry).await;
+        Ok(())
+    }
 }
 
 /// Serde for the body: bytes (one blob in binary formats) rather than a sequence of numbers.

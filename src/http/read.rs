@@ -1,0 +1,305 @@
+//! The cached path of a GET or HEAD request, in the order a request takes it:
+//!
+//! 1. [`look_up`]: what is stored for it (memory, then the shared tier; its `Vary` variant),
+//!    and what that entry may do for it (RFC 9111 §4);
+//! 2. fresh: answered from the cache;
+//! 3. stale within `stale-while-revalidate`: answered from the cache while one background
+//!    request revalidates it (at most one per entry, bounded by `http.origin_timeout`);
+//! 4. `only-if-cached` with nothing usable: `504`, the origin is not asked;
+//! 5. HEAD and ranges go to the origin as they are (a range answer is stored when nothing is);
+//! 6. authorized requests are fetched for that client alone;
+//! 7. the rest [`fill`](crate::store::TieredCache::fill) the key: one request per key at a
+//!    time asks the origin (and with `l2.lock`, one instance), the others share what it stores.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, RANGE};
+use http::request::Parts;
+use http::{HeaderMap, Method, Request, Response};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tower::Service;
+
+use super::cache_control::CacheControl;
+use super::cache_status::{Forward, Status};
+use super::entries::{self, Fetched, Unshared};
+use super::exchange::Exchange;
+use super::policy::{self, Reuse};
+use super::range;
+use super::response;
+use super::routes::Rule;
+use super::state::State;
+use super::variants::{Found, Resolved, Stored};
+use crate::body::{BoxError, CacheBody};
+use crate::store::{Fill, FillOptions};
+
+/// What is stored for a request, and what it may do for it.
+struct LookedUp {
+    resolved: Resolved,
+    reuse: Option<Reuse>,
+}
+
+/// The cached path of one GET or HEAD request whose primary key is `primary`.
+pub(crate) async fn serve<S, ReqBody, ResBody>(
+    state: Arc<State>,
+    origin: S,
+    parts: Parts,
+    body: ReqBody,
+    primary: String,
+    rule: Arc<Rule>,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    tracing::Span::current().record("key", primary.as_str());
+    let looked_up = look_up(&state, &parts, &primary).await;
+    let LookedUp { resolved, reuse } = looked_up;
+    let stale = match (resolved.found, reuse) {
+        (Some(found), Some(Reuse::Fresh)) => {
+            let status = Status::hit(found.lookup.source);
+            return Ok(from_entry(&state, &parts, &found.lookup.entry, status));
+        }
+        (Some(found), Some(Reuse::ValidateStale)) if may_serve_stale(&state, &parts, &found) => {
+            let status = Status::stale(found.lookup.source, None);
+            let response = from_entry(&state, &parts, &found.lookup.entry, status);
+            let variants = resolved.variants.clone();
+            revalidate_in_background(
+                &state, origin, parts, body, &primary, &rule, found, variants,
+            );
+            return Ok(response);
+        }
+        (_, Some(Reuse::Unusable)) => None,
+        (found, _) => found,
+    };
+    if CacheControl::from_headers(&parts.headers).only_if_cached {
+        let status = Status::detail("only-if-cached");
+        return Ok(response::gateway_timeout(status, &state.cache_name));
+    }
+    let forward = match reuse {
+        Some(Reuse::ValidateStale) => Forward::Stale,
+        Some(Reuse::ValidateRequested) => Forward::Request,
+        _ => Forward::Miss,
+    };
+    let exchange = Exchange {
+        state: &state,
+        rule: &rule,
+        primary: &primary,
+        variants: resolved.variants.as_ref(),
+        stale: stale.as_ref(),
+        forward,
+    };
+    // HEAD never creates or changes an entry; a range answer is stored when nothing is (a
+    // fresh complete entry answered ranges above).
+    if parts.method == Method::HEAD || parts.headers.contains_key(RANGE) {
+        if parts.method == Method::GET && reuse.is_none() {
+            return exchange.fetch_range(origin, parts, body).await;
+        }
+        return exchange.pass_on(origin, parts, body).await;
+    }
+    if parts.headers.contains_key(AUTHORIZATION) {
+        return exchange.fetch(origin, parts, body, None).await;
+    }
+    fill(&exchange, origin, parts, body).await
+}
+
+/// Step 1: memory, then the shared tier, then the `Vary` variant; a stored partial response
+/// counts only for a GET of a range inside it while fresh (otherwise it is as if nothing were
+/// stored, and a complete response replaces it). The lookup is counted here, once.
+async fn look_up(state: &State, parts: &Parts, primary: &str) -> LookedUp {
+    let resolved = entries::resolve(&state.cache, primary, &parts.headers).await;
+    let now = SystemTime::now();
+    let reuse = resolved.found.as_ref().map(|found| {
+        let entry = &found.lookup.entry;
+        policy::reuse(
+            &parts.headers,
+            entry.headers(),
+            entry.age_at(now),
+            entry.ttl(),
+        )
+    });
+    let unusable_part = resolved.found.as_ref().is_some_and(|found| {
+        let entry = &found.lookup.entry;
+        range::is_partial(entry)
+            && !(reuse == Some(Reuse::Fresh)
+                && parts.method == Method::GET
+                && range::within_partial(&parts.headers, entry.headers(), entry.body().len())
+                    .is_some())
+    });
+    let looked_up = if unusable_part {
+        LookedUp {
+            resolved: Resolved {
+                found: None,
+                variants: resolved.variants,
+            },
+            reuse: None,
+        }
+    } else {
+        LookedUp { resolved, reuse }
+    };
+    state
+        .cache
+        .count_lookup(looked_up.resolved.found.as_ref().map(|found| &found.lookup));
+    looked_up
+}
+
+fn from_entry<B>(
+    state: &State,
+    parts: &Parts,
+    entry: &crate::store::CachedEntry,
+    status: Status,
+) -> Response<CacheBody<B>> {
+    response::from_entry(
+        &parts.method,
+        &parts.headers,
+        entry,
+        status,
+        &state.cache_name,
+    )
+}
+
+/// Step 3: a stale entry may answer a GET without a range at once when it is within its
+/// `stale-while-revalidate` window.
+fn may_serve_stale(state: &State, parts: &Parts, found: &Found) -> bool {
+    let entry = &found.lookup.entry;
+    let windows = policy::stale_windows(entry.headers(), &parts.headers, state.default_stale);
+    let age = entry.age_at(SystemTime::now());
+    policy::within_window(windows.while_revalidate, age, entry.ttl())
+        && parts.method == Method::GET
+        && !parts.headers.contains_key(RANGE)
+}
+
+/// Starts one background revalidation of `found` — none when one runs already (checked
+/// before anything is spawned) — bounded by `http.origin_timeout`.
+#[allow(clippy::too_many_arguments)]
+fn revalidate_in_background<S, ReqBody, ResBody>(
+    state: &Arc<State>,
+    origin: S,
+    parts: Parts,
+    body: ReqBody,
+    primary: &str,
+    rule: &Arc<Rule>,
+    found: Found,
+    variants: Option<super::variants::Variants>,
+) where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let Some(permit) = state
+        .cache
+        .try_fill::<Fetched, Unshared>(&state.flights, &found.key)
+    else {
+        return;
+    };
+    let limit = state.origin_timeout;
+    let (state, rule, primary) = (Arc::clone(state), Arc::clone(rule), primary.to_owned());
+    let revalidation = async move {
+        if let Some(current) = state.cache.find(&found.key).await.filter(|l| l.is_fresh()) {
+            // Another request refreshed it meanwhile.
+            let stored = Stored::at(found.key.clone(), variants);
+            drop(permit.finish(Ok(Fetched {
+                source: current.source,
+                entry: current.entry,
+                stored,
+            })));
+            return;
+        }
+        let exchange = Exchange {
+            state: &state,
+            rule: &rule,
+            primary: &primary,
+            variants: variants.as_ref(),
+            stale: Some(&found),
+            forward: Forward::Stale,
+        };
+        // The client was answered already; the body is read only for what it stores.
+        if let Ok(response) = exchange.fetch(origin, parts, body, Some(permit)).await {
+            let mut body = response.into_body();
+            while let Some(Ok(_)) = body.frame().await {}
+        }
+    };
+    tokio::spawn(async move {
+        match limit {
+            Some(limit) => {
+                // Past the limit the fill is abandoned; the next stale hit tries again.
+                let _ = tokio::time::timeout(limit, revalidation).await;
+            }
+            None => revalidation.await,
+        }
+    });
+}
+
+/// Step 7: one request per key asks the origin; the others wait (`http.coalesce_wait` at
+/// most) and are answered with what it stored, or ask themselves when it stored nothing.
+async fn fill<S, ReqBody, ResBody>(
+    exchange: &Exchange<'_>,
+    origin: S,
+    parts: Parts,
+    body: ReqBody,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let state = exchange.state;
+    let primary = exchange.primary;
+    let key = match (exchange.stale, exchange.variants) {
+        (Some(found), _) => found.key.clone(),
+        (None, Some(variants)) => variants.key_for(primary, &parts.headers),
+        (None, None) => primary.to_owned(),
+    };
+    let options = FillOptions {
+        across_instances: exchange.stale.is_none(),
+        wait: Some(state.coalesce_wait),
+    };
+    let stored = || stored_meanwhile(state, primary, &parts.headers);
+    match state
+        .cache
+        .fill(&state.flights, &key, options, stored)
+        .await
+    {
+        Fill::Lead(permit) => exchange.fetch(origin, parts, body, Some(permit)).await,
+        Fill::Found(fetched) => {
+            let mut status = Status::hit(fetched.source);
+            status.collapsed = true;
+            Ok(from_entry(state, &parts, &fetched.entry, status))
+        }
+        Fill::Shared(fetched) if fetched.stored.selected_by(primary, &parts.headers) => {
+            let mut status = Status::forward(Forward::Miss);
+            status.collapsed = true;
+            Ok(from_entry(state, &parts, &fetched.entry, status))
+        }
+        Fill::Shared(_) | Fill::Failed(_) | Fill::Alone => {
+            exchange.fetch(origin, parts, body, None).await
+        }
+    }
+}
+
+/// A complete response stored for this request meanwhile (by another request here, or by the
+/// instance that held the lock) that may answer it as it is, as step 2 would have.
+async fn stored_meanwhile(state: &State, primary: &str, headers: &HeaderMap) -> Option<Fetched> {
+    let resolved = entries::resolve(&state.cache, primary, headers).await;
+    let now = SystemTime::now();
+    let found = resolved.found.filter(|found| {
+        let entry = &found.lookup.entry;
+        !range::is_partial(entry)
+            && policy::reuse(headers, entry.headers(), entry.age_at(now), entry.ttl())
+                == Reuse::Fresh
+    })?;
+    Some(Fetched {
+        source: found.lookup.source,
+        entry: found.lookup.entry,
+        stored: Stored::at(found.key, resolved.variants),
+    })
+}

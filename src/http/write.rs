@@ -1,0 +1,137 @@
+//! A request that may change the resource (RFC 9111 §4.4), top to bottom: forwarded (or, on a
+//! `write = "behind"` route, queued); on a success or redirect, the target URI and the
+//! same-origin `Location` / `Content-Location` URIs are invalidated everywhere, the tags the
+//! response names in `Cache-Invalidate` too, and with write-through the response is stored as
+//! the resource's new GET representation as it passes to the client.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LOCATION, LOCATION};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Body;
+use tower::Service;
+
+use super::admit::{self, Representation};
+use super::cache_status::{Forward, Status};
+use super::exchange::{kept, Storing};
+use super::routes::Rule;
+use super::state::{State, Times};
+use super::{key, response, write_behind};
+use crate::body::{BoxError, CacheBody};
+use crate::config::WriteMode;
+use crate::tee::Tee;
+
+pub(crate) async fn mutate<S, ReqBody, ResBody>(
+    state: Arc<State>,
+    mut origin: S,
+    request: Request<ReqBody>,
+    rule: Arc<Rule>,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: Body,
+    ResBody: Body<Data = Bytes> + Unpin,
+    ResBody::Error: Into<BoxError>,
+{
+    if rule.write == WriteMode::Behind {
+        if state.write_behind.get().is_some() {
+            return Ok(write_behind::accept(&state, request, &rule).await);
+        }
+        tracing::warn!("write = \"behind\" without CacheLayer::write_behind_to: writing through");
+    }
+    let target = key::target_uri(request.uri(), request.headers());
+    let primary = key::key_for(&target, request.headers(), &rule.key_headers);
+    let request_headers = request.headers().clone();
+    let request_time = SystemTime::now();
+    let (mut parts, body) = origin.call(request).await?.into_parts();
+    let times = Times {
+        request: request_time,
+        response: SystemTime::now(),
+    };
+    let mut status = Status::forward(Forward::Method);
+    if crate::framing::settle(&mut parts.headers).is_err() {
+        return Ok(response::bad_gateway(status, &state.cache_name));
+    }
+    status.forward_status = Some(parts.status.as_u16());
+    if !(parts.status.is_success() || parts.status.is_redirection()) {
+        return Ok(state.origin_response(parts, CacheBody::streaming(body), status));
+    }
+    let content_location =
+        invalidate_changed(&state, &target, &primary, &request_headers, &parts.headers).await;
+
+    // Write-through: the response is the new representation of the target.
+    let writes_through =
+        rule.write == WriteMode::Through || content_location.as_deref() == Some(target.as_str());
+    let representation = matches!(parts.status, StatusCode::OK | StatusCode::CREATED);
+    if !(writes_through && representation) {
+        return Ok(state.origin_response(parts, CacheBody::streaming(body), status));
+    }
+    let response = admit::Response {
+        headers: &parts.headers,
+        declared_len: body.size_hint().exact(),
+        times,
+    };
+    let admitted = admit::admit(
+        &state,
+        &rule,
+        &primary,
+        &request_headers,
+        response,
+        StatusCode::OK,
+        Representation::Complete,
+    );
+    let Ok(admission) = admitted else {
+        return Ok(state.origin_response(parts, CacheBody::streaming(body), status));
+    };
+    let storing = Storing {
+        admission,
+        primary,
+        request_headers,
+        variants: None,
+        new_variant: true,
+        permit: None,
+    };
+    let tee = Tee::new(state.max_entry_size, Box::new(storing));
+    let (body, stored) = kept(body, tee);
+    status.stored = stored;
+    Ok(state.origin_response(parts, body, status))
+}
+
+/// Invalidates what a successful write changed: the target, the same-origin resources the
+/// response points to, and everything tagged with what it names in `Cache-Invalidate`.
+/// Failures are counted and logged; the origin's answer stands. Returns the response's
+/// same-origin `Content-Location`, resolved.
+async fn invalidate_changed(
+    state: &State,
+    target: &str,
+    primary: &str,
+    request_headers: &HeaderMap,
+    response_headers: &HeaderMap,
+) -> Option<String> {
+    let referenced = |name| {
+        let value = response_headers.get(name)?.to_str().ok()?;
+        key::same_origin(target, value)
+    };
+    let content_location = referenced(&CONTENT_LOCATION);
+    let _ = state.cache.invalidate(primary).await;
+    for uri in [referenced(&LOCATION), content_location.clone()]
+        .iter()
+        .flatten()
+    {
+        let path = uri
+            .parse::<http::Uri>()
+            .map_or_else(|_| "/".to_owned(), |uri| uri.path().to_owned());
+        let key_headers = &state.routes.rule_for(&path).key_headers;
+        let _ = state
+            .cache
+            .invalidate(&key::key_for(uri, request_headers, key_headers))
+            .await;
+    }
+    let tags = state.tags_to_invalidate(response_headers);
+    if !tags.is_empty() {
+        let _ = state.cache.invalidate_tags(&tags).await;
+    }
+    content_location
+}
