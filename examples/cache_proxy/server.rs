@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST, VIA};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -137,6 +137,13 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The target's authority (absolute-form, or HTTP/2's :authority) is what the cache keyed
+        // the request by, so it is the Host the upstream must answer for.
+        if let Some(host) = request.uri().authority().and_then(host_of) {
+            request.headers_mut().insert(HOST, host);
+        }
+        // The pool speaks HTTP/1.1 and refuses a request still marked as HTTP/2.
+        *request.version_mut() = Version::HTTP_11;
         let mut parts = request.uri().clone().into_parts();
         parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
@@ -152,6 +159,15 @@ where
     }
 }
 
+/// `authority` as a Host value: host and port, without any userinfo.
+fn host_of(authority: &Authority) -> Option<HeaderValue> {
+    let host = match authority.port() {
+        Some(port) => format!("{}:{port}", authority.host()),
+        None => authority.host().to_owned(),
+    };
+    HeaderValue::from_str(&host).ok()
+}
+
 type Cached = CacheService<Upstream<Incoming>>;
 type ProxyBody = BoxBody<Bytes, BoxError>;
 
@@ -161,11 +177,11 @@ async fn proxy(
     mut request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     prepare(request.headers_mut());
-    if !request.headers().contains_key(HOST) {
-        if let Some(authority) = request.uri().authority() {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                request.headers_mut().insert(HOST, host);
-            }
+    // HTTP/2 carries the authority as :authority and need not send Host; an HTTP/1.1 request
+    // without Host is left for the cache to refuse.
+    if request.version() == Version::HTTP_2 && !request.headers().contains_key(HOST) {
+        if let Some(host) = request.uri().authority().and_then(host_of) {
+            request.headers_mut().insert(HOST, host);
         }
     }
     match cache.oneshot(request).await {
