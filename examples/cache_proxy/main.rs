@@ -13,7 +13,8 @@
 //! is a `502`. SIGTERM or Ctrl-C stops accepting, lets open connections finish (up to 10 s), then
 //! drains the write-behind queue (up to 30 s).
 //!
-//! Connection limits (a duration such as `500ms`, `10s`, `1m`; `0s` turns one off):
+//! Connection limits (a duration such as `500ms`, `10s`, `1m`; `0s` turns off any of the first
+//! three):
 //!
 //! | option (environment)                                      | default | what it bounds |
 //! |-----------------------------------------------------------|---------|----------------|
