@@ -8,6 +8,10 @@
 //! curl localhost:3000/cache/stats  # counters as JSON
 //! curl localhost:3000/metrics      # Prometheus metrics
 //! ```
+//!
+//! It is served like the `cache_proxy` example (`examples/support/serve.rs`): HTTP/1.1 and h2c,
+//! a 10 s header-read timeout, a 60 s idle timeout, HTTP/2 pings every 20 s, and an accept loop
+//! that backs off on errors.
 
 use std::time::Duration;
 
@@ -19,6 +23,9 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower_tiered_cache::config::RouteConfig;
 use tower_tiered_cache::{CacheConfig, CacheLayer, TieredCache};
+
+#[path = "support/serve.rs"]
+mod serve;
 
 /// A handler that takes 200 ms, as a database query might; cacheable for a minute.
 async fn slow(Path(id): Path<u32>) -> impl IntoResponse {
@@ -77,9 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "demo on http://{} ({tier}); try /slow/1 twice, then /cache/stats and /metrics",
         listener.local_addr()?
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    serve::serve(listener, app, serve::Timeouts::default(), shutdown_signal()).await;
     // In-flight requests have finished; give queued writes (if any) time to reach the origin.
     layer.shutdown(Duration::from_secs(30)).await;
     Ok(())

@@ -1,0 +1,208 @@
+//! The proxy itself, apart from argument parsing, so that tests can run it in-process
+//! (`#[path = "../examples/cache_proxy/server.rs"] mod server;`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST, VIA};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tower::{BoxError, Layer, Service, ServiceExt};
+use tower_tiered_cache::config::WriteMode;
+use tower_tiered_cache::{remove_hop_by_hop, CacheConfig, CacheLayer, CacheService};
+
+#[path = "../support/serve.rs"]
+pub mod serve;
+
+pub use serve::Timeouts;
+
+const VIA_VALUE: &str = "1.1 tiered-cache";
+
+/// How long queued writes (write-behind) may take to reach the upstream at shutdown.
+const WRITE_BEHIND_DRAIN: Duration = Duration::from_secs(30);
+
+/// Why the proxy cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The upstream URI has no authority to connect to.
+    #[error("--upstream {0} needs a host, e.g. http://127.0.0.1:8000")]
+    UpstreamWithoutHost(Uri),
+    /// The cache configuration was refused.
+    #[error(transparent)]
+    Cache(#[from] tower_tiered_cache::Error),
+}
+
+/// The cache in front of the upstream, ready to serve.
+pub struct Proxy {
+    layer: CacheLayer,
+    cache: Cached,
+}
+
+impl Proxy {
+    /// A cache configured by `config` in front of `upstream` (`http://host:port`).
+    pub fn new(upstream: &Uri, config: CacheConfig) -> Result<Self, ProxyError> {
+        let authority = upstream
+            .authority()
+            .cloned()
+            .ok_or_else(|| ProxyError::UpstreamWithoutHost(upstream.clone()))?;
+        let scheme = upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
+        let writes_behind = config
+            .route
+            .iter()
+            .any(|route| route.write == WriteMode::Behind);
+        let mut layer = CacheLayer::try_new(config)?;
+        if writes_behind {
+            // Queued writes are replayed to the upstream directly, not through the cache.
+            let replay = Upstream::<Full<Bytes>>::new(scheme.clone(), authority.clone());
+            layer = layer.write_behind_to(replay)?;
+        }
+        let cache = layer.layer(Upstream::new(scheme, authority));
+        Ok(Self { layer, cache })
+    }
+
+    /// Serves on `listener` until `shutdown` resolves; then lets open connections finish and
+    /// drains the write-behind queue.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        timeouts: Timeouts,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let cache = self.cache;
+        let service = tower::service_fn(move |request| proxy(cache.clone(), request));
+        serve::serve(listener, service, timeouts, shutdown).await;
+        self.layer.shutdown(WRITE_BEHIND_DRAIN).await;
+    }
+}
+
+/// The upstream: an HTTP/1.1 client with a keep-alive pool, sending origin-form requests.
+struct Upstream<B> {
+    client: Client<HttpConnector, B>,
+    scheme: Scheme,
+    authority: Authority,
+}
+
+impl<B> Clone for Upstream<B> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            scheme: self.scheme.clone(),
+            authority: self.authority.clone(),
+        }
+    }
+}
+
+impl<B> Upstream<B>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    fn new(scheme: Scheme, authority: Authority) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Self {
+            client,
+            scheme,
+            authority,
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for Upstream<B>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Incoming>;
+    type Error = hyper_util::client::legacy::Error;
+    type Future = hyper_util::client::legacy::ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The target's authority (absolute-form, or HTTP/2's :authority) is what the cache keyed
+        // the request by, so it is the Host the upstream must answer for.
+        if let Some(host) = request.uri().authority().and_then(host_of) {
+            request.headers_mut().insert(HOST, host);
+        }
+        // The pool speaks HTTP/1.1 and refuses a request still marked as HTTP/2.
+        *request.version_mut() = Version::HTTP_11;
+        let mut parts = request.uri().clone().into_parts();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        // Scheme, authority and path are all set, so this holds; were it not to, the client
+        // refuses the relative URI and the proxy answers 502.
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+        self.client.request(request)
+    }
+}
+
+/// `authority` as a Host value: host and port, without any userinfo.
+fn host_of(authority: &Authority) -> Option<HeaderValue> {
+    let host = match authority.port() {
+        Some(port) => format!("{}:{port}", authority.host()),
+        None => authority.host().to_owned(),
+    };
+    HeaderValue::from_str(&host).ok()
+}
+
+type Cached = CacheService<Upstream<Incoming>>;
+type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// One client request: hop-by-hop fields off, `Via` on, through the cache to the upstream.
+async fn proxy(
+    cache: Cached,
+    mut request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    prepare(request.headers_mut());
+    // HTTP/2 carries the authority as :authority and need not send Host; an HTTP/1.1 request
+    // without Host is left for the cache to refuse.
+    if request.version() == Version::HTTP_2 && !request.headers().contains_key(HOST) {
+        if let Some(host) = request.uri().authority().and_then(host_of) {
+            request.headers_mut().insert(HOST, host);
+        }
+    }
+    match cache.oneshot(request).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            prepare(&mut parts.headers);
+            Ok(Response::from_parts(parts, body.boxed()))
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "upstream request failed");
+            let body = Full::new(Bytes::from_static(b"bad gateway\n"))
+                .map_err(|never| match never {})
+                .boxed();
+            let mut response = Response::new(body);
+            *response.status_mut() = StatusCode::BAD_GATEWAY;
+            Ok(response)
+        }
+    }
+}
+
+fn prepare(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+    headers.append(VIA, HeaderValue::from_static(VIA_VALUE));
+}
