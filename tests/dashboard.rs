@@ -174,7 +174,11 @@ async fn feed_every_panel() {
             .l1_size(64 * 1024)
             // One failure opens the circuit, which then stays open for the rest of the test.
             .l2_breaker(1, Duration::from_secs(600))
-            .route(RouteConfig::new("/docs/*").write(WriteMode::Behind))
+            .route(
+                RouteConfig::new("/docs/*")
+                    .ttl(Duration::from_secs(60))
+                    .write(WriteMode::Behind),
+            )
             .build()
             .unwrap();
         let layer = CacheLayer::new(config)
@@ -187,6 +191,7 @@ async fn feed_every_panel() {
     let second = instance().await;
 
     send(&first, get("/page", &[])).await; // miss, stored in memory and Redis
+    first.cache().wait_for_writes().await;
     send(&first, get("/page", &[])).await; // memory hit
     send(&second, get("/page", &[])).await; // Redis hit
     coalesced_load(&first).await;

@@ -118,6 +118,15 @@ fn put_html(uri: &str, body: &'static str, headers: &[(&str, &str)]) -> Request<
 
 const SCRIPT: &str = "<script>steal(document.cookie)</script>";
 
+#[test]
+fn a_write_behind_route_without_a_lifetime_is_a_configuration_error() {
+    let toml = "[[route]]\npath = \"/docs/*\"\nwrite = \"behind\"\n";
+    let err = CacheConfig::from_toml_str(toml).unwrap_err();
+    assert_eq!(err.key(), Some("route[0].ttl"), "{err}");
+    let with_default = format!("[http]\ndefault_ttl = \"30s\"\n{toml}");
+    assert!(CacheConfig::from_toml_str(&with_default).is_ok());
+}
+
 #[tokio::test]
 async fn a_write_is_answered_at_once_served_from_the_cache_and_replayed() {
     let server = MockServer::start().await;

@@ -866,9 +866,18 @@ impl CacheConfig {
         Ok(())
     }
 
-    /// Route tags go first on every entry of the route, so they must fit the tag bounds.
+    /// Route tags go first on every entry of the route, so they must fit the tag bounds; and a
+    /// write-behind route needs a lifetime for what it serves before the origin has the write.
     fn validate_route_tags(&self) -> Result<(), ConfigError> {
         for (index, route) in self.route.iter().enumerate() {
+            let no_lifetime = route.ttl.is_none_or(|ttl| ttl.is_zero());
+            if route.write == WriteMode::Behind && no_lifetime && self.http.default_ttl.is_zero() {
+                return Err(ConfigError::invalid(
+                    format!("route[{index}].ttl"),
+                    "write = \"behind\" serves the written body until the origin has the write: \
+                     give the route a ttl (or set http.default_ttl) longer than the queue takes",
+                ));
+            }
             let key = || format!("route[{index}].tags");
             if route.tags.len() > self.tags.max_per_entry as usize {
                 return Err(ConfigError::invalid(

@@ -268,7 +268,9 @@ mod tests {
             invalid(through.write_requires(["authorization"])).as_deref(),
             Some("route[0].write_requires")
         );
-        let behind = RouteConfig::new("/a/*").write(WriteMode::Behind);
+        let behind = RouteConfig::new("/a/*")
+            .ttl(Duration::from_secs(60))
+            .write(WriteMode::Behind);
         assert_eq!(
             invalid(behind.clone().write_token("two words")).as_deref(),
             Some("route[0].write_token")
@@ -282,10 +284,15 @@ mod tests {
             .route(behind.clone().write_token("t0ken"))
             .route(
                 RouteConfig::new("/b/*")
+                    .ttl(Duration::from_secs(60))
                     .write(WriteMode::Behind)
                     .write_requires(["authorization"]),
             )
-            .route(RouteConfig::new("/c/*").write(WriteMode::Behind))
+            .route(
+                RouteConfig::new("/c/*")
+                    .ttl(Duration::from_secs(60))
+                    .write(WriteMode::Behind),
+            )
             .build()
             .unwrap();
         assert_eq!(Routes::new(&config).unwrap().open_write_paths(), ["/c/*"]);
