@@ -152,3 +152,42 @@ fn files_are_read_and_missing_files_named() {
     let err = CacheConfig::from_path(&missing).unwrap_err();
     assert!(err.to_string().contains("missing.toml"), "{err}");
 }
+
+#[test]
+fn targeted_fields_default_to_this_caches_own_and_cdn_cache_control() {
+    let config = parse("[http]\nstatus_header = \"Edge\"").unwrap();
+    assert_eq!(config.http.targeted_fields, None);
+    assert_eq!(
+        config.http.effective_targeted_fields(),
+        ["edge-cache-control", "cdn-cache-control"]
+    );
+    let none = parse("[http]\ntargeted_fields = []").unwrap();
+    assert!(none.http.effective_targeted_fields().is_empty());
+    assert_eq!(
+        CacheConfig::default().http.stale_if_unreachable,
+        Duration::from_secs(10)
+    );
+    let off = parse("[http]\nstale_if_unreachable = \"0s\"").unwrap();
+    assert_eq!(off.http.stale_if_unreachable, Duration::ZERO);
+}
+
+#[test]
+fn targeted_fields_must_be_header_names_other_than_the_ones_they_override() {
+    for (fields, says) in [
+        ("[\"bad field\"]", "\"bad field\" is not a header name"),
+        ("[\"Cache-Control\"]", "is what targeted fields override"),
+        (
+            "[\"surrogate-control\"]",
+            "is what targeted fields override",
+        ),
+    ] {
+        let err = parse(&format!("[http]\ntargeted_fields = {fields}")).unwrap_err();
+        assert_eq!(err.key(), Some("http.targeted_fields"), "{fields}");
+        assert!(err.to_string().contains(says), "{err}");
+    }
+    let derived = parse("[http]\nstatus_header = \"a:b\"").unwrap_err();
+    assert_eq!(derived.key(), Some("http.targeted_fields"));
+    assert!(
+        parse("[http]\nstatus_header = \"a:b\"\ntargeted_fields = [\"cdn-cache-control\"]").is_ok()
+    );
+}

@@ -239,3 +239,77 @@ async fn the_status_name_is_configurable() {
         "edge-1; hit; detail=memory"
     );
 }
+
+/// RFC 9111 §5.1: an `Age` that is not delta-seconds is ignored (the response is as fresh as
+/// its own directives say), and a list counts by its first member, over all field lines.
+#[tokio::test]
+async fn an_unreadable_age_is_ignored_and_a_listed_one_counts_by_its_first_member() {
+    let server = MockServer::start().await;
+    let fresh: [&[&str]; 5] = [
+        &["abc"],
+        &["-7200"],
+        &["7200.0"],
+        &["0, 7200"],
+        &["0", "7200"],
+    ];
+    let stale: [&[&str]; 3] = [&["7200, 0"], &["7200", "0"], &["7200;foo=bar"]];
+    for (index, ages) in fresh.iter().chain(stale.iter()).enumerate() {
+        let mut response = ok("max-age=3600");
+        for age in *ages {
+            response = response.append_header("age", *age);
+        }
+        Mock::given(path(format!("/age-{index}")))
+            .respond_with(response)
+            .mount(&server)
+            .await;
+    }
+    let service = cached(CacheConfig::default(), &server);
+    for (index, ages) in fresh.iter().chain(stale.iter()).enumerate() {
+        let route = format!("/age-{index}");
+        send(&service, get(&route, &[])).await;
+        let second = send(&service, get(&route, &[])).await;
+        let expected = if index < fresh.len() {
+            "tiered-cache; hit; detail=memory"
+        } else {
+            "tiered-cache; fwd=miss; fwd-status=200; stored"
+        };
+        assert_eq!(second.cache_status(), expected, "Age {ages:?}");
+    }
+}
+
+/// RFC 9110 §5.6.7: recipients accept the obsolete date formats, and caches read day, month
+/// and zone names in any case; other zones and malformed dates stay invalid (already expired).
+#[tokio::test]
+async fn expires_in_asctime_or_another_case_makes_a_response_fresh() {
+    let date = "Thu, 18 Aug 2050 01:01:18 GMT";
+    let fresh = [
+        "Mon Aug 18 02:01:18 2050",
+        "THU, 18 Aug 2050 02:01:18 GMT",
+        "Thu, 18 AUG 2050 02:01:18 GMT",
+        "Thu, 18 Aug 2050 02:01:18 gMT",
+    ];
+    let invalid = [
+        "Thu, 18 Aug 2050 02:01:18 UTC",
+        "Thu 18 Aug 2050 02:01:18 GMT",
+    ];
+    let server = MockServer::start().await;
+    for (index, expires) in fresh.iter().chain(invalid.iter()).enumerate() {
+        let response = ResponseTemplate::new(200)
+            .insert_header("expires", *expires)
+            .insert_header("date", date)
+            .insert_header("etag", "\"e\"")
+            .set_body_string("body");
+        Mock::given(path(format!("/expires-{index}")))
+            .respond_with(response)
+            .mount(&server)
+            .await;
+    }
+    let service = cached(CacheConfig::default(), &server);
+    for (index, expires) in fresh.iter().chain(invalid.iter()).enumerate() {
+        let route = format!("/expires-{index}");
+        send(&service, get(&route, &[])).await;
+        let second = send(&service, get(&route, &[])).await;
+        let from_cache = second.cache_status() == "tiered-cache; hit; detail=memory";
+        assert_eq!(from_cache, index < fresh.len(), "Expires {expires:?}");
+    }
+}

@@ -179,14 +179,31 @@ fn failing_origin(
 > + Clone
        + Send
        + 'static {
+    failing_after("max-age=60, stale-if-error=600", "120", hang)
+}
+
+/// An origin whose first answer has `cache_control` and `age`, and whose later calls fail
+/// (`Err`, as a refused or closed connection) or hang.
+fn failing_after(
+    cache_control: &'static str,
+    age: &'static str,
+    hang: bool,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     tower::service_fn(move |_request: Request<Full<Bytes>>| {
         let first = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
         async move {
             if first {
                 let response = Response::builder()
-                    .header("cache-control", "max-age=60, stale-if-error=600")
-                    .header("age", "120")
+                    .header("cache-control", cache_control)
+                    .header("age", age)
                     .body(Full::new(Bytes::from("stored body")))
                     .unwrap();
                 return Ok(response);
@@ -269,6 +286,68 @@ async fn an_origin_timeout_serves_stale_or_answers_504() {
         timed_out.headers()["cache-status"],
         "tiered-cache; fwd=miss"
     );
+}
+
+/// RFC 9111 §4.2.4: a cache that cannot reach the origin may serve stale; by default it does
+/// for 10 s past freshness (`http.stale_if_unreachable`), without any `stale-if-error`.
+#[tokio::test]
+async fn an_unreachable_origin_gets_a_recently_stale_entry_served_by_default() {
+    // Stale by 5 s on arrival: inside the 10 s window.
+    let service =
+        CacheLayer::new(CacheConfig::default()).layer(failing_after("max-age=60", "65", false));
+    let request = || {
+        Request::get("http://h/x")
+            .body(Full::<Bytes>::default())
+            .unwrap()
+    };
+    service.clone().oneshot(request()).await.unwrap();
+    let reply = service
+        .oneshot(request())
+        .await
+        .expect("stale instead of the error");
+    assert_eq!(
+        reply.headers()["cache-status"],
+        "tiered-cache; hit; fwd=stale; detail=memory"
+    );
+    assert_eq!(body_of(reply).await, "stored body");
+}
+
+/// The window stops where directives forbid stale, where it is turned off, and at an answer: a
+/// 5xx is not a disconnection, only `stale-if-error` serves stale for it.
+#[tokio::test]
+async fn no_stale_when_directives_forbid_it_it_is_off_or_the_origin_answers_5xx() {
+    let request = || {
+        Request::get("http://h/x")
+            .body(Full::<Bytes>::default())
+            .unwrap()
+    };
+    for forbidding in [
+        "max-age=60, must-revalidate",
+        "max-age=60, proxy-revalidate",
+        "s-maxage=60",
+        "max-age=60, no-cache",
+    ] {
+        let service =
+            CacheLayer::new(CacheConfig::default()).layer(failing_after(forbidding, "65", false));
+        service.clone().oneshot(request()).await.unwrap();
+        assert!(service.oneshot(request()).await.is_err(), "{forbidding}");
+    }
+    let off = CacheConfig::builder()
+        .stale_if_unreachable(Duration::ZERO)
+        .build()
+        .unwrap();
+    let service = CacheLayer::new(off).layer(failing_after("max-age=60", "65", false));
+    service.clone().oneshot(request()).await.unwrap();
+    assert!(service.oneshot(request()).await.is_err());
+
+    let first = ResponseTemplate::new(200)
+        .insert_header("cache-control", "max-age=60")
+        .insert_header("age", "65")
+        .set_body_string("stored body");
+    let server = origin_then(first, ResponseTemplate::new(503), 1).await;
+    let service = cached(CacheConfig::default(), &server);
+    send(&service, get("/s", &[])).await;
+    assert_eq!(send(&service, get("/s", &[])).await.status, 503);
 }
 
 #[tokio::test]

@@ -147,6 +147,24 @@ impl CacheConfigBuilder {
         self
     }
 
+    /// `http.stale_if_unreachable`: how long past its freshness a stale entry answers when the
+    /// origin gives no answer (`Duration::ZERO` turns it off).
+    pub fn stale_if_unreachable(mut self, window: Duration) -> Self {
+        self.config.http.stale_if_unreachable = window;
+        self
+    }
+
+    /// `http.targeted_fields`: the targeted cache-control fields (RFC 9213) this cache follows,
+    /// in precedence order; an empty list follows none.
+    pub fn targeted_fields<I, S>(mut self, fields: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.http.targeted_fields = Some(fields.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// `http.origin_timeout`: longest wait for the origin's response headers.
     pub fn origin_timeout(mut self, timeout: Duration) -> Self {
         self.config.http.origin_timeout = timeout;

@@ -26,9 +26,11 @@
 //! | `http.keep_stale` | | `10m` | how long stale entries with validators are kept for revalidation |
 //! | `http.stale_while_revalidate` | | `0s` | default `stale-while-revalidate` (RFC 5861) |
 //! | `http.stale_if_error` | | `0s` | default `stale-if-error` (RFC 5861) |
+//! | `http.stale_if_unreachable` | | `10s` | serve a stale entry this long past its freshness when the origin gives no answer (connection refused or closed, `http.origin_timeout`), unless its directives forbid stale (RFC 9111 §4.2.4); `0s` = only with `stale-if-error` |
 //! | `http.origin_timeout` | | `30s` | longest wait for the origin's headers, and for a background revalidation or a body read for the cache (`0s`: no limit) |
 //! | `http.coalesce_wait` | | `5s` | longest wait for another request's fill of the same key (it streams to its own client meanwhile); then a request asks the origin itself |
 //! | `http.status_header` | | `tiered-cache` | the cache's name in `Cache-Status` |
+//! | `http.targeted_fields` | | `["<status_header>-cache-control", "cdn-cache-control"]` | targeted cache-control fields this cache follows instead of `Cache-Control` and `Expires` (RFC 9213), first valid one wins; `[]` = none |
 //! | `http.key_headers` | | `[]` | request headers added to every cache key |
 //! | `http.max_variants` | | `32` | most `Vary` variants stored per URL |
 //! | `http.store_set_cookie` | | `false` | store responses that set cookies (RFC-allowed, unsafe for per-user cookies) |
@@ -586,6 +588,14 @@ pub struct HttpConfig {
     /// long past its freshness when the origin answers 5xx, fails or times out.
     #[serde(deserialize_with = "de::duration")]
     pub stale_if_error: Duration,
+    /// How long past its freshness a stale entry may answer when the origin gives no answer at
+    /// all (connection refused or closed, `origin_timeout`): RFC 9111 §4.2.4 lets a
+    /// disconnected cache serve stale. Never for entries whose directives forbid it
+    /// (`must-revalidate`, `proxy-revalidate`, `s-maxage`, `no-cache`), never for a 5xx answer
+    /// (that takes `stale-if-error`); `0s` turns it off. Entries are kept this long past their
+    /// freshness for it.
+    #[serde(deserialize_with = "de::duration")]
+    pub stale_if_unreachable: Duration,
     /// Longest wait for the origin's response headers; `0s` waits as long as the origin takes.
     /// On timeout, a stale entry (within `stale-if-error`) answers, or the cache's own 504.
     #[serde(deserialize_with = "de::duration")]
@@ -597,6 +607,13 @@ pub struct HttpConfig {
     pub coalesce_wait: Duration,
     /// The cache's name in `Cache-Status` (RFC 9211).
     pub status_header: String,
+    /// Targeted cache-control fields (RFC 9213) this cache follows, in precedence order: the
+    /// first that is present and a valid, non-empty Structured Field Dictionary replaces
+    /// `Cache-Control` and `Expires` (and `Surrogate-Control`) for this cache; the fields are
+    /// passed on unchanged, for caches further downstream. `None` (the default) is
+    /// [`HttpConfig::default_targeted_fields`]; an empty list follows none.
+    #[serde(default)]
+    pub targeted_fields: Option<Vec<String>>,
     /// Request headers added to every cache key (e.g. a tenant header).
     pub key_headers: Vec<String>,
     /// Most `Vary` variants kept per URL; more are served but not stored.
@@ -616,6 +633,25 @@ pub struct HttpConfig {
     /// often personal.
     #[serde(deserialize_with = "de::flag")]
     pub heuristic_with_credentials: bool,
+}
+
+impl HttpConfig {
+    /// The targeted fields followed when `targeted_fields` is not set: this cache's own
+    /// (`<status_header>-cache-control`, e.g. `tiered-cache-cache-control`), then
+    /// `cdn-cache-control`, the field RFC 9213 §3 defines for every CDN.
+    pub fn default_targeted_fields(&self) -> Vec<String> {
+        vec![
+            format!("{}-cache-control", self.status_header.to_ascii_lowercase()),
+            "cdn-cache-control".to_owned(),
+        ]
+    }
+
+    /// The targeted fields this cache follows: `targeted_fields`, or the default list.
+    pub fn effective_targeted_fields(&self) -> Vec<String> {
+        self.targeted_fields
+            .clone()
+            .unwrap_or_else(|| self.default_targeted_fields())
+    }
 }
 
 /// `http.forwarded_headers`: what happens to request headers that change the URL an
@@ -641,9 +677,11 @@ impl Default for HttpConfig {
             keep_stale: Duration::from_secs(600),
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
+            stale_if_unreachable: Duration::from_secs(10),
             origin_timeout: Duration::from_secs(30),
             coalesce_wait: Duration::from_secs(5),
             status_header: "tiered-cache".to_owned(),
+            targeted_fields: None,
             key_headers: Vec::new(),
             store_set_cookie: false,
             max_variants: 32,
@@ -823,6 +861,7 @@ impl CacheConfig {
             ));
         }
         validate_token("http.status_header", &self.http.status_header)?;
+        validate_targeted_fields(&self.http.effective_targeted_fields())?;
         crate::http::Routes::new(self)?;
         for (key, name) in [
             ("tags.tag_header", &self.tags.tag_header),
@@ -947,6 +986,30 @@ impl CacheConfig {
         }
         Ok(())
     }
+}
+
+/// Each targeted field must be a header name, and not one of the fields a targeted field is
+/// an alternative to (their syntax and targeting differ).
+fn validate_targeted_fields(fields: &[String]) -> Result<(), ConfigError> {
+    const KEY: &str = "http.targeted_fields";
+    for field in fields {
+        let name = http::HeaderName::from_bytes(field.as_bytes()).map_err(|_| {
+            ConfigError::invalid(
+                KEY,
+                format!(
+                    "{field:?} is not a header name (the default list derives one from \
+                     http.status_header; then set http.targeted_fields explicitly)"
+                ),
+            )
+        })?;
+        if name == http::header::CACHE_CONTROL || name == "surrogate-control" {
+            return Err(ConfigError::invalid(
+                KEY,
+                format!("{field:?} is what targeted fields override; list others, such as cdn-cache-control"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// RFC 9211 names the cache with an sf-token (or sf-string; a token is enough here).

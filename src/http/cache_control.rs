@@ -4,10 +4,17 @@
 //! strings, all field lines are combined, and anything that does not parse is ignored rather than
 //! failing the message. Numeric values that are not valid delta-seconds are kept as
 //! [`Delta::Invalid`] so the policy can treat them conservatively.
+//!
+//! Targeted fields (RFC 9213, `CDN-Cache-Control`) are the exception: they are Structured Field
+//! Dictionaries, parsed strictly, and one that does not parse is ignored as a whole.
+
+mod structured;
 
 use std::borrow::Cow;
 
-use http::header::{HeaderMap, CACHE_CONTROL};
+use http::header::{HeaderMap, HeaderName, CACHE_CONTROL};
+
+use structured::{Invalid, Value};
 
 /// RFC 9111 §1.2.2: delta-seconds too large to represent are 2^31.
 const DELTA_SECONDS_CAP: u64 = 2_147_483_648;
@@ -157,6 +164,90 @@ impl CacheControl {
             _ => {}
         }
     }
+}
+
+impl CacheControl {
+    /// RFC 9213 §2.1: the directives of the targeted field `field`, or `None` when it is
+    /// absent, empty or not a valid Dictionary. A directive this cache knows with a value of
+    /// the wrong type (`max-age="60"`, `no-store=?0`) makes the field invalid too: a cache that
+    /// guessed would apply a policy the origin did not state (§2.1: implementations SHOULD NOT
+    /// consume values that violate the directive's type).
+    pub(crate) fn from_targeted(headers: &HeaderMap, field: &HeaderName) -> Option<Self> {
+        let mut combined = String::new();
+        for line in headers.get_all(field) {
+            let line = line.to_str().ok()?.trim_matches([' ', '\t']);
+            if line.is_empty() {
+                continue;
+            }
+            if !combined.is_empty() {
+                combined.push_str(", ");
+            }
+            combined.push_str(line);
+        }
+        let members = structured::parse_dictionary(&combined).ok()?;
+        if members.is_empty() {
+            return None;
+        }
+        let mut parsed = Self {
+            present: true,
+            ..Self::default()
+        };
+        for (name, value) in members {
+            parsed.apply_targeted(&name, value).ok()?;
+        }
+        Some(parsed)
+    }
+
+    /// One member of a targeted field, typed as RFC 9213 §2.1 maps Cache-Control's syntax:
+    /// delta-seconds are Integers, flags are Boolean true, field lists are Strings (or a
+    /// Token naming one field). Request directives and extensions are ignored.
+    fn apply_targeted(&mut self, name: &str, value: Value) -> Result<(), Invalid> {
+        let seconds = |value: Value| match value {
+            Value::Integer(seconds) => u64::try_from(seconds)
+                .map(|seconds| Some(Delta::Seconds(seconds.min(DELTA_SECONDS_CAP))))
+                .map_err(|_| Invalid),
+            _ => Err(Invalid),
+        };
+        let flag = |value: Value| match value {
+            Value::Boolean(true) => Ok(true),
+            _ => Err(Invalid),
+        };
+        let fields = |value: Value| match value {
+            Value::Boolean(true) => Ok(None),
+            Value::String(fields) | Value::Token(fields) => Ok(Some(fields)),
+            _ => Err(Invalid),
+        };
+        match name {
+            "max-age" => self.max_age = seconds(value)?,
+            "s-maxage" => self.s_maxage = seconds(value)?,
+            "stale-while-revalidate" => self.stale_while_revalidate = seconds(value)?,
+            "stale-if-error" => self.stale_if_error = seconds(value)?,
+            "no-cache" => self.no_cache.merge(fields(value)?.as_deref()),
+            "private" => self.private.merge(fields(value)?.as_deref()),
+            "no-store" => self.no_store = flag(value)?,
+            "public" => self.public = flag(value)?,
+            "must-revalidate" => self.must_revalidate = flag(value)?,
+            "proxy-revalidate" => self.proxy_revalidate = flag(value)?,
+            "must-understand" => self.must_understand = flag(value)?,
+            "immutable" => self.immutable = flag(value)?,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// RFC 9213 §2.2: the directives this cache follows for `headers` — those of the first field of
+/// `targets` (its target list, in precedence order) that is present, valid and non-empty, else
+/// `Cache-Control`'s — and the targeted field they came from, if any. When one applies,
+/// `Cache-Control` and `Expires` are for other caches and are ignored here.
+pub(crate) fn governing<'t>(
+    headers: &HeaderMap,
+    targets: &'t [HeaderName],
+) -> (CacheControl, Option<&'t HeaderName>) {
+    targets
+        .iter()
+        .find_map(|field| Some((CacheControl::from_targeted(headers, field)?, Some(field))))
+        .unwrap_or_else(|| (CacheControl::from_headers(headers), None))
 }
 
 /// `Surrogate-Control` (W3C Edge Architecture 1.0): directives for reverse proxies, which
@@ -377,6 +468,83 @@ mod tests {
             SurrogateControl::from_headers(&headers, "edge")
                 .unwrap()
                 .no_store
+        );
+    }
+
+    fn targeted(lines: &[&str]) -> Option<CacheControl> {
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            headers.append("cdn-cache-control", HeaderValue::from_str(line).unwrap());
+        }
+        CacheControl::from_targeted(&headers, &HeaderName::from_static("cdn-cache-control"))
+    }
+
+    #[test]
+    fn targeted_fields_map_directives_by_structured_type() {
+        let cc = targeted(&[
+            "max-age=99999999999, private=\"set-cookie, x-a\"",
+            "no-cache=x-b, foo=?0",
+        ])
+        .unwrap();
+        assert_eq!(cc.max_age, Some(Delta::Seconds(DELTA_SECONDS_CAP)));
+        assert_eq!(
+            cc.private,
+            Qualified::Fields(vec!["set-cookie".into(), "x-a".into()])
+        );
+        assert_eq!(cc.no_cache, Qualified::Fields(vec!["x-b".into()]));
+        assert!(cc.present);
+        let flags = targeted(&["no-store, must-revalidate=?1, public;x=1"]).unwrap();
+        assert!(flags.no_store && flags.must_revalidate && flags.public);
+    }
+
+    #[test]
+    fn a_targeted_field_with_a_wrongly_typed_directive_is_ignored_whole() {
+        for line in [
+            "max-age=\"60\"",
+            "max-age=-1",
+            "max-age=1.5",
+            "no-store=?0",
+            "no-store=1",
+            "private=1",
+            "max-age=60, &&&",
+            "MaX-aGe=60",
+        ] {
+            assert_eq!(targeted(&[line]), None, "{line:?}");
+        }
+        assert_eq!(targeted(&[]), None);
+        assert_eq!(targeted(&["", " "]), None);
+        // Unknown directives may have any type, and an empty line adds nothing.
+        assert_eq!(
+            targeted(&["", "x=1.5, max-age=5"]).and_then(|cc| cc.max_age),
+            Some(Delta::Seconds(5))
+        );
+    }
+
+    #[test]
+    fn the_first_valid_targeted_field_governs() {
+        let targets = [
+            HeaderName::from_static("own-cache-control"),
+            HeaderName::from_static("cdn-cache-control"),
+        ];
+        let mut headers = HeaderMap::new();
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=1"));
+        let (cc, field) = governing(&headers, &targets);
+        assert_eq!((cc.max_age, field), (Some(Delta::Seconds(1)), None));
+        headers.insert("cdn-cache-control", HeaderValue::from_static("max-age=2"));
+        headers.insert(
+            "own-cache-control",
+            HeaderValue::from_static("max-age=\"3\""),
+        );
+        let (cc, field) = governing(&headers, &targets);
+        assert_eq!(
+            (cc.max_age, field),
+            (Some(Delta::Seconds(2)), Some(&targets[1]))
+        );
+        headers.insert("own-cache-control", HeaderValue::from_static("max-age=3"));
+        let (cc, field) = governing(&headers, &targets);
+        assert_eq!(
+            (cc.max_age, field),
+            (Some(Delta::Seconds(3)), Some(&targets[0]))
         );
     }
 

@@ -54,6 +54,28 @@ enum OriginFailure<E> {
     Framing,
 }
 
+impl<E> OriginFailure<E> {
+    /// An error or a timeout is no answer at all: the cache is "disconnected" (RFC 9111
+    /// §4.2.4). An answer with broken framing is an answer, judged like a 5xx.
+    fn failed(&self) -> Failed {
+        match self {
+            Self::Error(_) | Self::Timeout => Failed::Unreachable,
+            Self::Framing => Failed::Unusable,
+        }
+    }
+}
+
+/// What the origin did instead of answering usefully, for [`Exchange::stale_on_error`].
+#[derive(Clone, Copy)]
+enum Failed {
+    /// It answered with this 5xx.
+    Status(StatusCode),
+    /// It gave a response that cannot be used.
+    Unusable,
+    /// It gave none.
+    Unreachable,
+}
+
 impl Exchange<'_> {
     /// Forwards unchanged and passes the response on without storing it.
     pub(crate) async fn pass_on<S, ReqBody, ResBody>(
@@ -167,29 +189,32 @@ impl Exchange<'_> {
         }
     }
 
-    /// The stale entry, when the origin failed (`fwd_status` is its 5xx, if it answered) and
-    /// `stale-if-error` allows it (RFC 5861 §4).
+    /// The stale entry, when the origin failed and `stale-if-error` allows it (RFC 5861 §4), or
+    /// the origin gave no answer and `http.stale_if_unreachable` does (RFC 9111 §4.2.4). Both
+    /// windows are zero for entries whose directives forbid serving stale.
     fn stale_on_error<B>(
         &self,
         client_headers: &HeaderMap,
-        fwd_status: Option<StatusCode>,
+        failed: Failed,
     ) -> Option<Response<CacheBody<B>>> {
         let stale = self.stale?;
         let entry = &stale.lookup.entry;
         let windows =
             policy::stale_windows(entry.headers(), client_headers, self.state.default_stale);
+        let window = match failed {
+            Failed::Unreachable => windows.if_error.max(windows.if_unreachable),
+            Failed::Status(_) | Failed::Unusable => windows.if_error,
+        };
         let age = entry.age_at(SystemTime::now());
-        if !policy::within_window(windows.if_error, age, entry.ttl()) {
+        if !policy::within_window(window, age, entry.ttl()) {
             return None;
         }
-        tracing::debug!(
-            key = stale.key,
-            "origin failed; serving stale (stale-if-error)"
-        );
-        let status = Status::stale(
-            stale.lookup.source,
-            fwd_status.map(|status| status.as_u16()),
-        );
+        tracing::debug!(key = stale.key, "origin failed; serving stale");
+        let fwd_status = match failed {
+            Failed::Status(status) => Some(status.as_u16()),
+            Failed::Unusable | Failed::Unreachable => None,
+        };
+        let status = Status::stale(stale.lookup.source, fwd_status);
         Some(response::from_entry(
             &Method::GET,
             client_headers,
@@ -234,7 +259,8 @@ impl Exchange<'_> {
         let request = Request::from_parts(parts, body);
         let response = match self.call_origin(&mut origin, request).await {
             Ok(response) if response.status().is_server_error() => {
-                match self.stale_on_error(&client_headers, Some(response.status())) {
+                let failed = Failed::Status(response.status());
+                match self.stale_on_error(&client_headers, failed) {
                     Some(stale) => {
                         unshared(permit);
                         return Ok(stale);
@@ -245,7 +271,7 @@ impl Exchange<'_> {
             Ok(response) => response,
             Err(failure) => {
                 unshared(permit);
-                if let Some(stale) = self.stale_on_error(&client_headers, None) {
+                if let Some(stale) = self.stale_on_error(&client_headers, failure.failed()) {
                     return Ok(stale);
                 }
                 return self.failed(failure);
@@ -331,6 +357,7 @@ impl Exchange<'_> {
                     initial_age: Duration::ZERO,
                     keep_stale: Duration::ZERO,
                     strip: Vec::new(),
+                    targeted: None,
                 };
                 self.state.entry(received, &plan, self.rule, times)
             }
@@ -376,8 +403,9 @@ impl Exchange<'_> {
             Ok(admission) => admission,
             Err(_) => {
                 unshared(permit);
-                // A final answer that may not be stored supersedes what was stored before.
-                if !parts.status.is_server_error() {
+                // A final answer that may not be stored supersedes what was stored before; a
+                // 5xx does not, and neither does a 1xx, which is no final answer at all.
+                if !parts.status.is_server_error() && !parts.status.is_informational() {
                     self.forget_stale().await;
                 }
                 return self.streamed(parts, body);

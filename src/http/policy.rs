@@ -2,6 +2,8 @@
 //! response may answer a request. Pure functions over headers and times; the service applies
 //! them in request order.
 
+mod date;
+
 use std::time::{Duration, SystemTime};
 
 use http::header::{
@@ -11,7 +13,7 @@ use http::header::{
 };
 use http::{Method, StatusCode};
 
-use super::cache_control::{CacheControl, Delta, MaxStale, Qualified, SurrogateControl};
+use super::cache_control::{self, CacheControl, Delta, MaxStale, Qualified, SurrogateControl};
 
 /// Heuristic freshness is 10 % of the time since Last-Modified (§4.2.2), at most this long.
 const HEURISTIC_CAP: Duration = Duration::from_secs(24 * 3600);
@@ -33,7 +35,13 @@ pub(crate) struct Settings<'a> {
     pub(crate) heuristic_with_credentials: bool,
     /// This cache's name as a surrogate, for targeted `Surrogate-Control` directives.
     pub(crate) surrogate_token: &'a str,
+    /// The targeted cache-control fields this cache follows, in precedence order (RFC 9213).
+    pub(crate) targeted_fields: &'a [HeaderName],
 }
+
+/// Marks a stored response whose policy came from a targeted field, naming that field, so that
+/// reusing it follows the same directives it was stored under. Internal: never sent.
+pub(crate) static TARGETED: HeaderName = HeaderName::from_static("x-tiered-cache-targeted");
 
 /// Why a response is not stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +87,9 @@ pub(crate) struct StorePlan {
     pub(crate) keep_stale: Duration,
     /// Fields named by `private=` / `no-cache=`, removed before storing (§5.2.2.4, §5.2.2.7).
     pub(crate) strip: Vec<HeaderName>,
+    /// The targeted field (RFC 9213) whose directives apply, when one does: recorded with the
+    /// entry as [`TARGETED`].
+    pub(crate) targeted: Option<HeaderName>,
 }
 
 /// Statuses a cache may store without explicit freshness (RFC 9110 §15.1).
@@ -122,9 +133,14 @@ pub(crate) fn plan_store(
     if !storable_status(status) {
         return Err(NotStored::Status);
     }
-    let cc = CacheControl::from_headers(response);
-    let surrogate = SurrogateControl::from_headers(response, settings.surrogate_token);
-    // A surrogate's own directives win over Cache-Control (W3C Edge Architecture).
+    // A targeted field (RFC 9213) replaces Cache-Control and Expires, and Surrogate-Control,
+    // the older convention for the same purpose; without one, a surrogate's own directives win
+    // over Cache-Control (W3C Edge Architecture).
+    let (cc, targeted) = cache_control::governing(response, settings.targeted_fields);
+    let surrogate = match targeted {
+        Some(_) => None,
+        None => SurrogateControl::from_headers(response, settings.surrogate_token),
+    };
     if surrogate
         .as_ref()
         .is_some_and(|surrogate| surrogate.no_store)
@@ -163,7 +179,7 @@ pub(crate) fn plan_store(
     }
     let explicit = match surrogate_max_age {
         Some(delta) => Some(Duration::from_secs(delta.seconds().unwrap_or(0))),
-        None => explicit_lifetime(&cc, response, response_time),
+        None => explicit_lifetime(&cc, targeted.is_none(), response, response_time),
     };
     let heuristic_allowed = cc.public || heuristically_cacheable(status);
     if explicit.is_none() && !heuristic_allowed && settings.ttl_override.is_none() {
@@ -178,20 +194,15 @@ pub(crate) fn plan_store(
     {
         return Err(NotStored::Credentials);
     }
-    let age = age_value(response);
-    let ttl = match age {
-        // An Age that does not parse could be any age: stale at once (§5.1).
-        AgeValue::Invalid => Duration::ZERO,
-        AgeValue::Absent | AgeValue::Seconds(_) => settings
-            .ttl_override
-            .or(explicit)
-            .or_else(|| {
-                heuristic_allowed
-                    .then(|| heuristic_lifetime(response, response_time))
-                    .flatten()
-            })
-            .unwrap_or(settings.default_ttl),
-    };
+    let ttl = settings
+        .ttl_override
+        .or(explicit)
+        .or_else(|| {
+            heuristic_allowed
+                .then(|| heuristic_lifetime(response, response_time))
+                .flatten()
+        })
+        .unwrap_or(settings.default_ttl);
     let has_validators = response.contains_key(ETAG) || response.contains_key(LAST_MODIFIED);
     let for_validation = if has_validators {
         settings.keep_stale
@@ -205,11 +216,14 @@ pub(crate) fn plan_store(
     if ttl.is_zero() && keep_stale.is_zero() {
         return Err(NotStored::Useless);
     }
+    // Kept a little longer, for when the origin cannot be reached; not a reason to store.
+    let keep_stale = keep_stale.max(windows.if_unreachable);
     Ok(StorePlan {
         ttl,
-        initial_age: initial_age(response, age, request_time, response_time),
+        initial_age: initial_age(response, request_time, response_time),
         keep_stale,
         strip: stripped_fields(&cc),
+        targeted: targeted.cloned(),
     })
 }
 
@@ -233,15 +247,19 @@ fn stripped_fields(cc: &CacheControl) -> Vec<HeaderName> {
     fields
 }
 
-/// §4.2.1: `s-maxage` (shared caches), then `max-age`, then `Expires` − `Date`. An invalid
-/// value makes the response stale at once.
+/// §4.2.1: `s-maxage` (shared caches), then `max-age`, then (when `with_expires`: not under a
+/// targeted field) `Expires` − `Date`. An invalid value makes the response stale at once.
 fn explicit_lifetime(
     cc: &CacheControl,
+    with_expires: bool,
     response: &HeaderMap,
     response_time: SystemTime,
 ) -> Option<Duration> {
     if let Some(delta) = cc.s_maxage.or(cc.max_age) {
         return Some(Duration::from_secs(delta.seconds().unwrap_or(0)));
+    }
+    if !with_expires {
+        return None;
     }
     let mut expires = response.get_all(EXPIRES).iter();
     let first = expires.next()?;
@@ -267,7 +285,6 @@ fn heuristic_lifetime(response: &HeaderMap, response_time: SystemTime) -> Option
 /// §4.2.3: the corrected initial age of a response received at `response_time`.
 fn initial_age(
     response: &HeaderMap,
-    age: AgeValue,
     request_time: SystemTime,
     response_time: SystemTime,
 ) -> Duration {
@@ -277,44 +294,31 @@ fn initial_age(
     let response_delay = response_time
         .duration_since(request_time)
         .unwrap_or(Duration::ZERO);
-    let age_value = match age {
-        AgeValue::Seconds(age) => age,
-        AgeValue::Absent | AgeValue::Invalid => Duration::ZERO,
-    };
-    let corrected_age_value = age_value + response_delay;
+    let corrected_age_value = age_value(response).unwrap_or_default() + response_delay;
     apparent_age.max(corrected_age_value)
 }
 
-/// The `Age` of a response (§5.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum AgeValue {
-    Absent,
-    Seconds(Duration),
-    /// Several field lines, or anything but digits: the response's age is unknown.
-    Invalid,
-}
-
-/// §5.1: one field line of delta-seconds. A list of digits without spaces (`0,7200`, as one
-/// line) counts by its first member; anything else (two lines, `0, 0`, `-1`, `1.5`, `1;x`) is
-/// invalid, which makes the response stale.
-fn age_value(response: &HeaderMap) -> AgeValue {
-    let mut lines = response.get_all(AGE).iter();
-    let Some(first) = lines.next() else {
-        return AgeValue::Absent;
-    };
-    if lines.next().is_some() {
-        return AgeValue::Invalid;
-    }
-    let bytes = first.as_bytes();
-    let well_formed = bytes
-        .split(|byte| *byte == b',')
-        .all(|member| !member.is_empty() && member.iter().all(u8::is_ascii_digit));
-    let first_member = bytes.split(|byte| *byte == b',').next().unwrap_or_default();
-    match std::str::from_utf8(first_member).map(Delta::parse_str) {
-        Ok(Delta::Seconds(seconds)) if well_formed => {
-            AgeValue::Seconds(Duration::from_secs(seconds))
-        }
-        _ => AgeValue::Invalid,
+/// §5.1: the `Age` of a response. A list (`0, 7200`, or several field lines) counts by its
+/// first member; a value that is not delta-seconds (`abc`, `-1`, `1.5`) is ignored, as if
+/// there were no `Age`; a huge one counts as 2^31 seconds (§1.2.2). Parameters after the number
+/// (`7200;foo=bar`, as Structured Fields would read an Integer) are dropped and the number
+/// counts: of the two readings §5.1 leaves open, the one that takes the response as older.
+fn age_value(response: &HeaderMap) -> Option<Duration> {
+    let first = response
+        .get_all(AGE)
+        .iter()
+        .flat_map(|line| line.as_bytes().split(|byte| *byte == b','))
+        .map(|member| member.trim_ascii())
+        // RFC 9110 §5.6.1: empty list members do not count.
+        .find(|member| !member.is_empty())?;
+    let number = first
+        .split(|byte| *byte == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii_end();
+    match std::str::from_utf8(number).map(Delta::parse_str) {
+        Ok(Delta::Seconds(seconds)) => Some(Duration::from_secs(seconds)),
+        _ => None,
     }
 }
 
@@ -322,8 +326,9 @@ fn response_date(response: &HeaderMap) -> Option<SystemTime> {
     http_date(response.get(DATE)?)
 }
 
+/// An HTTP-date field value in any of the formats recipients must accept (RFC 9110 §5.6.7).
 pub(crate) fn http_date(value: &http::HeaderValue) -> Option<SystemTime> {
-    httpdate::parse_http_date(value.to_str().ok()?.trim()).ok()
+    date::parse(value.to_str().ok()?, date::year_of(SystemTime::now()))
 }
 
 /// The lowercased field names of `Vary`.
@@ -348,6 +353,9 @@ pub(crate) struct StaleWindows {
     pub(crate) while_revalidate: Duration,
     /// When the origin answers 5xx, fails or times out.
     pub(crate) if_error: Duration,
+    /// When the origin gives no answer at all (connection refused or closed, timeout): the
+    /// cache is then "disconnected" (RFC 9111 §4.2.4) and may serve stale without a directive.
+    pub(crate) if_unreachable: Duration,
 }
 
 /// The stale windows of a stored response for a request: its own directives (the request may
@@ -359,7 +367,7 @@ pub(crate) fn stale_windows(
     defaults: StaleWindows,
 ) -> StaleWindows {
     let requested = CacheControl::from_headers(request).stale_if_error;
-    stale_windows_of(&CacheControl::from_headers(stored), requested, defaults)
+    stale_windows_of(&stored_directives(stored), requested, defaults)
 }
 
 /// [`stale_windows`] from the stored response's parsed directives and the request's
@@ -379,7 +387,18 @@ fn stale_windows_of(
         if_error: seconds(cc.stale_if_error)
             .unwrap_or(defaults.if_error)
             .max(requested),
+        if_unreachable: defaults.if_unreachable,
     }
+}
+
+/// The directives a stored response was stored under: those of the targeted field its
+/// [`TARGETED`] marker names, else its `Cache-Control`.
+fn stored_directives(stored: &HeaderMap) -> CacheControl {
+    stored
+        .get(&TARGETED)
+        .and_then(|field| HeaderName::from_bytes(field.as_bytes()).ok())
+        .and_then(|field| CacheControl::from_targeted(stored, &field))
+        .unwrap_or_else(|| CacheControl::from_headers(stored))
 }
 
 /// Whether a stored response of `age` and freshness lifetime `ttl` is stale by no more than
@@ -408,7 +427,7 @@ pub(crate) fn reuse(
     age: Duration,
     ttl: Duration,
 ) -> Reuse {
-    let stored_cc = CacheControl::from_headers(stored);
+    let stored_cc = stored_directives(stored);
     if request.contains_key(AUTHORIZATION)
         && !(stored_cc.public || stored_cc.s_maxage.is_some() || stored_cc.must_revalidate)
     {
@@ -591,8 +610,14 @@ mod tests {
             store_set_cookie: false,
             heuristic_with_credentials: false,
             surrogate_token: "tc",
+            targeted_fields: &TARGETS,
         }
     }
+
+    static TARGETS: [HeaderName; 2] = [
+        HeaderName::from_static("tc-cache-control"),
+        HeaderName::from_static("cdn-cache-control"),
+    ];
 
     fn at(seconds: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_700_000_000 + seconds)
@@ -775,52 +800,240 @@ mod tests {
     fn initial_age_takes_the_larger_of_apparent_and_corrected_age() {
         let response = headers(&[("date", &date(90)), ("age", "30")]);
         assert_eq!(
-            initial_age(&response, age_value(&response), at(98), at(100)),
+            initial_age(&response, at(98), at(100)),
             Duration::from_secs(32)
         );
         let response = headers(&[("date", &date(50))]);
         assert_eq!(
-            initial_age(&response, age_value(&response), at(100), at(100)),
+            initial_age(&response, at(100), at(100)),
             Duration::from_secs(50)
         );
     }
 
-    #[test]
-    fn only_one_line_of_digits_is_a_valid_age() {
-        assert_eq!(age_value(&headers(&[])), AgeValue::Absent);
-        assert_eq!(
-            age_value(&headers(&[("age", "7200")])),
-            AgeValue::Seconds(Duration::from_secs(7200))
-        );
-        assert_eq!(
-            age_value(&headers(&[("age", "0,7200")])),
-            AgeValue::Seconds(Duration::ZERO)
-        );
-        for invalid in ["abc", "-7200", "7200.0", "0, 0", "7200;foo=bar", "", "1,"] {
-            assert_eq!(
-                age_value(&headers(&[("age", invalid)])),
-                AgeValue::Invalid,
-                "{invalid:?}"
-            );
-        }
-        assert_eq!(
-            age_value(&headers(&[("age", "0"), ("age", "0")])),
-            AgeValue::Invalid
-        );
+    fn age(lines: &[&str]) -> Option<u64> {
+        let lines: Vec<(&str, &str)> = lines.iter().map(|line| ("age", *line)).collect();
+        age_value(&headers(&lines)).map(|age| age.as_secs())
     }
 
     #[test]
-    fn an_invalid_age_makes_the_response_stale() {
+    fn the_first_member_of_an_age_list_counts_across_lines() {
+        assert_eq!(age(&[]), None);
+        assert_eq!(age(&["7200"]), Some(7200));
+        assert_eq!(age(&["0, 7200"]), Some(0));
+        assert_eq!(age(&["7200, 0"]), Some(7200));
+        assert_eq!(age(&["0", "7200"]), Some(0));
+        assert_eq!(age(&["7200", "0"]), Some(7200));
+        assert_eq!(age(&["3600", "3600"]), Some(3600));
+        assert_eq!(age(&[" , 5"]), Some(5));
+        assert_eq!(age(&["99999999999999999999"]), Some(2_147_483_648));
+        assert_eq!(age(&["7200;foo=bar"]), Some(7200));
+        assert_eq!(age(&["7200 ;foo=111"]), Some(7200));
+    }
+
+    #[test]
+    fn an_age_that_is_not_delta_seconds_is_ignored() {
+        for invalid in ["abc", "-7200", "7200.0", "", "0x10", ";7200", "a;7200"] {
+            assert_eq!(age(&[invalid]), None, "{invalid:?}");
+        }
+        // Ignored, not "stale on arrival": the response is as fresh as its Date says.
+        let d = date(100);
         let stored = plan(
             200,
             &[
                 ("cache-control", "max-age=3600"),
                 ("age", "abc"),
-                ("etag", "\"x\""),
+                ("date", &d),
             ],
         )
         .unwrap();
-        assert_eq!(stored.ttl, Duration::ZERO);
+        assert_eq!(stored.ttl, Duration::from_secs(3600));
+        assert_eq!(stored.initial_age, Duration::ZERO);
+        let old = plan(
+            200,
+            &[
+                ("cache-control", "max-age=3600"),
+                ("age", "7200, 0"),
+                ("date", &d),
+            ],
+        )
+        .unwrap();
+        assert_eq!(old.initial_age, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn expires_in_obsolete_formats_and_any_case_gives_freshness() {
+        let d = "Thu, 18 Aug 2050 01:01:18 GMT";
+        let ttl = |expires: &str| {
+            plan(200, &[("expires", expires), ("date", d), ("etag", "\"e\"")]).map(|plan| plan.ttl)
+        };
+        let hour = Ok(Duration::from_secs(3600));
+        for expires in [
+            "Thu, 18 Aug 2050 02:01:18 GMT",
+            "THU, 18 AUG 2050 02:01:18 gMT",
+            "Thursday, 18-Aug-50 02:01:18 GMT",
+            "Mon Aug 18 02:01:18 2050",
+        ] {
+            assert_eq!(ttl(expires), hour, "{expires:?}");
+        }
+        for invalid in [
+            "Thu, 18 Aug 2050 02:01:18 UTC",
+            "Thu, 18  Aug  2050 02:01:18 GMT",
+            "Thu, 18 Aug 2050 2:01:18 GMT",
+        ] {
+            assert_eq!(ttl(invalid), Ok(Duration::ZERO), "{invalid:?}");
+        }
+    }
+
+    #[test]
+    fn a_targeted_field_replaces_cache_control_and_expires() {
+        let d = date(100);
+        let past = date(0);
+        let ttl = |response: &[(&str, &str)]| plan(200, response).map(|plan| plan.ttl);
+        assert_eq!(
+            ttl(&[
+                ("cache-control", "max-age=1"),
+                ("cdn-cache-control", "max-age=3600")
+            ]),
+            Ok(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            ttl(&[
+                ("cache-control", "max-age=3600"),
+                ("cdn-cache-control", "max-age=1")
+            ]),
+            Ok(Duration::from_secs(1))
+        );
+        assert_eq!(
+            ttl(&[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=60")
+            ]),
+            Ok(Duration::from_secs(60))
+        );
+        assert_eq!(
+            ttl(&[
+                ("cdn-cache-control", "max-age=3600"),
+                ("expires", &past),
+                ("date", &d)
+            ]),
+            Ok(Duration::from_secs(3600))
+        );
+        for forbidding in ["no-store", "private"] {
+            assert!(
+                plan(
+                    200,
+                    &[
+                        ("cache-control", "max-age=3600"),
+                        ("cdn-cache-control", forbidding)
+                    ]
+                )
+                .is_err(),
+                "{forbidding}"
+            );
+        }
+        // Without freshness of its own, Expires does not lend it any.
+        assert_eq!(
+            ttl(&[
+                ("cdn-cache-control", "public"),
+                ("expires", &date(1000)),
+                ("date", &d)
+            ]),
+            Err(NotStored::Useless)
+        );
+    }
+
+    #[test]
+    fn this_caches_own_field_wins_and_an_invalid_one_is_skipped() {
+        let plan_of = |response: &[(&str, &str)]| plan(200, response).unwrap();
+        let own = plan_of(&[
+            ("cdn-cache-control", "max-age=60"),
+            ("tc-cache-control", "max-age=5"),
+        ]);
+        assert_eq!(own.ttl, Duration::from_secs(5));
+        assert_eq!(own.targeted, Some(TARGETS[0].clone()));
+        let fallback = plan_of(&[
+            ("tc-cache-control", "max-age=5, &&&"),
+            ("cdn-cache-control", "max-age=60"),
+        ]);
+        assert_eq!(fallback.ttl, Duration::from_secs(60));
+        assert_eq!(fallback.targeted, Some(TARGETS[1].clone()));
+        for invalid in [
+            "max-age=\"60\"",
+            "max-age=-1",
+            "max-age=60, &&&",
+            "",
+            "no-store=?0",
+        ] {
+            let untargeted = plan_of(&[
+                ("cdn-cache-control", invalid),
+                ("cache-control", "max-age=7"),
+            ]);
+            assert_eq!(untargeted.ttl, Duration::from_secs(7), "{invalid:?}");
+            assert_eq!(untargeted.targeted, None);
+        }
+        // Fields not on the target list change nothing.
+        let other = plan_of(&[
+            ("other-cache-control", "no-store"),
+            ("cache-control", "max-age=7"),
+        ]);
+        assert_eq!(other.ttl, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn a_targeted_field_wins_over_surrogate_control() {
+        let stored = plan(
+            200,
+            &[
+                ("surrogate-control", "max-age=600;tc"),
+                ("cdn-cache-control", "max-age=60"),
+            ],
+        );
+        assert_eq!(stored.map(|plan| plan.ttl), Ok(Duration::from_secs(60)));
+        let stored = plan(
+            200,
+            &[
+                ("surrogate-control", "no-store"),
+                ("cdn-cache-control", "max-age=60"),
+            ],
+        );
+        assert!(stored.is_ok());
+    }
+
+    #[test]
+    fn a_stored_response_is_reused_under_the_field_it_was_stored_under() {
+        let mut stored = headers(&[
+            ("cache-control", "max-age=3600"),
+            (
+                "cdn-cache-control",
+                "no-cache, must-revalidate, stale-while-revalidate=60",
+            ),
+        ]);
+        let age = Duration::from_secs(1);
+        let ttl = Duration::from_secs(100);
+        let max_stale = headers(&[("cache-control", "max-stale")]);
+        let defaults = StaleWindows {
+            while_revalidate: Duration::from_secs(5),
+            if_error: Duration::from_secs(5),
+            if_unreachable: Duration::from_secs(5),
+        };
+        // Unmarked (stored before, or under Cache-Control): Cache-Control's directives.
+        assert_eq!(reuse(&HeaderMap::new(), &stored, age, ttl), Reuse::Fresh);
+        stored.insert(
+            TARGETED.clone(),
+            http::HeaderValue::from_static("cdn-cache-control"),
+        );
+        assert_eq!(
+            reuse(&HeaderMap::new(), &stored, age, ttl),
+            Reuse::ValidateStale
+        );
+        assert_eq!(
+            reuse(&max_stale, &stored, Duration::from_secs(200), ttl),
+            Reuse::ValidateStale
+        );
+        assert_eq!(
+            stale_windows(&stored, &HeaderMap::new(), defaults),
+            StaleWindows::default()
+        );
     }
 
     #[test]
@@ -861,6 +1074,7 @@ mod tests {
         let defaults = StaleWindows {
             while_revalidate: Duration::from_secs(5),
             if_error: Duration::from_secs(7),
+            if_unreachable: Duration::from_secs(9),
         };
         let windows = |stored: &[(&str, &str)], request: &[(&str, &str)]| {
             stale_windows(&headers(stored), &headers(request), defaults)
@@ -876,7 +1090,8 @@ mod tests {
             ),
             StaleWindows {
                 while_revalidate: Duration::from_secs(30),
-                if_error: Duration::from_secs(60)
+                if_error: Duration::from_secs(60),
+                if_unreachable: Duration::from_secs(9),
             }
         );
         assert_eq!(
@@ -906,6 +1121,37 @@ mod tests {
     fn stale_windows_keep_entries_without_validators() {
         let stored = plan(200, &[("cache-control", "max-age=0, stale-if-error=60")]).unwrap();
         assert_eq!(stored.keep_stale, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn entries_are_kept_for_the_unreachable_window_but_not_stored_for_it() {
+        let settings = Settings {
+            default_stale: StaleWindows {
+                if_unreachable: Duration::from_secs(10),
+                ..StaleWindows::default()
+            },
+            ..settings()
+        };
+        let store = |cache_control: &str| {
+            plan_store(
+                &Method::GET,
+                &HeaderMap::new(),
+                StatusCode::OK,
+                &headers(&[("cache-control", cache_control)]),
+                at(0),
+                at(0),
+                &settings,
+            )
+        };
+        assert_eq!(
+            store("max-age=60").map(|plan| plan.keep_stale),
+            Ok(Duration::from_secs(10))
+        );
+        assert_eq!(
+            store("max-age=60, must-revalidate").map(|plan| plan.keep_stale),
+            Ok(Duration::ZERO)
+        );
+        assert_eq!(store("max-age=0"), Err(NotStored::Useless));
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub(crate) fn from_entry_with_status<B>(
             entry
                 .headers()
                 .iter()
+                .filter(|(name, _)| *name != policy::TARGETED)
                 .map(|(name, value)| (name.clone(), value.clone())),
         );
         let mut body = entry.body().clone();

@@ -32,6 +32,8 @@ pub(crate) struct State {
     pub(crate) default_ttl: Duration,
     pub(crate) keep_stale: Duration,
     pub(crate) default_stale: StaleWindows,
+    /// The targeted cache-control fields followed (RFC 9213), in precedence order.
+    pub(crate) targeted_fields: Vec<HeaderName>,
     pub(crate) origin_timeout: Option<Duration>,
     pub(crate) flights: Arc<Coalescer<Fetched>>,
     /// Longest wait for another request's fill of the same key (`http.coalesce_wait`).
@@ -91,7 +93,17 @@ impl State {
             default_stale: StaleWindows {
                 while_revalidate: config.http.stale_while_revalidate,
                 if_error: config.http.stale_if_error,
+                if_unreachable: config.http.stale_if_unreachable,
             },
+            targeted_fields: config
+                .http
+                .effective_targeted_fields()
+                .iter()
+                .map(|field| HeaderName::from_bytes(field.as_bytes()))
+                .collect::<Result<_, _>>()
+                .map_err(|_| {
+                    crate::ConfigError::invalid("http.targeted_fields", "not a header name")
+                })?,
             origin_timeout: Some(config.http.origin_timeout).filter(|timeout| !timeout.is_zero()),
             flights: Arc::new(Coalescer::new()),
             coalesce_wait: config.http.coalesce_wait,
@@ -173,6 +185,7 @@ impl State {
             store_set_cookie: self.store_set_cookie,
             heuristic_with_credentials: self.heuristic_with_credentials,
             surrogate_token: &self.cache_name,
+            targeted_fields: &self.targeted_fields,
         }
     }
 
@@ -225,9 +238,10 @@ pub(crate) struct Times {
 impl State {
     /// The entry for a response: its tags taken; connection-specific, internal and tag fields
     /// removed (tag fields unless configured otherwise); the fields the origin asked not to
-    /// share (`private="…"`, `no-cache="…"`) removed; a `Date` added if missing (RFC 9110
-    /// §6.6.1); its age counted from when the origin generated it; obtained when the request
-    /// was sent (so a tag invalidation during the request kills it).
+    /// share (`private="…"`, `no-cache="…"`) removed; the targeted field it is stored under
+    /// recorded ([`policy::TARGETED`]); a `Date` added if missing (RFC 9110 §6.6.1); its age
+    /// counted from when the origin generated it; obtained when the request was sent (so a tag
+    /// invalidation during the request kills it).
     pub(crate) fn entry(
         &self,
         received: Received,
@@ -243,8 +257,15 @@ impl State {
         } = received;
         let tags = self.tags_of(&headers, rule);
         policy::remove_hop_by_hop(&mut headers);
-        for name in plan.strip.iter().chain([&AGE, &CACHE_STATUS, &VARIANTS]) {
+        for name in plan
+            .strip
+            .iter()
+            .chain([&AGE, &CACHE_STATUS, &VARIANTS, &policy::TARGETED])
+        {
             headers.remove(name);
+        }
+        if let Some(field) = &plan.targeted {
+            headers.insert(policy::TARGETED.clone(), HeaderValue::from(field.clone()));
         }
         self.strip_tag_headers(&mut headers);
         if !headers.contains_key(DATE) {
