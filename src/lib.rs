@@ -178,5 +178,5 @@ pub use store::{
 };
 #[doc(inline)]
 pub use write_behind::{
-    DurableTarget, QueueFull, WriteBehind, WriteBehindStats, WriteError, WriteJob, Writer,
+    DurableTarget, EnqueueError, WriteBehind, WriteBehindStats, WriteError, WriteJob, Writer,
 };

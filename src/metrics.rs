@@ -27,7 +27,7 @@ pub(crate) fn counted(counter: Counter, amount: u64) {
             counter!("tiered_cache_requests_total", "tier" => "memory", "result" => "hit")
                 .increment(amount)
         }
-        Counter::RedisHits => {
+        Counter::SharedHits => {
             counter!("tiered_cache_requests_total", "tier" => "redis", "result" => "hit")
                 .increment(amount)
         }

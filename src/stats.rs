@@ -47,8 +47,12 @@ pub struct Stats {
     /// Entries kept out of the shared tier because their encoding exceeded its item size limit
     /// (Memcached's `l2.max_item_size`); they were still stored in memory.
     pub l2_too_large: u64,
-    /// Whether the shared tier's circuit breaker is open now (the tier being skipped).
+    /// Whether a circuit breaker of the shared tier is open now (the tier, or on Redis Cluster
+    /// one of its primaries, being skipped).
     pub l2_circuit_open: bool,
+    /// Invalidations that did not reach the shared tier yet, retried in the background (see
+    /// [`Error::InvalidationPending`](crate::Error::InvalidationPending)).
+    pub invalidations_pending: u64,
     /// Misses another instance loaded while this one waited on the Redis lock (`l2.lock`).
     pub lock_waits_filled: u64,
     /// HTTP requests that bypassed the cache (route rules, methods, `no-store`, bodies).
@@ -92,7 +96,7 @@ fn ratio(part: u64, whole: u64) -> f64 {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Counter {
     MemoryHits,
-    RedisHits,
+    SharedHits,
     StaleHits,
     Misses,
     LoaderCalls,
@@ -134,7 +138,7 @@ impl Counters {
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
             memory_hits: self.get(Counter::MemoryHits),
-            redis_hits: self.get(Counter::RedisHits),
+            redis_hits: self.get(Counter::SharedHits),
             stale_hits: self.get(Counter::StaleHits),
             misses: self.get(Counter::Misses),
             loader_calls: self.get(Counter::LoaderCalls),

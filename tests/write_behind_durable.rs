@@ -14,7 +14,7 @@ use fred::interfaces::StreamsInterface;
 use fred::types::Value;
 use tokio::sync::{mpsc, watch};
 use tower_tiered_cache::config::WriteBehindConfig;
-use tower_tiered_cache::{DurableTarget, QueueFull, WriteBehind, WriteError, WriteJob, Writer};
+use tower_tiered_cache::{DurableTarget, EnqueueError, WriteBehind, WriteError, WriteJob, Writer};
 
 /// Far longer than any test needs: waits end as soon as their condition holds.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -235,7 +235,10 @@ async fn a_full_stream_refuses_at_once_and_enqueues_nothing() {
         .enqueue(WriteJob::new("/full/5", ""))
         .await
         .unwrap_err();
-    assert!(matches!(refused, QueueFull { capacity: 5 }), "{refused}");
+    assert!(
+        matches!(refused, EnqueueError::Full { capacity: 5 }),
+        "{refused}"
+    );
     let client = redis.client().await;
     assert_eq!(length(&client, "full:wb:jobs").await, 5);
     assert_eq!(queue.stats().refused, 1);

@@ -94,6 +94,19 @@ impl CacheConfigBuilder {
         self
     }
 
+    /// `l2.outbox_capacity`: invalidations kept for retry while the shared tier does not take
+    /// them.
+    pub fn l2_outbox_capacity(mut self, invalidations: usize) -> Self {
+        self.config.l2.outbox_capacity = invalidations;
+        self
+    }
+
+    /// `l2.connect_wait`: the start-up bound for connecting to the shared tier.
+    pub fn l2_connect_wait(mut self, wait: Duration) -> Self {
+        self.config.l2.connect_wait = wait;
+        self
+    }
+
     /// `l2.pool_size`: number of Redis connections.
     pub fn l2_pool_size(mut self, connections: usize) -> Self {
         self.config.l2.pool_size = connections;

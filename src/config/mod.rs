@@ -18,6 +18,8 @@
 //! | `l2.lock_ttl` | | `5s` | lifetime of that lock (a crashed holder frees it by then) |
 //! | `l2.lock_wait` | | `2s` | longest wait for another instance's load |
 //! | `l2.max_item_size` | | `1MiB` | Memcached's item size limit (`memcached -I`); larger entries stay out of L2 |
+//! | `l2.outbox_capacity` | | `10000` | invalidations kept for retry while L2 does not take them; when full, they become one pending flush (Redis) or the new one is dropped (Memcached) |
+//! | `l2.connect_wait` | | `2s` | start-up: how long `TieredCache::wait_for_l2_at_start` waits, and how long failures before the first connection do not count towards the breaker |
 //! | `compression.enabled` | `CACHE_COMPRESSION` | `true` | brotli for bodies stored in Redis |
 //! | `compression.min_size` | | `1KiB` | smallest body worth compressing |
 //! | `compression.quality` | | `4` | brotli quality, 0–11 (11 is ~100× slower) |
@@ -505,6 +507,17 @@ pub struct L2Config {
     /// whose encoding and key exceed it are kept out of Memcached (and counted), not sent.
     #[serde(deserialize_with = "de::size")]
     pub max_item_size: u64,
+    /// Invalidations (keys, prefixes, tags) kept, and retried in the background, while the
+    /// shared tier does not take them. When full, everything pending becomes one pending flush
+    /// on Redis; on Memcached, which cannot flush, a new invalidation is dropped (logged).
+    #[serde(deserialize_with = "de::count")]
+    pub outbox_capacity: usize,
+    /// The start-up bound: how long [`TieredCache::wait_for_l2_at_start`](crate::TieredCache::wait_for_l2_at_start)
+    /// waits for the shared tier, and how long failures before its first connection do not
+    /// count towards the circuit breaker (requests meanwhile wait for the connection within
+    /// `timeout`).
+    #[serde(deserialize_with = "de::duration")]
+    pub connect_wait: Duration,
 }
 
 impl L2Config {
@@ -529,6 +542,8 @@ impl Default for L2Config {
             lock_ttl: Duration::from_secs(5),
             lock_wait: Duration::from_secs(2),
             max_item_size: 1024 * 1024,
+            outbox_capacity: 10_000,
+            connect_wait: Duration::from_secs(2),
         }
     }
 }
@@ -799,6 +814,12 @@ impl CacheConfig {
         }
         if self.l2.timeout.is_zero() {
             return Err(ConfigError::invalid("l2.timeout", "must be greater than 0"));
+        }
+        if self.l2.outbox_capacity == 0 {
+            return Err(ConfigError::invalid(
+                "l2.outbox_capacity",
+                "must be at least 1: invalidations the shared tier does not take are kept there",
+            ));
         }
         if !(1..=256).contains(&self.l2.pool_size) {
             return Err(ConfigError::invalid(

@@ -1,6 +1,8 @@
 //! Storage: the tiers, the entry and its codec, coalescing, and [`TieredCache`] over them.
 
-// Only the shared tiers encode entries.
+// Without a shared-tier feature the shared tier cannot be built: its parts are unused.
+#[cfg_attr(not(any(feature = "redis", feature = "memcached")), allow(dead_code))]
+mod backend;
 #[cfg_attr(not(any(feature = "redis", feature = "memcached")), allow(dead_code))]
 mod breaker;
 pub(crate) mod coalesce;
@@ -11,6 +13,8 @@ mod events;
 #[cfg(feature = "memcached")]
 mod memcached;
 mod memory;
+#[cfg_attr(not(any(feature = "redis", feature = "memcached")), allow(dead_code))]
+mod outbox;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 mod shared;

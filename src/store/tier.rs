@@ -5,8 +5,8 @@ use std::future::Future;
 use super::codec::{DecodeError, EncodeError};
 use super::CachedEntry;
 
-/// One level of the cache. `get` returns entries that are fresh or stale but still kept; each
-/// tier enforces entry lifetimes itself.
+/// The memory tier's interface from before the shared tier had its own type; `get` returns
+/// entries that are fresh or stale but still kept.
 pub(crate) trait Tier: Send + Sync {
     fn get(&self, key: &str)
         -> impl Future<Output = Result<Option<CachedEntry>, TierError>> + Send;
@@ -15,9 +15,6 @@ pub(crate) trait Tier: Send + Sync {
         key: &str,
         entry: &CachedEntry,
     ) -> impl Future<Output = Result<(), TierError>> + Send;
-    fn remove(&self, key: &str) -> impl Future<Output = Result<(), TierError>> + Send;
-    /// Removes every key starting with `prefix`; returns how many were removed.
-    fn remove_prefix(&self, prefix: &str) -> impl Future<Output = Result<u64, TierError>> + Send;
 }
 
 /// A failed operation on a tier.

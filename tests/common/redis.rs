@@ -170,7 +170,16 @@ impl RedisCluster {
             let port = free_cluster_port();
             let node_dir = dir.path().join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("node dir");
-            let args = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"];
+            // Without full coverage the healthy primaries keep serving their slots while one is
+            // down (there are no replicas to take over).
+            let args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                "2000",
+                "--cluster-require-full-coverage",
+                "no",
+            ];
             if let Some(child) = spawn_redis_with(port, &node_dir, &args) {
                 nodes.push(child);
                 ports.push(port);
@@ -218,6 +227,46 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+
+    /// The node (an index) whose slots include `key`'s, read from `CLUSTER NODES`.
+    pub fn node_of(&self, key: &str) -> usize {
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        (0..self.ports.len())
+            .find(|&index| {
+                self.slots_of(index)
+                    .iter()
+                    .any(|range| range.contains(&slot))
+            })
+            .expect("every slot is served")
+    }
+
+    /// The slot ranges node `index` serves: the `myself` line of its `CLUSTER NODES`, whose
+    /// fields after the eighth are ranges like `0-5460`.
+    fn slots_of(&self, index: usize) -> Vec<std::ops::RangeInclusive<u16>> {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.ports[index].to_string(), "cluster", "nodes"])
+            .output()
+            .expect("redis-cli runs");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let myself = text
+            .lines()
+            .find(|line| line.contains("myself"))
+            .expect("CLUSTER NODES names the node itself");
+        myself
+            .split_whitespace()
+            .skip(8)
+            .filter_map(|range| {
+                let (first, last) = range.split_once('-').unwrap_or((range, range));
+                Some(first.parse().ok()?..=last.parse().ok()?)
+            })
+            .collect()
+    }
+
+    /// SIGKILL node `index`, and wait until it is gone.
+    pub fn kill_node(&mut self, index: usize) {
+        let _ = self.nodes[index].kill();
+        let _ = self.nodes[index].wait();
     }
 
     /// Calls of each command, summed over the nodes (see [`RedisServer::command_calls`]).
