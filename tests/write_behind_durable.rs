@@ -320,7 +320,7 @@ async fn dropped_jobs_and_malformed_entries_go_to_the_dead_stream() {
 }
 
 #[tokio::test]
-async fn enqueue_is_refused_while_redis_is_unreachable() {
+async fn enqueue_is_refused_as_unavailable_not_full_while_redis_is_unreachable() {
     let redis = RedisServer::not_started();
     let mut target = target(&redis, "down");
     target.timeout = Duration::from_millis(100);
@@ -329,7 +329,12 @@ async fn enqueue_is_refused_while_redis_is_unreachable() {
 
     let refused = queue.enqueue(WriteJob::new("/lost?", "")).await;
 
-    assert!(refused.is_err());
+    let refused = refused.unwrap_err();
+    assert!(
+        matches!(refused, EnqueueError::Unavailable { .. }),
+        "a Redis failure, not a full queue: {refused}"
+    );
+    assert!(refused.to_string().contains("unavailable"), "{refused}");
     assert_eq!(queue.stats().refused, 1);
     queue.shutdown(Duration::from_millis(200)).await;
 }

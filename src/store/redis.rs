@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
@@ -105,11 +105,19 @@ enum Route {
 /// A pool of connections to one server.
 struct Node {
     pool: Pool,
+    /// Pooled connections that were made at least once.
+    made: Arc<AtomicUsize>,
 }
 
 impl Node {
     fn connected(&self) -> bool {
         self.pool.clients().iter().all(ClientLike::is_connected)
+    }
+
+    /// Whether every pooled connection was made once: from then on a lost connection is a
+    /// failure, not start-up.
+    fn made(&self) -> bool {
+        self.made.load(Ordering::Acquire) >= self.pool.size()
     }
 }
 
@@ -133,16 +141,25 @@ impl Connector {
         }
         let pool = builder(config, self.timeout).build_pool(self.pool_size)?;
         let shard = server.map_or_else(Shard::default, |server| Shard::named(&server.to_string()));
+        let made = Arc::new(AtomicUsize::new(0));
         for client in pool.clients() {
-            let (on_connect, shard) = (Arc::clone(&self.on_connect), shard.clone());
+            let (on_connect, shard, made) = (
+                Arc::clone(&self.on_connect),
+                shard.clone(),
+                Arc::clone(&made),
+            );
+            let first = AtomicBool::new(true);
             drop(client.on_reconnect(move |_server| {
+                if first.swap(false, Ordering::AcqRel) {
+                    made.fetch_add(1, Ordering::AcqRel);
+                }
                 on_connect(&shard);
                 async { Ok(()) }
             }));
         }
         // The connection tasks run until `quit`; failures are retried by the policy.
         drop(pool.connect());
-        Ok(Node { pool })
+        Ok(Node { pool, made })
     }
 }
 
@@ -253,7 +270,7 @@ impl RedisBackend {
     /// A client of `node` with the options for now: waiting for the connection during start-up
     /// while it has not been made; failing at once otherwise.
     fn client(&self, node: &Node) -> WithOptions<Client> {
-        let starting = Instant::now() < self.startup_until && !node.connected();
+        let starting = !node.made() && Instant::now() < self.startup_until;
         node.pool.next().with_options(if starting {
             &self.starting
         } else {

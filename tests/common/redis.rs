@@ -156,10 +156,21 @@ pub async fn cache_on(server: &RedisServer, builder: CacheConfigBuilder) -> Tier
 
 /// A three-primary Redis Cluster on loopback (no replicas), killed on drop.
 pub struct RedisCluster {
-    nodes: Vec<Child>,
+    nodes: Vec<ServerProcess>,
     ports: Vec<u16>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
+
+/// Without full coverage the healthy primaries keep serving their slots while one is down
+/// (there are no replicas to take over).
+const CLUSTER_NODE: [&str; 6] = [
+    "--cluster-enabled",
+    "yes",
+    "--cluster-node-timeout",
+    "2000",
+    "--cluster-require-full-coverage",
+    "no",
+];
 
 impl RedisCluster {
     pub fn start() -> Self {
@@ -170,18 +181,8 @@ impl RedisCluster {
             let port = free_cluster_port();
             let node_dir = dir.path().join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("node dir");
-            // Without full coverage the healthy primaries keep serving their slots while one is
-            // down (there are no replicas to take over).
-            let args = [
-                "--cluster-enabled",
-                "yes",
-                "--cluster-node-timeout",
-                "2000",
-                "--cluster-require-full-coverage",
-                "no",
-            ];
-            if let Some(child) = spawn_redis_with(port, &node_dir, &args) {
-                nodes.push(child);
+            if let Some(child) = spawn_redis_with(port, &node_dir, &CLUSTER_NODE) {
+                nodes.push(ServerProcess::running(child));
                 ports.push(port);
             }
         }
@@ -198,11 +199,7 @@ impl RedisCluster {
             .status()
             .expect("redis-cli is installed");
         assert!(created.success(), "redis-cli --cluster create");
-        let cluster = Self {
-            nodes,
-            ports,
-            _dir: dir,
-        };
+        let cluster = Self { nodes, ports, dir };
         cluster.wait_until_ok();
         cluster
     }
@@ -265,8 +262,17 @@ impl RedisCluster {
 
     /// SIGKILL node `index`, and wait until it is gone.
     pub fn kill_node(&mut self, index: usize) {
-        let _ = self.nodes[index].kill();
-        let _ = self.nodes[index].wait();
+        self.nodes[index].kill();
+    }
+
+    /// Starts node `index` again on its port, after [`Self::kill_node`]: it rejoins with the
+    /// slots its `nodes.conf` names, empty (nothing is persisted).
+    pub fn restart_node(&mut self, index: usize) {
+        let port = self.ports[index];
+        let node_dir = self.dir.path().join(port.to_string());
+        let child = spawn_redis_with(port, &node_dir, &CLUSTER_NODE)
+            .expect("a cluster node restarts on its port");
+        self.nodes[index] = ServerProcess::running(child);
     }
 
     /// Calls of each command, summed over the nodes (see [`RedisServer::command_calls`]).
@@ -297,15 +303,6 @@ impl RedisCluster {
             .await
             .expect("test client connects to the cluster");
         client
-    }
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            let _ = node.kill();
-            let _ = node.wait();
-        }
     }
 }
 
