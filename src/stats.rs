@@ -53,7 +53,8 @@ pub struct Stats {
     /// Invalidations that did not reach the shared tier yet, retried in the background (see
     /// [`Error::InvalidationPending`](crate::Error::InvalidationPending)).
     pub invalidations_pending: u64,
-    /// Misses another instance loaded while this one waited on the Redis lock (`l2.lock`).
+    /// Misses another instance loaded while this one waited on the shared tier's lock
+    /// (`l2.lock`).
     pub lock_waits_filled: u64,
     /// HTTP requests that bypassed the cache (route rules, methods, `no-store`, bodies).
     pub bypasses: u64,

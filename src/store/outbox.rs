@@ -114,6 +114,10 @@ impl Pending {
         match work.change {
             Change::Key { key, delete } => {
                 let old = self.keys.get(&key).copied();
+                if old.is_some_and(|old| old.delete) && !delete {
+                    // The pending delete sends the same event: it announces the key too.
+                    return;
+                }
                 let mark = KeyMark {
                     stamp_ms: newest(old.map(|mark| mark.stamp_ms)),
                     delete: delete || old.is_some_and(|mark| mark.delete),
@@ -170,12 +174,10 @@ impl Pending {
     fn done(&mut self, work: &Work) {
         let stamp = work.stamp_ms;
         match &work.change {
-            Change::Key { key, .. } => {
-                if self
-                    .keys
-                    .get(key)
-                    .is_some_and(|mark| mark.stamp_ms <= stamp)
-                {
+            Change::Key { key, delete } => {
+                // An announcement done leaves a pending delete of the key to do.
+                let covered = |mark: &KeyMark| mark.stamp_ms <= stamp && (*delete || !mark.delete);
+                if self.keys.get(key).is_some_and(covered) {
                     self.keys.remove(key);
                 }
             }
@@ -252,11 +254,10 @@ impl Outbox {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Keeps `work` until it is [`done`](Self::done). Also says whether the retry task must be
-    /// started (it was not running).
-    pub(crate) fn keep(&self, work: Work) -> (Kept, bool) {
+    /// Keeps `work` until it is [`done`](Self::done).
+    pub(crate) fn keep(&self, work: Work) -> Kept {
         let mut state = self.state();
-        let kept = if state.pending.len() + state.pending.growth(&work) <= self.capacity {
+        if state.pending.len() + state.pending.growth(&work) <= self.capacity {
             state.pending.insert(work);
             Kept::Pending
         } else if self.can_flush {
@@ -268,11 +269,19 @@ impl Outbox {
             });
             Kept::Collapsed(collapsed)
         } else {
-            return (Kept::Dropped, false);
-        };
-        let start = !state.retrying;
-        state.retrying = true;
-        (kept, start)
+            Kept::Dropped
+        }
+    }
+
+    /// Marks the retry task as running; true if it was not, and so must be started.
+    pub(crate) fn start_retrying(&self) -> bool {
+        let mut state = self.state();
+        !std::mem::replace(&mut state.retrying, true)
+    }
+
+    /// Undoes [`start_retrying`](Self::start_retrying) when the task could not be started.
+    pub(crate) fn stop_retrying(&self) {
+        self.state().retrying = false;
     }
 
     /// Everything pending now; `None` when nothing is, and then the retry task is to stop (a
@@ -325,7 +334,7 @@ mod tests {
     #[test]
     fn a_pending_invalidation_covers_entries_obtained_before_it() {
         let outbox = Outbox::new(10, true);
-        assert_eq!(outbox.keep(key("k", 100)), (Kept::Pending, true));
+        assert_eq!(outbox.keep(key("k", 100)), Kept::Pending);
         assert!(outbox.covers("k", &obtained_at(99)));
         assert!(outbox.covers("k", &obtained_at(100)));
         assert!(
@@ -366,9 +375,33 @@ mod tests {
         outbox.done(&work[0]);
         assert!(outbox.covers("k", &obtained_at(150)), "the newer one stays");
         outbox.done(&outbox.work().unwrap()[0]);
+        assert!(outbox.start_retrying(), "started");
+        assert!(!outbox.start_retrying(), "already running");
         assert_eq!(outbox.len(), 0);
         assert_eq!(outbox.work(), None, "the retry task stops");
-        assert!(outbox.keep(key("k", 300)).1, "and starts again");
+        assert!(outbox.start_retrying(), "and starts again");
+    }
+
+    #[test]
+    fn an_announcement_does_not_take_a_pending_delete_with_it() {
+        let announce = |stamp_ms| Work {
+            change: Change::Key {
+                key: "k".to_owned(),
+                delete: false,
+            },
+            stamp_ms,
+        };
+        let outbox = Outbox::new(10, true);
+        outbox.keep(key("k", 100));
+        outbox.keep(announce(200));
+        outbox.done(&announce(200));
+        assert!(
+            outbox.covers("k", &obtained_at(100)),
+            "the delete is pending"
+        );
+        assert!(!outbox.covers("k", &obtained_at(150)), "with its own stamp");
+        outbox.done(&key("k", 100));
+        assert_eq!(outbox.len(), 0);
     }
 
     #[test]
@@ -376,8 +409,8 @@ mod tests {
         let outbox = Outbox::new(2, true);
         outbox.keep(key("a", 1));
         outbox.keep(key("b", 2));
-        assert_eq!(outbox.keep(key("a", 3)).0, Kept::Pending, "replaces a");
-        assert_eq!(outbox.keep(key("c", 4)).0, Kept::Collapsed(3));
+        assert_eq!(outbox.keep(key("a", 3)), Kept::Pending, "replaces a");
+        assert_eq!(outbox.keep(key("c", 4)), Kept::Collapsed(3));
         assert_eq!(
             outbox.work().unwrap(),
             [Work {
@@ -389,7 +422,7 @@ mod tests {
 
         let memcached = Outbox::new(1, false);
         memcached.keep(key("a", 1));
-        assert_eq!(memcached.keep(key("b", 2)), (Kept::Dropped, false));
+        assert_eq!(memcached.keep(key("b", 2)), Kept::Dropped);
         assert!(!memcached.covers("b", &obtained_at(1)));
     }
 

@@ -221,17 +221,24 @@ impl SharedTier {
 
     /// Brings `change`, made at `stamp_ms`, to the shared tier and tells the other instances;
     /// returns the entries removed. What does not get through now is kept and retried until it
-    /// does.
+    /// does; so is what a caller that goes away leaves half done.
     pub(crate) async fn invalidate(
         &self,
         change: Change,
         stamp_ms: u64,
     ) -> Result<u64, NotApplied> {
         let work = Work { change, stamp_ms };
+        let held = self.core.hold(&work);
         match self.core.apply(&work).await {
-            Ok(removed) => Ok(removed),
-            Err(err @ TierError::Unsupported { .. }) => Err(NotApplied::Refused(err)),
-            Err(err) => Err(self.core.keep(work, err)),
+            Ok(removed) => {
+                held.done();
+                Ok(removed)
+            }
+            Err(err @ TierError::Unsupported { .. }) => {
+                held.done();
+                Err(NotApplied::Refused(err))
+            }
+            Err(err) => Err(held.failed(err)),
         }
     }
 }
@@ -321,35 +328,86 @@ impl Core {
             .collect()
     }
 
-    /// Keeps `work`, which failed with `err`, in the outbox, starting the retry task if needed.
-    fn keep(&self, work: Work, err: TierError) -> NotApplied {
-        let what = work.describe();
-        let (kept, start) = self.outbox.keep(work);
-        match kept {
-            Kept::Pending => tracing::warn!(
+    /// Keeps `work` in the outbox while it is tried, so that it stays pending if the attempt
+    /// fails or is dropped half way.
+    fn hold<'a>(&'a self, work: &'a Work) -> Held<'a> {
+        let kept = self.outbox.keep(work.clone());
+        if let Kept::Collapsed(pending) = kept {
+            tracing::error!(
+                invalidation = %work.describe(),
+                pending,
+                "l2.outbox_capacity reached: every pending invalidation became one pending flush of the shared tier"
+            );
+        }
+        Held {
+            core: self,
+            work,
+            kept,
+            settled: false,
+        }
+    }
+
+    /// Starts the retry task unless it runs.
+    fn retry_pending(&self) {
+        if !self.outbox.start_retrying() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(retry(self.me.clone()))),
+            // Invalidations run inside the runtime; a drop outside it leaves the work for the
+            // next one, which starts the task.
+            Err(_) => self.outbox.stop_retrying(),
+        }
+    }
+}
+
+/// An invalidation being tried, kept in the outbox meanwhile; dropped unsettled (its caller
+/// went away), it is left to the retry task.
+struct Held<'a> {
+    core: &'a Core,
+    work: &'a Work,
+    kept: Kept,
+    settled: bool,
+}
+
+impl Held<'_> {
+    /// It got through (or can never): no longer pending. A collapsed outbox still has its flush
+    /// to do.
+    fn done(mut self) {
+        self.settled = true;
+        self.core.outbox.done(self.work);
+        if matches!(self.kept, Kept::Collapsed(_)) {
+            self.core.retry_pending();
+        }
+    }
+
+    /// It did not get through: pending, retried in the background.
+    fn failed(mut self, err: TierError) -> NotApplied {
+        self.settled = true;
+        let what = self.work.describe();
+        if self.kept == Kept::Dropped {
+            tracing::error!(
                 invalidation = %what,
                 error = %err,
-                "invalidation pending: the shared tier did not take it; retrying in the background, and this instance ignores the shared entries it covers meanwhile"
-            ),
-            Kept::Collapsed(pending) => tracing::error!(
-                invalidation = %what,
-                pending,
-                capacity = self.outbox.len(),
-                "l2.outbox_capacity reached: every pending invalidation became one pending flush of the shared tier"
-            ),
-            Kept::Dropped => {
-                tracing::error!(
-                    invalidation = %what,
-                    error = %err,
-                    "l2.outbox_capacity reached and this backend cannot flush: invalidation dropped; the shared tier may serve the old entry until it expires"
-                );
-                return NotApplied::Refused(err);
-            }
+                "l2.outbox_capacity reached and this backend cannot flush: invalidation dropped; the shared tier may serve the old entry until it expires"
+            );
+            return NotApplied::Refused(err);
         }
-        if start {
-            tokio::spawn(retry(self.me.clone()));
-        }
+        tracing::warn!(
+            invalidation = %what,
+            error = %err,
+            "invalidation pending: the shared tier did not take it; retrying in the background, and this instance ignores the shared entries it covers meanwhile"
+        );
+        self.core.retry_pending();
         NotApplied::Pending(err)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if !self.settled && self.kept != Kept::Dropped {
+            self.core.retry_pending();
+        }
     }
 }
 
@@ -402,12 +460,14 @@ mod tests {
     use crate::store::entry::unix_ms;
     use crate::store::events::Invalidation;
 
-    /// A backend in memory that fails every operation while `down` (deletes too while
-    /// `refuse_deletes`), and counts the calls that reached it.
+    /// A backend in memory that fails every operation while `down`, fails deletes while
+    /// `refuse_deletes`, holds them until `stalled` turns false, and counts the calls that
+    /// reached it.
     #[derive(Default)]
     struct Fake {
         down: AtomicBool,
         refuse_deletes: AtomicBool,
+        stalled: Option<tokio::sync::watch::Receiver<bool>>,
         calls: AtomicUsize,
         values: Mutex<HashMap<String, Bytes>>,
         published: Mutex<Vec<Invalidation>>,
@@ -453,6 +513,14 @@ mod tests {
         fn delete<'a>(&'a self, key: &'a str) -> Answer<'a, ()> {
             if self.refuse_deletes.load(Ordering::SeqCst) {
                 return Box::pin(std::future::ready(Err(TierError::Timeout)));
+            }
+            if let Some(stalled) = &self.stalled {
+                let mut stalled = stalled.clone();
+                return Box::pin(async move {
+                    let _ = stalled.wait_for(|stalled| !*stalled).await;
+                    self.values.lock().unwrap().remove(key);
+                    Ok(())
+                });
             }
             self.answer(|| {
                 self.values.lock().unwrap().remove(key);
@@ -559,6 +627,37 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(!fake.values.lock().unwrap().contains_key("k"), "deleted");
+        assert_eq!(
+            *fake.published.lock().unwrap(),
+            [Invalidation::Key("k".to_owned())]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalidation_whose_caller_goes_away_stays_pending_and_is_retried() {
+        let (stall, stalled) = tokio::sync::watch::channel(true);
+        let fake = Arc::new(Fake {
+            stalled: Some(stalled),
+            ..Fake::default()
+        });
+        let shared = tier(&fake, 100);
+        shared.set("k", &entry("old")).await.unwrap();
+        let change = Change::Key {
+            key: "k".to_owned(),
+            delete: true,
+        };
+        let invalidation = shared.invalidate(change, unix_ms(SystemTime::now()));
+        let gone = tokio::time::timeout(Duration::from_millis(10), invalidation).await;
+        assert!(gone.is_err(), "the caller went away mid-way");
+        assert_eq!(shared.pending(), 1, "kept, not lost");
+
+        stall.send_replace(false);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while shared.pending() > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "retried");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!fake.values.lock().unwrap().contains_key("k"));
         assert_eq!(
             *fake.published.lock().unwrap(),
             [Invalidation::Key("k".to_owned())]

@@ -5,8 +5,9 @@ use std::future::Future;
 use super::codec::{DecodeError, EncodeError};
 use super::CachedEntry;
 
-/// The memory tier's interface from before the shared tier had its own type; `get` returns
-/// entries that are fresh or stale but still kept.
+/// How the read paths reach the memory tier (the shared tier is its own type, whose operations
+/// go through breakers and can be pending); `get` returns entries that are fresh or stale but
+/// still kept.
 pub(crate) trait Tier: Send + Sync {
     fn get(&self, key: &str)
         -> impl Future<Output = Result<Option<CachedEntry>, TierError>> + Send;

@@ -92,7 +92,7 @@ impl std::fmt::Debug for TieredCache {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("TieredCache")
-            .field("redis", &self.inner.shared.is_some())
+            .field("shared", &self.inner.shared.is_some())
             .field("stats", &self.stats())
             .finish()
     }
