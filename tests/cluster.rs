@@ -279,7 +279,7 @@ mod http {
         cluster.restart_node(dead);
 
         let old = |reply: &common::origin::Reply| reply.body.ends_with(b"v1");
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let mut stale = Vec::new();
             for (name, service) in [("a", &a), ("b", &b)] {
