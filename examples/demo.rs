@@ -84,6 +84,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "demo on http://{} ({tier}); try /slow/1 twice, then /cache/stats and /metrics",
         listener.local_addr()?
     );
+    // Up to `l2.connect_wait`: logs whether Redis is up; the demo serves either way.
+    layer.wait_for_l2_at_start().await;
     serve::serve(listener, app, serve::Timeouts::default(), shutdown_signal()).await;
     // In-flight requests have finished; give queued writes (if any) time to reach the origin.
     layer.shutdown(Duration::from_secs(30)).await;

@@ -112,6 +112,13 @@ impl CacheLayer {
         &self.state.cache
     }
 
+    /// For a server before it accepts connections: waits for the shared tier up to
+    /// `l2.connect_wait` and logs whether it is up; see
+    /// [`TieredCache::wait_for_l2_at_start`]. The layer serves either way.
+    pub async fn wait_for_l2_at_start(&self) -> bool {
+        self.state.cache.wait_for_l2_at_start().await
+    }
+
     /// Enables write-behind for `write = "behind"` routes: writes are answered `202` from the
     /// cache and replayed to `target` from the `[write_behind]` queue (in Redis when
     /// `write_behind.durable`). `target` is what the layer wraps (or an upstream client), without

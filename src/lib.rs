@@ -121,6 +121,11 @@
 //! - Redis is an optimisation, never a dependency: when it is refused, killed or slower than
 //!   `l2.timeout`, reads degrade to misses (the loader answers), writes to it are skipped, and the
 //!   failures are counted in [`Stats::l2_errors`] and logged with `tracing`.
+//! - An invalidation that cannot reach the shared tier (a delete, a tag stamp, the event that
+//!   tells the other instances) is kept, up to `l2.outbox_capacity`, and retried in the
+//!   background until it gets through; until then this instance treats the shared entries it
+//!   covers as gone, and the call returns [`Error::InvalidationPending`]. On Redis Cluster each
+//!   primary has its own circuit breaker: one dead master does not switch off the others.
 //! - Bytes under a cache key that do not decode (foreign, truncated, from a future format) are a
 //!   miss: the key is deleted and [`Stats::l2_decode_errors`] counts it. Decoding never panics.
 //! - Concurrent [`TieredCache::get_or_set`] calls for one key share one loader call; a loader error
@@ -182,5 +187,5 @@ pub use store::{
 };
 #[doc(inline)]
 pub use write_behind::{
-    DurableTarget, QueueFull, WriteBehind, WriteBehindStats, WriteError, WriteJob, Writer,
+    DurableTarget, EnqueueError, WriteBehind, WriteBehindStats, WriteError, WriteJob, Writer,
 };

@@ -4,7 +4,7 @@
 //!
 //! | metric | kind | labels |
 //! |---|---|---|
-//! | `tiered_cache_requests_total` | counter | `tier` (`memory`, `redis`, `origin`), `result` (`hit`, `miss`, `stale`, `bypass`) |
+//! | `tiered_cache_requests_total` | counter | `tier` (`memory`, `redis`, `origin`), `result` (`hit`, `miss`, `stale`, `bypass`, `pass`) |
 //! | `tiered_cache_loader_calls_total` | counter | |
 //! | `tiered_cache_coalesced_total` | counter | |
 //! | `tiered_cache_stores_total` | counter | |

@@ -47,9 +47,14 @@ pub struct Stats {
     /// Entries kept out of the shared tier because their encoding exceeded its item size limit
     /// (Memcached's `l2.max_item_size`); they were still stored in memory.
     pub l2_too_large: u64,
-    /// Whether the shared tier's circuit breaker is open now (the tier being skipped).
+    /// Whether a circuit breaker of the shared tier is open now (the tier, or on Redis Cluster
+    /// one of its primaries, being skipped).
     pub l2_circuit_open: bool,
-    /// Misses another instance loaded while this one waited on the Redis lock (`l2.lock`).
+    /// Invalidations that did not reach the shared tier yet, retried in the background (see
+    /// [`Error::InvalidationPending`](crate::Error::InvalidationPending)).
+    pub invalidations_pending: u64,
+    /// Misses another instance loaded while this one waited on the shared tier's lock
+    /// (`l2.lock`).
     pub lock_waits_filled: u64,
     /// HTTP requests that bypassed the cache (route rules, methods, `no-store`, bodies).
     pub bypasses: u64,
@@ -60,6 +65,9 @@ pub struct Stats {
     /// a body of another length than declared, cut off or failed, too many variants); the
     /// metric `tiered_cache_not_stored_total` has the reason as a label.
     pub not_stored: u64,
+    /// HTTP requests sent straight to the origin, without a lookup or coalescing, because their
+    /// key's last response could not be stored (hit-for-pass, `http.pass_ttl`).
+    pub passes: u64,
 }
 
 impl Stats {
@@ -96,7 +104,7 @@ fn ratio(part: u64, whole: u64) -> f64 {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Counter {
     MemoryHits,
-    RedisHits,
+    SharedHits,
     StaleHits,
     Misses,
     LoaderCalls,
@@ -113,9 +121,10 @@ pub(crate) enum Counter {
     Bypasses,
     TagsDropped,
     NotStored,
+    Passes,
 }
 
-const COUNTERS: usize = Counter::NotStored as usize + 1;
+const COUNTERS: usize = Counter::Passes as usize + 1;
 
 /// `(metric, labels)` of a counter published under a metric (see [`crate::metrics`]).
 type Metric = (&'static str, &'static [(&'static str, &'static str)]);
@@ -127,10 +136,11 @@ impl Counter {
         const L2_ERRORS: &str = "tiered_cache_l2_errors_total";
         Some(match self {
             Self::MemoryHits => (REQUESTS, &[("tier", "memory"), ("result", "hit")]),
-            Self::RedisHits => (REQUESTS, &[("tier", "redis"), ("result", "hit")]),
+            Self::SharedHits => (REQUESTS, &[("tier", "redis"), ("result", "hit")]),
             Self::StaleHits => (REQUESTS, &[("tier", "origin"), ("result", "stale")]),
             Self::Misses => (REQUESTS, &[("tier", "origin"), ("result", "miss")]),
             Self::Bypasses => (REQUESTS, &[("tier", "origin"), ("result", "bypass")]),
+            Self::Passes => (REQUESTS, &[("tier", "origin"), ("result", "pass")]),
             Self::LoaderCalls => ("tiered_cache_loader_calls_total", &[]),
             Self::CoalescedWaits => ("tiered_cache_coalesced_total", &[]),
             Self::Stores => ("tiered_cache_stores_total", &[]),
@@ -173,7 +183,7 @@ impl Counters {
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
             memory_hits: self.get(Counter::MemoryHits),
-            redis_hits: self.get(Counter::RedisHits),
+            redis_hits: self.get(Counter::SharedHits),
             stale_hits: self.get(Counter::StaleHits),
             misses: self.get(Counter::Misses),
             loader_calls: self.get(Counter::LoaderCalls),
@@ -190,6 +200,7 @@ impl Counters {
             bypasses: self.get(Counter::Bypasses),
             tags_dropped: self.get(Counter::TagsDropped),
             not_stored: self.get(Counter::NotStored),
+            passes: self.get(Counter::Passes),
             ..Stats::default()
         }
     }

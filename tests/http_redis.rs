@@ -141,6 +141,8 @@ async fn a_layer_starts_while_redis_refuses_and_uses_it_once_it_is_up() {
         "served by the origin while Redis refuses"
     );
 
+    // Its shared-tier write (in the background) has failed before Redis comes up.
+    first.cache().wait_for_writes().await;
     redis.restart();
     assert!(first.cache().wait_for_redis(Duration::from_secs(10)).await);
     let second = connected(&redis, "late", &server).await;

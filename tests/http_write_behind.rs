@@ -530,6 +530,38 @@ mod shared_redis {
     }
 
     #[tokio::test]
+    async fn a_durable_queue_whose_redis_is_down_answers_503_queue_unavailable() {
+        let mut redis = common::RedisServer::start();
+        let mut write_behind = WriteBehindConfig::default();
+        write_behind.durable = true;
+        let config = common::config("unavailable")
+            .redis_url(redis.url())
+            .route(
+                RouteConfig::new("/docs/*")
+                    .ttl(Duration::from_secs(60))
+                    .write(WriteMode::Behind),
+            )
+            .write_behind(write_behind)
+            .build()
+            .unwrap();
+        let server = MockServer::start().await;
+        let layer = CacheLayer::new(config)
+            .write_behind_to(Recorder::default().service())
+            .unwrap();
+        assert!(layer.cache().wait_for_redis(Duration::from_secs(5)).await);
+        let service: Cached = layer.layer(origin(&server));
+
+        redis.kill();
+        let refused = send(&service, put("/docs/readme", "# Hello")).await;
+
+        assert_eq!(refused.status, 503);
+        let text = String::from_utf8_lossy(&refused.body);
+        assert!(text.contains("unavailable"), "{text}");
+        assert!(!text.contains("full"), "{text}");
+        assert_eq!(refused.header("retry-after"), "1");
+    }
+
+    #[tokio::test]
     async fn a_write_the_origin_refuses_is_retracted_from_every_tier() {
         refused_write_is_retracted_from_every_tier(false).await;
     }

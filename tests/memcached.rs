@@ -461,12 +461,12 @@ async fn memcached_killed_mid_test_still_gives_correct_answers() {
     );
     assert_eq!(stats.loader_calls, 2);
 
-    // An invalidation that cannot reach memcached says so, after clearing memory.
+    // An invalidation that cannot reach memcached says it is pending, after clearing memory.
     let err = cache.invalidate("before").await.unwrap_err();
     assert!(
         matches!(
             err,
-            Error::L2 {
+            Error::InvalidationPending {
                 operation: "invalidate",
                 ..
             }

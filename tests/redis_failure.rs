@@ -47,23 +47,34 @@ async fn redis_killed_mid_test_still_gives_correct_answers() {
     );
     assert_eq!(stats.loader_calls, 2);
 
-    // An invalidation that cannot reach Redis says so, after clearing memory.
+    // An invalidation that cannot reach Redis says it is pending, after clearing memory.
     let err = cache.invalidate("before").await.unwrap_err();
     assert!(
         matches!(
             err,
-            Error::L2 {
+            Error::InvalidationPending {
                 operation: "invalidate",
                 ..
             }
         ),
         "{err}"
     );
+    assert!(err.is_invalidation_pending());
+    assert_eq!(cache.stats().invalidations_pending, 1);
     assert!(cache.get("before").await.is_none());
 
-    // Back on the same port: the cache reconnects by itself and uses Redis again.
+    // Back on the same port: the cache reconnects by itself, delivers the pending
+    // invalidation and uses Redis again.
     redis.restart();
     assert!(cache.wait_for_redis(Duration::from_secs(10)).await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cache.stats().invalidations_pending > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the invalidation got through"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     cache
         .set(
             "later",

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tower_tiered_cache::config::WriteBehindConfig;
-use tower_tiered_cache::{Error, QueueFull, WriteBehind, WriteError, WriteJob, Writer};
+use tower_tiered_cache::{EnqueueError, Error, WriteBehind, WriteError, WriteJob, Writer};
 
 /// Far longer than any test needs: shutdown returns as soon as the queue is drained.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -96,7 +96,10 @@ async fn a_full_queue_refuses_at_once_and_enqueues_nothing() {
 
     // Jobs being written count against the capacity, so this does not depend on timing.
     let refused = queue.enqueue(WriteJob::new("d", "")).await.unwrap_err();
-    assert!(matches!(refused, QueueFull { capacity: 3 }), "{refused}");
+    assert!(
+        matches!(refused, EnqueueError::Full { capacity: 3 }),
+        "{refused}"
+    );
     let stats = queue.stats();
     assert_eq!((stats.queued, stats.refused), (3, 1));
 

@@ -14,7 +14,7 @@ use fred::interfaces::StreamsInterface;
 use fred::types::Value;
 use tokio::sync::{mpsc, watch};
 use tower_tiered_cache::config::WriteBehindConfig;
-use tower_tiered_cache::{DurableTarget, QueueFull, WriteBehind, WriteError, WriteJob, Writer};
+use tower_tiered_cache::{DurableTarget, EnqueueError, WriteBehind, WriteError, WriteJob, Writer};
 
 /// Far longer than any test needs: waits end as soon as their condition holds.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -235,7 +235,10 @@ async fn a_full_stream_refuses_at_once_and_enqueues_nothing() {
         .enqueue(WriteJob::new("/full/5", ""))
         .await
         .unwrap_err();
-    assert!(matches!(refused, QueueFull { capacity: 5 }), "{refused}");
+    assert!(
+        matches!(refused, EnqueueError::Full { capacity: 5 }),
+        "{refused}"
+    );
     let client = redis.client().await;
     assert_eq!(length(&client, "full:wb:jobs").await, 5);
     assert_eq!(queue.stats().refused, 1);
@@ -317,7 +320,7 @@ async fn dropped_jobs_and_malformed_entries_go_to_the_dead_stream() {
 }
 
 #[tokio::test]
-async fn enqueue_is_refused_while_redis_is_unreachable() {
+async fn enqueue_is_refused_as_unavailable_not_full_while_redis_is_unreachable() {
     let redis = RedisServer::not_started();
     let mut target = target(&redis, "down");
     target.timeout = Duration::from_millis(100);
@@ -326,7 +329,12 @@ async fn enqueue_is_refused_while_redis_is_unreachable() {
 
     let refused = queue.enqueue(WriteJob::new("/lost?", "")).await;
 
-    assert!(refused.is_err());
+    let refused = refused.unwrap_err();
+    assert!(
+        matches!(refused, EnqueueError::Unavailable { .. }),
+        "a Redis failure, not a full queue: {refused}"
+    );
+    assert!(refused.to_string().contains("unavailable"), "{refused}");
     assert_eq!(queue.stats().refused, 1);
     queue.shutdown(Duration::from_millis(200)).await;
 }

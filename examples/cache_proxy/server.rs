@@ -78,6 +78,9 @@ impl Proxy {
         timeouts: Timeouts,
         shutdown: impl Future<Output = ()>,
     ) {
+        // Up to `l2.connect_wait`, so the first requests find the shared tier connected; it
+        // logs whether it is up, and the proxy serves either way.
+        self.layer.wait_for_l2_at_start().await;
         let cache = self.cache;
         let service = tower::service_fn(move |request| proxy(cache.clone(), request));
         serve::serve(listener, service, timeouts, shutdown).await;

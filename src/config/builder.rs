@@ -93,6 +93,19 @@ impl CacheConfigBuilder {
         self
     }
 
+    /// `l2.outbox_capacity`: invalidations kept for retry while the shared tier does not take
+    /// them.
+    pub fn l2_outbox_capacity(mut self, invalidations: usize) -> Self {
+        self.config.l2.outbox_capacity = invalidations;
+        self
+    }
+
+    /// `l2.connect_wait`: the start-up bound for connecting to the shared tier.
+    pub fn l2_connect_wait(mut self, wait: Duration) -> Self {
+        self.config.l2.connect_wait = wait;
+        self
+    }
+
     /// `l2.pool_size`: number of Redis connections.
     pub fn l2_pool_size(mut self, connections: usize) -> Self {
         self.config.l2.pool_size = connections;
@@ -148,6 +161,19 @@ impl CacheConfigBuilder {
     }
 
     /// `http.stale_if_unreachable`: how long past its freshness a stale entry answers when the
+    /// `http.pass_ttl`: how long a key whose response could not be stored goes straight to
+    /// the origin (hit-for-pass); `Duration::ZERO` turns it off.
+    pub fn pass_ttl(mut self, ttl: Duration) -> Self {
+        self.config.http.pass_ttl = ttl;
+        self
+    }
+
+    /// `http.coalesce_wait`: longest wait for another request's fill of the same key.
+    pub fn coalesce_wait(mut self, wait: Duration) -> Self {
+        self.config.http.coalesce_wait = wait;
+        self
+    }
+
     /// origin gives no answer (`Duration::ZERO` turns it off).
     pub fn stale_if_unreachable(mut self, window: Duration) -> Self {
         self.config.http.stale_if_unreachable = window;

@@ -18,6 +18,8 @@
 //! | `l2.lock_ttl` | | `5s` | lifetime of that lock (a crashed holder frees it by then) |
 //! | `l2.lock_wait` | | `2s` | longest wait for another instance's load |
 //! | `l2.max_item_size` | | `1MiB` | Memcached's item size limit (`memcached -I`); larger entries stay out of L2 |
+//! | `l2.outbox_capacity` | | `10000` | invalidations kept for retry while L2 does not take them; when full, they become one pending flush (Redis) or the new one is dropped (Memcached) |
+//! | `l2.connect_wait` | | `2s` | start-up: how long `TieredCache::wait_for_l2_at_start` waits, and how long failures before the first connection do not count towards the breaker |
 //! | `compression.enabled` | `CACHE_COMPRESSION` | `true` | brotli for bodies stored in Redis |
 //! | `compression.min_size` | | `1KiB` | smallest body worth compressing |
 //! | `compression.quality` | | `4` | brotli quality, 0–11 (11 is ~100× slower) |
@@ -28,6 +30,7 @@
 //! | `http.stale_if_error` | | `0s` | default `stale-if-error` (RFC 5861) |
 //! | `http.stale_if_unreachable` | | `10s` | serve a stale entry this long past its freshness when the origin gives no answer (connection refused or closed, `http.origin_timeout`), unless its directives forbid stale (RFC 9111 §4.2.4); `0s` = only with `stale-if-error` |
 //! | `http.origin_timeout` | | `30s` | longest wait for the origin's headers, and for a background revalidation or a body read for the cache (`0s`: no limit) |
+//! | `http.pass_ttl` | | `30s` | how long a key whose response could not be stored (`no-store`, `private`, `Set-Cookie`, …) goes straight to the origin, without lookup or coalescing (hit-for-pass); `0s` = off |
 //! | `http.coalesce_wait` | | `5s` | longest wait for another request's fill of the same key (it streams to its own client meanwhile); then a request asks the origin itself |
 //! | `http.status_header` | | `tiered-cache` | the cache's name in `Cache-Status` |
 //! | `http.targeted_fields` | | `["<status_header>-cache-control", "cdn-cache-control"]` | targeted cache-control fields this cache follows instead of `Cache-Control` and `Expires` (RFC 9213), first valid one wins; `[]` = none |
@@ -511,6 +514,17 @@ pub struct L2Config {
     /// whose encoding and key exceed it are kept out of Memcached (and counted), not sent.
     #[serde(deserialize_with = "de::size")]
     pub max_item_size: u64,
+    /// Invalidations (keys, prefixes, tags) kept, and retried in the background, while the
+    /// shared tier does not take them. When full, everything pending becomes one pending flush
+    /// on Redis; on Memcached, which cannot flush, a new invalidation is dropped (logged).
+    #[serde(deserialize_with = "de::count")]
+    pub outbox_capacity: usize,
+    /// The start-up bound: how long [`TieredCache::wait_for_l2_at_start`](crate::TieredCache::wait_for_l2_at_start)
+    /// waits for the shared tier, and how long failures before its first connection do not
+    /// count towards the circuit breaker (requests meanwhile wait for the connection within
+    /// `timeout`).
+    #[serde(deserialize_with = "de::duration")]
+    pub connect_wait: Duration,
 }
 
 impl L2Config {
@@ -535,6 +549,8 @@ impl Default for L2Config {
             lock_ttl: Duration::from_secs(5),
             lock_wait: Duration::from_secs(2),
             max_item_size: 1024 * 1024,
+            outbox_capacity: 10_000,
+            connect_wait: Duration::from_secs(2),
         }
     }
 }
@@ -605,6 +621,11 @@ pub struct HttpConfig {
     /// past this wait a request asks the origin itself (as nginx's `proxy_cache_lock_timeout`).
     #[serde(deserialize_with = "de::duration")]
     pub coalesce_wait: Duration,
+    /// How long a key whose response could not be stored (for what the response says:
+    /// `no-store`, `private`, `Set-Cookie`, …) is passed straight to the origin, without a
+    /// lookup or coalescing (hit-for-pass); a storable response clears it. `0s` turns it off.
+    #[serde(deserialize_with = "de::duration")]
+    pub pass_ttl: Duration,
     /// The cache's name in `Cache-Status` (RFC 9211).
     pub status_header: String,
     /// Targeted cache-control fields (RFC 9213) this cache follows, in precedence order: the
@@ -680,6 +701,7 @@ impl Default for HttpConfig {
             stale_if_unreachable: Duration::from_secs(10),
             origin_timeout: Duration::from_secs(30),
             coalesce_wait: Duration::from_secs(5),
+            pass_ttl: Duration::from_secs(30),
             status_header: "tiered-cache".to_owned(),
             targeted_fields: None,
             key_headers: Vec::new(),
@@ -847,6 +869,12 @@ impl CacheConfig {
         }
         if self.l2.timeout.is_zero() {
             return Err(ConfigError::invalid("l2.timeout", "must be greater than 0"));
+        }
+        if self.l2.outbox_capacity == 0 {
+            return Err(ConfigError::invalid(
+                "l2.outbox_capacity",
+                "must be at least 1: invalidations the shared tier does not take are kept there",
+            ));
         }
         if !(1..=256).contains(&self.l2.pool_size) {
             return Err(ConfigError::invalid(

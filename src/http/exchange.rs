@@ -400,8 +400,12 @@ impl Exchange<'_> {
             parts.status,
             representation,
         ) {
-            Ok(admission) => admission,
-            Err(_) => {
+            Ok(admission) => {
+                self.state.passes.admitted(self.primary);
+                admission
+            }
+            Err(reason) => {
+                self.state.passes.refused(self.primary, reason);
                 unshared(permit);
                 // A final answer that may not be stored supersedes what was stored before; a
                 // 5xx does not, and neither does a 1xx, which is no final answer at all.

@@ -9,6 +9,7 @@ pub(crate) mod entries;
 pub(crate) mod exchange;
 pub(crate) mod forwarding;
 pub(crate) mod key;
+pub(crate) mod pass;
 pub(crate) mod policy;
 pub(crate) mod purge;
 pub(crate) mod range;

@@ -51,6 +51,16 @@ pub(crate) async fn handle<ResBody>(
     };
     match result {
         Ok(()) => answer(state, StatusCode::OK, "purged\n"),
+        Err(err) if err.is_invalidation_pending() => {
+            // Memory is purged, and the shared tier will be once it answers: kept until then.
+            tracing::warn!(error = %err, "purge pending: the shared tier does not answer");
+            response::text(
+                StatusCode::ACCEPTED,
+                "purge accepted: memory is purged, the shared tier will be once it answers\n",
+                "invalidation-pending",
+                &state.cache_name,
+            )
+        }
         Err(err) => {
             tracing::warn!(error = %err, "purge did not reach every tier");
             let mut response = answer(

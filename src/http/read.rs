@@ -1,5 +1,7 @@
 //! The cached path of a GET or HEAD request, in the order a request takes it:
 //!
+//! 0. a key whose last response could not be stored goes straight to the origin for
+//!    `http.pass_ttl` (hit-for-pass, see [`pass`](super::pass));
 //! 1. [`look_up`]: what is stored for it (memory, then the shared tier; its `Vary` variant),
 //!    and what that entry may do for it (RFC 9111 §4);
 //! 2. fresh: answered from the cache;
@@ -33,6 +35,7 @@ use super::routes::Rule;
 use super::state::State;
 use super::variants::{Found, Resolved, Stored};
 use crate::body::{BoxError, CacheBody};
+use crate::stats::Counter;
 use crate::store::{Fill, FillOptions};
 
 /// What is stored for a request, and what it may do for it.
@@ -59,6 +62,20 @@ where
     ResBody::Error: Into<BoxError>,
 {
     tracing::Span::current().record("key", primary.as_str());
+    let plain_get = parts.method == Method::GET && !parts.headers.contains_key(RANGE);
+    if plain_get && state.passes.is_marked(&primary) {
+        // Step 0, hit-for-pass: its last response could not be stored; no lookup, no waiting.
+        state.cache.count(Counter::Passes);
+        let exchange = Exchange {
+            state: &state,
+            rule: &rule,
+            primary: &primary,
+            variants: None,
+            stale: None,
+            forward: Forward::Bypass,
+        };
+        return exchange.fetch(origin, parts, body, None).await;
+    }
     let looked_up = look_up(&state, &parts, &primary).await;
     let LookedUp { resolved, reuse } = looked_up;
     let stale = match (resolved.found, reuse) {

@@ -9,6 +9,7 @@ use http::header::{AGE, DATE};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use super::cache_status::{Status, CACHE_STATUS};
+use super::pass::Passes;
 use super::policy::{self, Settings, StaleWindows, StorePlan};
 use super::routes::{Routes, Rule};
 use super::variants::VARIANTS;
@@ -38,6 +39,8 @@ pub(crate) struct State {
     pub(crate) flights: Arc<Coalescer<Fetched>>,
     /// Longest wait for another request's fill of the same key (`http.coalesce_wait`).
     pub(crate) coalesce_wait: Duration,
+    /// Keys whose last response could not be stored (`http.pass_ttl`).
+    pub(crate) passes: Passes,
     pub(crate) tag_header: HeaderName,
     pub(crate) surrogate_key_header: HeaderName,
     pub(crate) invalidate_header: HeaderName,
@@ -107,6 +110,7 @@ impl State {
             origin_timeout: Some(config.http.origin_timeout).filter(|timeout| !timeout.is_zero()),
             flights: Arc::new(Coalescer::new()),
             coalesce_wait: config.http.coalesce_wait,
+            passes: Passes::new(config.http.pass_ttl),
             tag_header: header(&config.tags.tag_header)?,
             surrogate_key_header: header(&config.tags.surrogate_key_header)?,
             invalidate_header: header(&config.tags.invalidate_header)?,

@@ -58,8 +58,12 @@ where
     if !(parts.status.is_success() || parts.status.is_redirection()) {
         return Ok(state.origin_response(parts, CacheBody::streaming(body), status));
     }
-    let content_location =
+    let changed =
         invalidate_changed(&state, &target, &primary, &request_headers, &parts.headers).await;
+    if changed.pending {
+        status.detail = Some("invalidation-pending");
+    }
+    let content_location = changed.content_location;
 
     // Write-through: the response is the new representation of the target.
     let writes_through =
@@ -99,23 +103,34 @@ where
     Ok(state.origin_response(parts, body, status))
 }
 
+/// What [`invalidate_changed`] did.
+struct Changed {
+    /// The response's same-origin `Content-Location`, resolved.
+    content_location: Option<String>,
+    /// Whether an invalidation waits for the shared tier (it is retried until it gets there).
+    pending: bool,
+}
+
 /// Invalidates what a successful write changed: the target, the same-origin resources the
 /// response points to, and everything tagged with what it names in `Cache-Invalidate`.
-/// Failures are counted and logged; the origin's answer stands. Returns the response's
-/// same-origin `Content-Location`, resolved.
+/// Failures are counted and logged; the origin's answer stands.
 async fn invalidate_changed(
     state: &State,
     target: &str,
     primary: &str,
     request_headers: &HeaderMap,
     response_headers: &HeaderMap,
-) -> Option<String> {
+) -> Changed {
+    let mut pending = false;
+    let mut note = |result: Result<(), crate::Error>| {
+        pending |= result.is_err_and(|err| err.is_invalidation_pending());
+    };
     let referenced = |name| {
         let value = response_headers.get(name)?.to_str().ok()?;
         key::same_origin(target, value)
     };
     let content_location = referenced(&CONTENT_LOCATION);
-    let _ = state.cache.invalidate(primary).await;
+    note(state.cache.invalidate(primary).await);
     for uri in [referenced(&LOCATION), content_location.clone()]
         .iter()
         .flatten()
@@ -124,14 +139,15 @@ async fn invalidate_changed(
             .parse::<http::Uri>()
             .map_or_else(|_| "/".to_owned(), |uri| uri.path().to_owned());
         let key_headers = &state.routes.rule_for(&path).key_headers;
-        let _ = state
-            .cache
-            .invalidate(&key::key_for(uri, request_headers, key_headers))
-            .await;
+        let key = key::key_for(uri, request_headers, key_headers);
+        note(state.cache.invalidate(&key).await);
     }
     let tags = state.tags_to_invalidate(response_headers);
     if !tags.is_empty() {
-        let _ = state.cache.invalidate_tags(&tags).await;
+        note(state.cache.invalidate_tags(&tags).await);
     }
-    content_location
+    Changed {
+        content_location,
+        pending,
+    }
 }

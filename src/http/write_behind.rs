@@ -26,7 +26,7 @@ use super::state::State;
 use super::{key, policy, purge, response};
 use crate::body::CacheBody;
 use crate::store::{CachedEntry, TieredCache};
-use crate::write_behind::{WriteError, WriteJob, Writer};
+use crate::write_behind::{EnqueueError, WriteError, WriteJob, Writer};
 
 /// Replays queued writes to a service (the application behind the cache, or an upstream
 /// client): 2xx/3xx is done, 5xx and errors are retried, other statuses are permanent failures.
@@ -137,7 +137,8 @@ fn replay_request(job: WriteJob) -> Result<Request<Full<Bytes>>, String> {
 const DETAIL: &str = "write-behind";
 
 /// Stores (or, for DELETE, drops) the representation, queues the write, and answers `202`; a
-/// full queue is `503` with `Retry-After`, with nothing stored. A write without the credentials
+/// queue that refuses it (full, unavailable, shut down) is `503` saying which, with
+/// `Retry-After`, and nothing stored. A write without the credentials
 /// the route demands is `401`, with nothing stored or queued.
 pub(crate) async fn accept<ReqBody, B>(
     state: &State,
@@ -195,12 +196,12 @@ where
             .store(&primary, &representation(&parts, body, ttl))
             .await;
     }
-    if let Err(full) = queue.enqueue(job.clone()).await {
-        tracing::warn!(error = %full, "write-behind refused a write");
+    if let Err(refused) = queue.enqueue(job.clone()).await {
+        tracing::warn!(key = %job.key, error = %refused, "write-behind refused a write");
         retract(&state.cache, &job).await;
         let mut response = response::text(
             StatusCode::SERVICE_UNAVAILABLE,
-            "write queue full, retry later\n",
+            refusal(&refused),
             DETAIL,
             &state.cache_name,
         );
@@ -215,6 +216,17 @@ where
         DETAIL,
         &state.cache_name,
     )
+}
+
+/// The `503` body for a write the queue refused.
+fn refusal(refused: &EnqueueError) -> &'static str {
+    match refused {
+        EnqueueError::Full { .. } => "write queue full, retry later\n",
+        EnqueueError::Unavailable { .. } => {
+            "write queue unavailable (its Redis does not take writes), retry later\n"
+        }
+        EnqueueError::Closed => "write queue shut down, retry later\n",
+    }
 }
 
 /// Whether a write carries what `rule` demands: its bearer token (compared in constant time),

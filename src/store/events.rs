@@ -19,8 +19,10 @@ pub enum Invalidation {
     },
     /// Everything.
     Flush,
-    /// Not from another instance: the subscription reconnected, and since events may have been
-    /// missed meanwhile, this instance dropped everything from its memory tier.
+    /// Not from another instance: the subscription reconnected after it was lost (or after a
+    /// start whose first connection attempts failed), and since events may have been missed
+    /// meanwhile, this instance dropped everything from its memory tier. The first connection
+    /// of a start that met no error is not reported: nothing can have been missed.
     Resubscribed,
 }
 

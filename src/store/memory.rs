@@ -22,7 +22,7 @@ pub(crate) struct MemoryTier {
     unsynced: AtomicU64,
     /// Keys inserted that were not present before.
     admitted: AtomicU64,
-    /// Keys removed by `remove`, `remove_prefix` or expiry on read.
+    /// Keys removed by `delete`, `delete_prefix` or expiry on read.
     removed: AtomicU64,
     /// Of `removed`, those found past their own lifetime on read.
     expired: AtomicU64,
@@ -169,15 +169,6 @@ impl Tier for MemoryTier {
     ) -> impl Future<Output = Result<(), TierError>> + Send {
         self.write(key, entry);
         ready(Ok(()))
-    }
-
-    fn remove(&self, key: &str) -> impl Future<Output = Result<(), TierError>> + Send {
-        self.delete(key);
-        ready(Ok(()))
-    }
-
-    fn remove_prefix(&self, prefix: &str) -> impl Future<Output = Result<u64, TierError>> + Send {
-        ready(Ok(self.delete_prefix(prefix)))
     }
 }
 

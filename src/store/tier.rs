@@ -5,8 +5,9 @@ use std::future::Future;
 use super::codec::{DecodeError, EncodeError};
 use super::CachedEntry;
 
-/// One level of the cache. `get` returns entries that are fresh or stale but still kept; each
-/// tier enforces entry lifetimes itself.
+/// How the read paths reach the memory tier (the shared tier is its own type, whose operations
+/// go through breakers and can be pending); `get` returns entries that are fresh or stale but
+/// still kept.
 pub(crate) trait Tier: Send + Sync {
     fn get(&self, key: &str)
         -> impl Future<Output = Result<Option<CachedEntry>, TierError>> + Send;
@@ -15,9 +16,6 @@ pub(crate) trait Tier: Send + Sync {
         key: &str,
         entry: &CachedEntry,
     ) -> impl Future<Output = Result<(), TierError>> + Send;
-    fn remove(&self, key: &str) -> impl Future<Output = Result<(), TierError>> + Send;
-    /// Removes every key starting with `prefix`; returns how many were removed.
-    fn remove_prefix(&self, prefix: &str) -> impl Future<Output = Result<u64, TierError>> + Send;
 }
 
 /// A failed operation on a tier.

@@ -13,6 +13,8 @@ use super::entry::unix_ms;
 use super::events::{EventSink, Invalidation};
 use super::fill::{Fill, FillOptions, SharedLock};
 use super::memory::MemoryTier;
+use super::outbox::Change;
+use super::shared::NotApplied;
 use super::tags::{self, Bounded, TagLimits, TagStamps};
 use super::tier::{Tier, TierError};
 use super::writes::BackgroundWrites;
@@ -76,7 +78,6 @@ struct Inner {
     shared: Option<SharedTier>,
     /// Invalidations received from other instances, after they were applied.
     events: broadcast::Sender<Invalidation>,
-    stamp_ttl: Duration,
     flights: Arc<Coalescer<CachedEntry>>,
     counters: Counters,
     max_entry_size: u64,
@@ -85,13 +86,15 @@ struct Inner {
     tag_warnings: LogThrottle,
     /// Shared-tier writes running in the background.
     writes: Arc<BackgroundWrites>,
+    /// `l2.connect_wait`.
+    connect_wait: Duration,
 }
 
 impl std::fmt::Debug for TieredCache {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("TieredCache")
-            .field("redis", &self.inner.shared.is_some())
+            .field("shared", &self.inner.shared.is_some())
             .field("stats", &self.stats())
             .finish()
     }
@@ -128,7 +131,6 @@ impl TieredCache {
                 stamps,
                 shared,
                 events,
-                stamp_ttl: config.tags.stamp_ttl,
                 flights: Arc::new(Coalescer::new()),
                 counters: Counters::default(),
                 max_entry_size: config.http.max_entry_size,
@@ -136,6 +138,7 @@ impl TieredCache {
                 l2_warnings: LogThrottle::new(Duration::from_secs(10)),
                 writes: Arc::new(BackgroundWrites::new(config.l1.max_ttl)),
                 tag_warnings: LogThrottle::new(Duration::from_secs(10)),
+                connect_wait: config.l2.connect_wait,
             }),
         })
     }
@@ -148,6 +151,39 @@ impl TieredCache {
             Some(shared) => shared.wait_connected(timeout).await,
             None => false,
         }
+    }
+
+    /// For a server about to accept connections: waits for the shared tier up to
+    /// `l2.connect_wait` (2 s by default) and logs whether it is up. Returns `true` once
+    /// connected; `false` when it is not up by then (the cache serves without it and keeps
+    /// connecting in the background) or when no L2 is configured.
+    ///
+    /// ```
+    /// # use tower_tiered_cache::{CacheConfig, TieredCache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_tiered_cache::Error> {
+    /// let cache = TieredCache::new(CacheConfig::default())?;
+    /// // Memory only: nothing to wait for.
+    /// assert!(!cache.wait_for_l2_at_start().await);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn wait_for_l2_at_start(&self) -> bool {
+        let Some(shared) = &self.inner.shared else {
+            return false;
+        };
+        let wait = self.inner.connect_wait;
+        let up = shared.wait_connected(wait).await;
+        if up {
+            tracing::info!(source = ?shared.source(), "shared tier connected");
+        } else {
+            tracing::warn!(
+                source = ?shared.source(),
+                ?wait,
+                "shared tier not up within l2.connect_wait; serving without it until it is"
+            );
+        }
+        up
     }
 
     /// [`wait_for_l2`](Self::wait_for_l2), under the name it had before Memcached.
@@ -325,42 +361,42 @@ impl TieredCache {
     }
 
     /// Stores a value just written to the source of truth (or queued for it), and tells the
-    /// other instances to drop their copies of `key`. Failures are counted and logged: the write
-    /// itself stands.
+    /// other instances to drop their copies of `key`. Failures are counted and logged (an event
+    /// that does not get through is retried): the write itself stands.
     pub(crate) async fn store_written(&self, key: &str, entry: &CachedEntry) {
         self.store(key, entry).await;
-        let _ = self.publish(Invalidation::Key(key.to_owned())).await;
+        let _ = self.announce(key).await;
     }
 
-    /// Removes `key` from memory, then from Redis, and tells the other instances to drop it from
-    /// their memory. The error reports a Redis failure: the entry may then still be served from
-    /// Redis (by this or another instance) until it expires.
+    /// Removes `key` from memory, then from the shared tier, and tells the other instances to
+    /// drop it from their memory.
+    ///
+    /// When the shared tier does not take it now (down, stalled, circuit open), the result is
+    /// [`Error::InvalidationPending`]: the invalidation is kept and retried in the background
+    /// until it gets through, and until then this instance treats shared entries for `key`
+    /// obtained before it as gone. Other instances may serve their copies until then.
     pub async fn invalidate(&self, key: &str) -> Result<(), Error> {
         self.inner.writes.invalidating(key).await;
         self.inner.memory.delete(key);
-        if let Some(shared) = &self.inner.shared {
-            shared
-                .remove(key)
-                .await
-                .map_err(|err| self.l2_failed("invalidate", err))?;
-        }
-        self.publish(Invalidation::Key(key.to_owned())).await
+        let change = Change::Key {
+            key: key.to_owned(),
+            delete: true,
+        };
+        self.invalidate_shared("invalidate", change, None)
+            .await
+            .map(drop)
     }
 
     /// Removes every key starting with `prefix` from memory and from Redis (by `SCAN` and
     /// `UNLINK` in batches, never `KEYS`, so Redis keeps serving meanwhile), and tells the other
-    /// instances.
+    /// instances. Pending when the shared tier does not take it now, as for
+    /// [`invalidate`](Self::invalidate); Memcached cannot do it ([`Error::L2`]).
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<Purged, Error> {
         self.inner.writes.idle().await;
         let memory = self.inner.memory.delete_prefix(prefix);
-        let redis = match &self.inner.shared {
-            Some(shared) => shared
-                .remove_prefix(prefix)
-                .await
-                .map_err(|err| self.l2_failed("invalidate_prefix", err))?,
-            None => 0,
-        };
-        self.publish(Invalidation::Prefix(prefix.to_owned()))
+        let change = Change::Prefix(prefix.to_owned());
+        let redis = self
+            .invalidate_shared("invalidate_prefix", change, None)
             .await?;
         Ok(Purged { memory, redis })
     }
@@ -397,27 +433,18 @@ impl TieredCache {
         for tag in &tags {
             self.inner.stamps.record(tag, stamp_ms);
         }
-        if let Some(shared) = &self.inner.shared {
-            shared
-                .stamp_tags(&tags, stamp_ms, self.inner.stamp_ttl)
-                .await
-                .map_err(|err| self.l2_failed("invalidate_tags", err))?;
-        }
-        self.publish(Invalidation::Tags { tags, stamp_ms }).await
+        self.invalidate_shared("invalidate_tags", Change::Tags(tags), Some(stamp_ms))
+            .await
+            .map(drop)
     }
 
-    /// Removes everything this cache stored, in every tier and instance.
+    /// Removes everything this cache stored, in every tier and instance. Pending when the shared
+    /// tier does not take it now, as for [`invalidate`](Self::invalidate); Memcached cannot do
+    /// it ([`Error::L2`]).
     pub async fn flush(&self) -> Result<Purged, Error> {
         self.inner.writes.idle().await;
         self.inner.memory.clear();
-        let redis = match &self.inner.shared {
-            Some(shared) => shared
-                .remove_prefix("")
-                .await
-                .map_err(|err| self.l2_failed("flush", err))?,
-            None => 0,
-        };
-        self.publish(Invalidation::Flush).await?;
+        let redis = self.invalidate_shared("flush", Change::Flush, None).await?;
         Ok(Purged { memory: 0, redis })
     }
 
@@ -427,14 +454,40 @@ impl TieredCache {
         self.inner.events.subscribe()
     }
 
-    async fn publish(&self, event: Invalidation) -> Result<(), Error> {
-        match &self.inner.shared {
-            Some(shared) => shared
-                .publish(&event)
-                .await
-                .map_err(|err| self.l2_failed("publish", err)),
-            None => Ok(()),
-        }
+    /// `change` in the shared tier and on the other instances (made at `stamp_ms`, or now); how
+    /// many shared entries it removed. What does not get through now is pending.
+    async fn invalidate_shared(
+        &self,
+        operation: &'static str,
+        change: Change,
+        stamp_ms: Option<u64>,
+    ) -> Result<u64, Error> {
+        let Some(shared) = &self.inner.shared else {
+            return Ok(0);
+        };
+        let stamp_ms = stamp_ms.unwrap_or_else(|| unix_ms(SystemTime::now()));
+        shared
+            .invalidate(change, stamp_ms)
+            .await
+            .map_err(|not_applied| match not_applied {
+                NotApplied::Pending(source) => {
+                    self.count_l2_error(&source);
+                    Error::InvalidationPending { operation, source }
+                }
+                NotApplied::Refused(source) => self.l2_failed(operation, source),
+            })
+    }
+
+    /// Tells the other instances that `key` has a new entry (stored by this instance), so they
+    /// drop their memory copies; retried until it gets through.
+    async fn announce(&self, key: &str) -> Result<(), Error> {
+        let change = Change::Key {
+            key: key.to_owned(),
+            delete: false,
+        };
+        self.invalidate_shared("publish", change, None)
+            .await
+            .map(drop)
     }
 
     pub(crate) fn count(&self, counter: Counter) {
@@ -450,6 +503,11 @@ impl TieredCache {
                 .shared
                 .as_ref()
                 .is_some_and(SharedTier::circuit_open),
+            invalidations_pending: self
+                .inner
+                .shared
+                .as_ref()
+                .map_or(0, |shared| shared.pending() as u64),
             memory_entries: memory.entries,
             memory_bytes: memory.bytes,
             memory_evictions: memory.evictions,
@@ -598,7 +656,7 @@ impl TieredCache {
         let counter = match found {
             Some(found) if found.is_fresh() => match found.source {
                 Source::Memory => Counter::MemoryHits,
-                Source::Redis | Source::Memcached => Counter::RedisHits,
+                Source::Redis | Source::Memcached => Counter::SharedHits,
             },
             Some(_) => {
                 self.inner.counters.incr(Counter::StaleHits);
@@ -712,8 +770,7 @@ impl TieredCache {
         }
     }
 
-    /// Counts and logs an L2 failure (at most one warning per interval; the rest at debug).
-    fn l2_failed(&self, operation: &'static str, source: TierError) -> Error {
+    fn count_l2_error(&self, source: &TierError) {
         let counter = match source {
             TierError::Decode(_) => Counter::L2DecodeErrors,
             TierError::CircuitOpen => Counter::L2Skipped,
@@ -721,6 +778,11 @@ impl TieredCache {
             _ => Counter::L2Errors,
         };
         self.inner.counters.incr(counter);
+    }
+
+    /// Counts and logs an L2 failure (at most one warning per interval; the rest at debug).
+    fn l2_failed(&self, operation: &'static str, source: TierError) -> Error {
+        self.count_l2_error(&source);
         if matches!(source, TierError::CircuitOpen | TierError::TooLarge { .. }) {
             // The breaker logged when it opened; skipping is what it is for. Oversized entries
             // are expected with a small item limit: counted, not warned about.

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::worker::{self, Delivery, Outcome, Retry, Settle};
-use super::{Counters, WriteJob, Writer};
+use super::{Counters, EnqueueError, WriteJob, Writer};
 use crate::config::{ConfigError, WriteBehindConfig};
 use crate::Error;
 
@@ -168,9 +168,11 @@ fn build_client(config: Config, timeout: Duration, named: bool) -> Result<Client
 }
 
 impl DurableHandle {
-    /// Whether the job was appended.
-    pub(super) async fn enqueue(&self, job: WriteJob) -> bool {
-        !*self.close.borrow() && self.queue.append(&job).await
+    pub(super) async fn enqueue(&self, job: WriteJob) -> Result<(), EnqueueError> {
+        if *self.close.borrow() {
+            return Err(EnqueueError::Closed);
+        }
+        self.queue.append(&job).await
     }
 
     pub(super) fn close(&self) {
@@ -283,12 +285,12 @@ fn missing_group(err: &RedisError) -> bool {
 }
 
 impl DurableQueue {
-    async fn append(&self, job: &WriteJob) -> bool {
+    async fn append(&self, job: &WriteJob) -> Result<(), EnqueueError> {
         let (meta, body) = match encode(job) {
             Ok(fields) => fields,
             Err(reason) => {
                 tracing::error!(key = %job.key, %reason, "write-behind job cannot be queued");
-                return false;
+                return Err(EnqueueError::Unavailable { reason });
             }
         };
         let capacity = i64::try_from(self.capacity).unwrap_or(i64::MAX);
@@ -298,17 +300,21 @@ impl DurableQueue {
         match appended {
             Ok(length) if length >= 0 => {
                 self.counters.queued.store(length as u64, Ordering::Relaxed);
-                true
+                Ok(())
             }
             Ok(_) => {
                 self.counters
                     .queued
                     .store(self.capacity as u64, Ordering::Relaxed);
-                false
+                Err(EnqueueError::Full {
+                    capacity: self.capacity,
+                })
             }
             Err(err) => {
                 self.warn("enqueue", &err);
-                false
+                Err(EnqueueError::Unavailable {
+                    reason: err.to_string(),
+                })
             }
         }
     }

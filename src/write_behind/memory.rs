@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::worker::{Delivery, Outcome, Settle};
-use super::WriteJob;
+use super::{EnqueueError, WriteJob};
 
 type Sender = mpsc::Sender<Delivery<OwnedSemaphorePermit>>;
 
@@ -30,16 +30,20 @@ impl MemoryQueue {
         (queue, receiver)
     }
 
-    /// Whether the job was accepted.
-    pub(super) fn enqueue(&self, job: WriteJob) -> bool {
+    pub(super) fn enqueue(&self, job: WriteJob) -> Result<(), EnqueueError> {
         let sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(sender) = sender.as_ref() else {
-            return false;
+            return Err(EnqueueError::Closed);
         };
-        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
-            return false;
+        let full = || EnqueueError::Full {
+            capacity: self.capacity,
         };
-        sender.try_send(Delivery { job, ticket: slot }).is_ok()
+        let slot = Arc::clone(&self.slots)
+            .try_acquire_owned()
+            .map_err(|_| full())?;
+        sender
+            .try_send(Delivery { job, ticket: slot })
+            .map_err(|_| full())
     }
 
     pub(super) fn close(&self) {

@@ -3,7 +3,7 @@
 //! [`WriteBehind::start`] starts `workers` tasks that take [`WriteJob`]s from a bounded queue and
 //! hand each one to a [`Writer`] (for the HTTP layer: the wrapped service), retrying with
 //! exponential backoff. [`enqueue`](WriteBehind::enqueue) never waits for room: a full queue
-//! refuses the job with [`QueueFull`], and the caller answers `503` with `Retry-After`.
+//! refuses the job with [`EnqueueError::Full`], and the caller answers `503` with `Retry-After`.
 //!
 //! ```
 //! use std::time::Duration;
@@ -49,7 +49,7 @@
 //!   `{prefix}:wb:{queue}:dead` (entries that do not decode go there too; nothing trims that
 //!   stream). Entries delivered to a process that died are replayed by the other instances or by
 //!   the next start (see below), so a crash loses nothing but may replay a write twice. When
-//!   Redis cannot be reached, `enqueue` refuses the job.
+//!   Redis cannot take the job, `enqueue` refuses it with [`EnqueueError::Unavailable`].
 //! - Dropping every handle without `shutdown` closes the queue and lets the workers finish it in
 //!   the background, for as long as the runtime runs.
 //!
@@ -170,13 +170,26 @@ where
     }
 }
 
-/// The queue refused a job: it is full, shut down, or (durable mode) Redis could not take it.
-/// Nothing was enqueued.
+/// Why the queue refused a job. Nothing was enqueued.
 #[derive(Debug, thiserror::Error)]
-#[error("write-behind queue is full ({capacity} writes)")]
-pub struct QueueFull {
-    /// The queue's capacity.
-    pub capacity: usize,
+#[non_exhaustive]
+pub enum EnqueueError {
+    /// The queue holds `capacity` jobs not yet written or dropped: retry later.
+    #[error("write-behind queue is full ({capacity} writes)")]
+    Full {
+        /// The queue's capacity.
+        capacity: usize,
+    },
+    /// The queue was shut down.
+    #[error("write-behind queue is shut down")]
+    Closed,
+    /// Durable mode: the Redis Stream could not take the job (Redis down, slower than the
+    /// timeout, or refusing the command); the queue itself may have room.
+    #[error("write-behind queue is unavailable: {reason}")]
+    Unavailable {
+        /// What Redis answered, or that it did not.
+        reason: String,
+    },
 }
 
 /// Where a durable queue lives.
@@ -324,21 +337,17 @@ impl WriteBehind {
     /// Enqueues `job`, or refuses it at once (never waits for room). Durable mode: one round trip
     /// to Redis that appends the job unless the stream already holds `capacity` unacknowledged
     /// entries.
-    pub async fn enqueue(&self, job: WriteJob) -> Result<(), QueueFull> {
+    pub async fn enqueue(&self, job: WriteJob) -> Result<(), EnqueueError> {
         let accepted = match &self.inner.backend {
             Backend::Memory(queue) => queue.enqueue(job),
             #[cfg(feature = "redis")]
             Backend::Durable(handle) => handle.enqueue(job).await,
         };
-        if accepted {
-            crate::metrics::write_behind_queue(self.stats().queued);
-            Ok(())
-        } else {
-            Counters::add(&self.inner.counters.refused);
-            Err(QueueFull {
-                capacity: self.inner.capacity,
-            })
+        match accepted {
+            Ok(()) => crate::metrics::write_behind_queue(self.stats().queued),
+            Err(_) => Counters::add(&self.inner.counters.refused),
         }
+        accepted
     }
 
     /// Stops taking jobs (later [`enqueue`](Self::enqueue) calls are refused), waits until every
@@ -468,13 +477,14 @@ fn start_durable(
 impl TieredCache {
     /// Write-behind: queues the write of `entry` for `queue`'s writer (which persists it in the
     /// background, with retries), then stores it in both tiers so readers see it at once; other
-    /// instances drop their copies. A full queue refuses at once and nothing is stored.
+    /// instances drop their copies. A queue that cannot take the write (full, shut down, or its
+    /// Redis unavailable) refuses at once and nothing is stored.
     pub async fn write_behind(
         &self,
         queue: &WriteBehind,
         key: &str,
         entry: CachedEntry,
-    ) -> Result<(), QueueFull> {
+    ) -> Result<(), EnqueueError> {
         queue
             .enqueue(WriteJob::new(key, entry.body().clone()))
             .await?;

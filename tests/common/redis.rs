@@ -156,10 +156,21 @@ pub async fn cache_on(server: &RedisServer, builder: CacheConfigBuilder) -> Tier
 
 /// A three-primary Redis Cluster on loopback (no replicas), killed on drop.
 pub struct RedisCluster {
-    nodes: Vec<Child>,
+    nodes: Vec<ServerProcess>,
     ports: Vec<u16>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
+
+/// Without full coverage the healthy primaries keep serving their slots while one is down
+/// (there are no replicas to take over).
+const CLUSTER_NODE: [&str; 6] = [
+    "--cluster-enabled",
+    "yes",
+    "--cluster-node-timeout",
+    "2000",
+    "--cluster-require-full-coverage",
+    "no",
+];
 
 impl RedisCluster {
     pub fn start() -> Self {
@@ -170,9 +181,8 @@ impl RedisCluster {
             let port = free_cluster_port();
             let node_dir = dir.path().join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("node dir");
-            let args = ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"];
-            if let Some(child) = spawn_redis_with(port, &node_dir, &args) {
-                nodes.push(child);
+            if let Some(child) = spawn_redis_with(port, &node_dir, &CLUSTER_NODE) {
+                nodes.push(ServerProcess::running(child));
                 ports.push(port);
             }
         }
@@ -191,11 +201,7 @@ impl RedisCluster {
             Command::status,
         );
         assert!(created.success(), "redis-cli --cluster create");
-        let cluster = Self {
-            nodes,
-            ports,
-            _dir: dir,
-        };
+        let cluster = Self { nodes, ports, dir };
         cluster.wait_until_ok();
         cluster
     }
@@ -221,6 +227,55 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+
+    /// The node (an index) whose slots include `key`'s, read from `CLUSTER NODES`.
+    pub fn node_of(&self, key: &str) -> usize {
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        (0..self.ports.len())
+            .find(|&index| {
+                self.slots_of(index)
+                    .iter()
+                    .any(|range| range.contains(&slot))
+            })
+            .expect("every slot is served")
+    }
+
+    /// The slot ranges node `index` serves: the `myself` line of its `CLUSTER NODES`, whose
+    /// fields after the eighth are ranges like `0-5460`.
+    fn slots_of(&self, index: usize) -> Vec<std::ops::RangeInclusive<u16>> {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.ports[index].to_string(), "cluster", "nodes"])
+            .output()
+            .expect("redis-cli runs");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let myself = text
+            .lines()
+            .find(|line| line.contains("myself"))
+            .expect("CLUSTER NODES names the node itself");
+        myself
+            .split_whitespace()
+            .skip(8)
+            .filter_map(|range| {
+                let (first, last) = range.split_once('-').unwrap_or((range, range));
+                Some(first.parse().ok()?..=last.parse().ok()?)
+            })
+            .collect()
+    }
+
+    /// SIGKILL node `index`, and wait until it is gone.
+    pub fn kill_node(&mut self, index: usize) {
+        self.nodes[index].kill();
+    }
+
+    /// Starts node `index` again on its port, after [`Self::kill_node`]: it rejoins with the
+    /// slots its `nodes.conf` names, empty (nothing is persisted).
+    pub fn restart_node(&mut self, index: usize) {
+        let port = self.ports[index];
+        let node_dir = self.dir.path().join(port.to_string());
+        let child = spawn_redis_with(port, &node_dir, &CLUSTER_NODE)
+            .expect("a cluster node restarts on its port");
+        self.nodes[index] = ServerProcess::running(child);
     }
 
     /// Calls of each command, summed over the nodes (see [`RedisServer::command_calls`]).
@@ -251,15 +306,6 @@ impl RedisCluster {
             .await
             .expect("test client connects to the cluster");
         client
-    }
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            let _ = node.kill();
-            let _ = node.wait();
-        }
     }
 }
 

@@ -1,0 +1,102 @@
+//! Hit-for-pass: keys whose last response could not be stored, remembered for `http.pass_ttl`.
+//!
+//! Most API traffic is not cacheable, and every such request would otherwise pay a shared-tier
+//! lookup and wait in line behind another request for the same key, only to be passed on. A
+//! key whose response is refused for what the response itself says (`no-store`, `private`,
+//! `Set-Cookie`, `Vary: *`, a status that is never stored, no freshness and no validators, a
+//! declared size over `http.max_entry_size`) is marked; requests for a marked key go straight to
+//! the origin without a lookup and without coalescing, as Varnish's hit-for-pass does. The
+//! origin's answer is still judged: a storable one is stored and clears the mark. Reasons that
+//! depend on the request (credentials, the method) or on one exchange (a body cut off, a wrong
+//! length) mark nothing.
+
+use std::time::Duration;
+
+use mini_moka::sync::Cache;
+
+use super::admit::NotStored;
+use super::policy;
+
+/// Most keys remembered; the least recently used are forgotten first.
+const MAX_KEYS: u64 = 100_000;
+
+pub(crate) struct Passes {
+    /// `None` when `http.pass_ttl` is zero (off).
+    keys: Option<Cache<String, ()>>,
+}
+
+impl Passes {
+    pub(crate) fn new(ttl: Duration) -> Self {
+        let keys = (!ttl.is_zero()).then(|| {
+            Cache::builder()
+                .max_capacity(MAX_KEYS)
+                .time_to_live(ttl)
+                .build()
+        });
+        Self { keys }
+    }
+
+    /// Whether `key` was marked within `http.pass_ttl`.
+    #[allow(clippy::ptr_arg)] // the map is keyed by `String`
+    pub(crate) fn is_marked(&self, key: &String) -> bool {
+        self.keys
+            .as_ref()
+            .is_some_and(|keys| keys.contains_key(key))
+    }
+
+    /// Records why `key`'s response was not stored: marks it when the response itself says so.
+    pub(crate) fn refused(&self, key: &str, reason: NotStored) {
+        if let (Some(keys), true) = (&self.keys, marks(reason)) {
+            keys.insert(key.to_owned(), ());
+        }
+    }
+
+    /// `key`'s response was stored: it is cacheable again.
+    pub(crate) fn admitted(&self, key: &str) {
+        if let Some(keys) = &self.keys {
+            keys.invalidate(&key.to_owned());
+        }
+    }
+}
+
+/// Whether `reason` comes from the response itself, so that the next response for the key is
+/// likely refused too.
+fn marks(reason: NotStored) -> bool {
+    use policy::NotStored as Policy;
+    match reason {
+        NotStored::Policy(
+            Policy::Status
+            | Policy::NoStore
+            | Policy::Private
+            | Policy::SetCookie
+            | Policy::VaryStar
+            | Policy::Useless,
+        )
+        | NotStored::TooLarge => true,
+        NotStored::Policy(Policy::Method | Policy::Authorization | Policy::Credentials)
+        | NotStored::Framing
+        | NotStored::Incomplete
+        | NotStored::PartMismatch
+        | NotStored::Variants => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_the_response_says_marks_a_key() {
+        let passes = Passes::new(Duration::from_secs(60));
+        let key = "k".to_owned();
+        passes.refused(&key, NotStored::Policy(policy::NotStored::Credentials));
+        assert!(!passes.is_marked(&key));
+        passes.refused(&key, NotStored::Policy(policy::NotStored::NoStore));
+        assert!(passes.is_marked(&key));
+        passes.admitted(&key);
+        assert!(!passes.is_marked(&key));
+        let off = Passes::new(Duration::ZERO);
+        off.refused(&key, NotStored::TooLarge);
+        assert!(!off.is_marked(&key));
+    }
+}
