@@ -114,6 +114,10 @@
 //! # }
 //! ```
 //!
+//! For `serde` types, [`TieredCache::get_or_set_value`], [`TieredCache::get_value`] and
+//! [`TieredCache::set_value`] store the value (bincode) as the entry's body, with the same tiers,
+//! single-flight, tags and invalidation; bytes of another type under the key are a miss.
+//!
 //! # Guarantees
 //!
 //! - An entry is never returned as fresh after its own time to live, in either tier; the memory tier
@@ -183,7 +187,7 @@ pub use stats::Stats;
 #[doc(inline)]
 pub use store::{
     CachedEntry, DecodeError, EncodeError, Invalidation, Lookup, Purged, Source, TierError,
-    TieredCache,
+    TieredCache, ValueError, ValueOptions,
 };
 #[doc(inline)]
 pub use write_behind::{

@@ -4,6 +4,13 @@
 //! [format version u8][flags u8][meta length u32 LE][bincode(meta)][body, brotli when flagged]
 //! ```
 //!
+//! A typed value ([`TieredCache::set_value`](crate::TieredCache::set_value)) is the body of an
+//! entry, so it goes through the same layout, compression and bounds:
+//!
+//! ```text
+//! [value format u8][type fingerprint u64 LE][bincode(value)]
+//! ```
+//!
 //! bincode is confined to this module (it carries advisory RUSTSEC-2025-0141, unmaintained; its
 //! format is frozen): swapping it for another format touches this file and bumps
 //! [`FORMAT_VERSION`]. Decoding treats its input as hostile: every length is checked before it is
@@ -14,6 +21,7 @@ use std::io::{Read, Write};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::entry::{CachedEntry, EntryMeta};
@@ -150,6 +158,89 @@ pub(crate) fn decode_job_meta(field: &[u8]) -> Result<JobMeta, DecodeError> {
         )));
     }
     Ok(meta)
+}
+
+/// Bumped on any change to the layout of a typed value or to its bincode configuration.
+pub(crate) const VALUE_FORMAT: u8 = 1;
+const VALUE_HEADER_LEN: usize = 9;
+
+/// Why an entry's body is not a value of the type asked for: to the caller, a miss.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum ValueMismatch {
+    /// Bytes stored through the byte API, or a value of another value format.
+    #[error("not a typed value of this format")]
+    NotAValue,
+    /// A value of another type (or of this type under another name, after a rename or a move).
+    #[error("a value of another type")]
+    OtherType,
+    /// The type name matches but the bytes do not decode as it, or not exactly: its fields
+    /// changed, or the bytes were cut off or altered.
+    #[error("does not decode: {0}")]
+    Malformed(String),
+}
+
+/// `value` as the body of an entry; the error is serde's or bincode's reason.
+pub(crate) fn encode_value<V: Serialize>(value: &V) -> Result<Bytes, String> {
+    let mut body = Vec::with_capacity(VALUE_HEADER_LEN + 64);
+    body.push(VALUE_FORMAT);
+    body.extend_from_slice(&type_fingerprint::<V>().to_le_bytes());
+    // Written after the header into the same buffer: the body is never copied.
+    bincode::serde::encode_into_std_write(value, &mut body, bincode::config::standard())
+        .map_err(|err| err.to_string())?;
+    Ok(Bytes::from(body))
+}
+
+/// The value a body written by [`encode_value`] for `V` holds, decoded from the body in place.
+/// Hostile input is a [`ValueMismatch`], never a panic, and allocates a bounded amount.
+pub(crate) fn decode_value<V: DeserializeOwned>(body: &[u8]) -> Result<V, ValueMismatch> {
+    let (header, encoded) = body
+        .split_at_checked(VALUE_HEADER_LEN)
+        .ok_or(ValueMismatch::NotAValue)?;
+    let (&format, fingerprint) = header.split_first().ok_or(ValueMismatch::NotAValue)?;
+    if format != VALUE_FORMAT {
+        return Err(ValueMismatch::NotAValue);
+    }
+    if fingerprint != type_fingerprint::<V>().to_le_bytes() {
+        return Err(ValueMismatch::OtherType);
+    }
+    // bincode counts what it reads and what it is about to allocate (a string's length, before
+    // it allocates it) against a limit fixed at compile time. Through serde it claims at most 16
+    // bytes per byte it reads (a one-byte varint u128), so the smallest tier of at least 16 times
+    // the input admits every genuine value, while a forged length in a small body cannot
+    // allocate more than its tier. Past 64 MiB a value may claim more than the last tier and is
+    // refused (which `get_or_set_value` reports before storing it).
+    let decoded = match encoded.len() {
+        len if len <= 64 << 10 => decode_bounded::<V, { 1 << 20 }>(encoded),
+        len if len <= 4 << 20 => decode_bounded::<V, { 64 << 20 }>(encoded),
+        _ => decode_bounded::<V, { 1 << 30 }>(encoded),
+    };
+    match decoded {
+        Ok((value, read)) if read == encoded.len() => Ok(value),
+        Ok((_, read)) => Err(ValueMismatch::Malformed(format!(
+            "{} trailing bytes",
+            encoded.len() - read
+        ))),
+        Err(err) => Err(ValueMismatch::Malformed(err.to_string())),
+    }
+}
+
+fn decode_bounded<V: DeserializeOwned, const LIMIT: usize>(
+    encoded: &[u8],
+) -> Result<(V, usize), bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice(encoded, bincode::config::standard().with_limit::<LIMIT>())
+}
+
+/// FNV-1a of `V`'s type name: the same in every process and build of a program (unlike
+/// `TypeId` or std's `DefaultHasher`), so instances of one deploy agree, and a renamed or moved
+/// type (or a compiler that spells the name differently) reads as another type, a miss.
+fn type_fingerprint<V>() -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    std::any::type_name::<V>()
+        .bytes()
+        .fold(OFFSET, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+        })
 }
 
 /// Encoder/decoder with the configured compression and size limit.
@@ -466,6 +557,59 @@ mod tests {
         assert_eq!(err, DecodeError::TooManyTags { count: 3, limit: 2 });
     }
 
+    #[test]
+    fn a_value_reads_back_as_its_own_type_only() {
+        let body = encode_value(&("Ada".to_owned(), 36_u8)).unwrap();
+        assert_eq!(body[0], VALUE_FORMAT);
+        assert_eq!(
+            decode_value::<(String, u8)>(&body),
+            Ok(("Ada".to_owned(), 36))
+        );
+        assert_eq!(
+            decode_value::<(String, u16)>(&body),
+            Err(ValueMismatch::OtherType)
+        );
+        assert_eq!(
+            decode_value::<String>(b"plain bytes"),
+            Err(ValueMismatch::NotAValue)
+        );
+        let mut trailing = body.to_vec();
+        trailing.push(0);
+        assert!(matches!(
+            decode_value::<(String, u8)>(&trailing),
+            Err(ValueMismatch::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn the_type_fingerprint_is_fixed_across_builds() {
+        // FNV-1a of "u32": a change here makes every stored value a miss after a deploy.
+        assert_eq!(type_fingerprint::<u32>(), 0x4d2b_df19_3e85_26d1);
+    }
+
+    #[test]
+    fn a_forged_length_is_refused_before_it_is_allocated() {
+        let mut body = vec![VALUE_FORMAT];
+        body.extend_from_slice(&type_fingerprint::<String>().to_le_bytes());
+        // A varint u64 length of 1 TiB, and no string.
+        body.push(0xfd);
+        body.extend_from_slice(&(1_u64 << 40).to_le_bytes());
+        let Err(ValueMismatch::Malformed(reason)) = decode_value::<String>(&body) else {
+            panic!("a forged length is malformed");
+        };
+        assert!(reason.contains("LimitExceeded"), "{reason}");
+    }
+
+    #[test]
+    fn a_value_claiming_sixteen_times_its_size_still_decodes() {
+        // 65 532 one-byte u128s: 65 535 bytes encoded, the most of the smallest tier, each
+        // claimed as 16 bytes.
+        let value = vec![0_u128; 65_532];
+        let body = encode_value(&value).unwrap();
+        assert_eq!(body.len() - VALUE_HEADER_LEN, 65_535);
+        assert_eq!(decode_value::<Vec<u128>>(&body), Ok(value));
+    }
+
     fn arb_entry() -> impl Strategy<Value = CachedEntry> {
         let field = (
             "[a-z][a-z0-9-]{0,20}",
@@ -532,6 +676,16 @@ mod tests {
                 bytes[at] ^= value;
             }
             let _ = codec().decode(&Bytes::from(bytes));
+        }
+
+        #[test]
+        fn bytes_after_a_value_header_never_panic(
+            rest in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let mut body = vec![VALUE_FORMAT];
+            body.extend_from_slice(&type_fingerprint::<Vec<(String, Option<u64>)>>().to_le_bytes());
+            body.extend(rest);
+            let _ = decode_value::<Vec<(String, Option<u64>)>>(&body);
         }
 
         #[test]

@@ -23,6 +23,7 @@ mod shared;
 mod tags;
 mod tier;
 mod tiered;
+mod typed;
 mod writes;
 
 pub use codec::{DecodeError, EncodeError};
@@ -32,6 +33,7 @@ pub(crate) use fill::{Fill, FillOptions, FillPermit};
 use shared::SharedTier;
 pub use tier::TierError;
 pub use tiered::{Lookup, Purged, Source, TieredCache};
+pub use typed::{ValueError, ValueOptions};
 
 /// 64 random bits as hex, for identifiers that must differ between processes and restarts.
 pub(crate) fn random_id() -> String {
