@@ -42,16 +42,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, AUTHORIZATION, CONTENT_TYPE, COOKIE};
 use http::{HeaderMap, Method, Request, Response};
 use http_body::Body;
-use http_body_util::{Empty, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use tower::{Layer, Service};
 
 use crate::body::{BoxError, CacheBody};
 use crate::config::CacheConfig;
-use crate::http::buffer::{buffer, read_body, Buffered, Unread};
+use crate::http::buffer::{read_body, Unread};
 use crate::http::cache_status::{Forward, Status};
 use crate::http::policy;
 use crate::store::coalesce::Coalescer;
@@ -364,6 +364,57 @@ fn body_failed(error: BoxError) -> tonic::Status {
     tonic::Status::internal(format!("the request message could not be read: {reason}"))
 }
 
+/// A body read up to a limit (a gRPC answer, stored whole).
+pub(crate) enum Buffered<B> {
+    /// The whole body (at most the limit) and its trailers.
+    Complete { data: Bytes, trailers: HeaderMap },
+    /// More than the limit: what was read, and the unread rest.
+    TooLarge { prefix: Bytes, rest: B },
+    /// The body failed after `prefix`.
+    Failed { prefix: Bytes, error: BoxError },
+}
+
+/// Reads `body` until its end or until more than `limit` bytes arrived.
+pub(crate) async fn buffer<B>(mut body: B, limit: u64) -> Buffered<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut data = BytesMut::new();
+    let mut trailers = HeaderMap::new();
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) => {
+                return Buffered::Failed {
+                    prefix: data.freeze(),
+                    error: error.into(),
+                }
+            }
+        };
+        match frame.into_data() {
+            Ok(chunk) => {
+                data.extend_from_slice(&chunk);
+                if data.len() as u64 > limit {
+                    return Buffered::TooLarge {
+                        prefix: data.freeze(),
+                        rest: body,
+                    };
+                }
+            }
+            Err(frame) => {
+                if let Ok(more) = frame.into_trailers() {
+                    trailers.extend(more);
+                }
+            }
+        }
+    }
+    Buffered::Complete {
+        data: data.freeze(),
+        trailers,
+    }
+}
+
 /// The entry for a successful answer (`grpc-status: 0`), the only kind stored.
 fn entry_if_ok(
     state: &State,
@@ -419,7 +470,32 @@ fn identity(headers: &HeaderMap, names: &[HeaderName]) -> Vec<u8> {
 mod tests {
     use http::HeaderValue;
 
+    use http_body_util::StreamBody;
+
     use super::*;
+
+    #[tokio::test]
+    async fn small_bodies_are_read_whole() {
+        let Buffered::Complete { data, .. } =
+            buffer(Full::new(Bytes::from_static(b"abc")), 3).await
+        else {
+            panic!("complete expected");
+        };
+        assert_eq!(data, "abc");
+    }
+
+    #[tokio::test]
+    async fn reading_stops_just_past_the_limit() {
+        let chunks = (0..10).map(|_| {
+            Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from_static(b"0123456789")))
+        });
+        let body = StreamBody::new(futures_util::stream::iter(chunks));
+        let Buffered::TooLarge { prefix, rest } = buffer(body, 25).await else {
+            panic!("too large expected");
+        };
+        assert_eq!(prefix.len(), 30, "read one chunk past the limit, no more");
+        assert_eq!(rest.collect().await.unwrap().to_bytes().len(), 70);
+    }
 
     fn layer(toml: &str) -> GrpcCacheLayer {
         let config = CacheConfig::from_toml_str(toml).unwrap();
