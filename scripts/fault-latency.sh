@@ -5,10 +5,13 @@
 # Run after `cargo test` (as .ci/run does); the tests themselves assert only behaviour.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Where cargo puts its output (CARGO_TARGET_DIR may move it).
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 status=0
 printf '| scenario | requests | failures | p50 ms | p99 ms | bound ms | max ms | L2 resumed after ms |\n|---|---|---|---|---|---|---|---|\n'
 for scenario in kill pause; do
-  file="target/tmp/fault-$scenario.json"
+  file="$target_dir/tmp/fault-$scenario.json"
   if [ ! -f "$file" ]; then
     echo "missing $file: run cargo test --test fault_$scenario first" >&2
     exit 1

@@ -7,7 +7,8 @@ use ::http::HeaderName;
 use bytes::Bytes;
 
 use crate::config::CacheConfig;
-use crate::store::{CachedEntry, DecodeError, EncodeError};
+use crate::store::CachedEntry;
+use crate::BoxError;
 
 /// The entry codec the shared tier uses, with `config`'s compression settings and size limit.
 #[derive(Clone, Debug)]
@@ -20,13 +21,13 @@ impl Codec {
     }
 
     /// The bytes stored in Redis for `entry`.
-    pub fn encode(&self, entry: &CachedEntry) -> Result<Vec<u8>, EncodeError> {
-        self.0.encode(entry)
+    pub fn encode(&self, entry: &CachedEntry) -> Result<Vec<u8>, BoxError> {
+        Ok(self.0.encode(entry)?)
     }
 
     /// The entry read back from stored bytes.
-    pub fn decode(&self, bytes: &Bytes) -> Result<CachedEntry, DecodeError> {
-        self.0.decode(bytes)
+    pub fn decode(&self, bytes: &Bytes) -> Result<CachedEntry, BoxError> {
+        Ok(self.0.decode(bytes)?)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The crate's error type.
 
 use crate::config::ConfigError;
+use crate::BoxError;
 
 /// Errors from building or driving a cache. Reads never fail because of Redis: they degrade to
 /// misses. Invalidations report what did not reach the shared tier at once: a purge that did not
@@ -15,14 +16,22 @@ pub enum Error {
     /// outside a Tokio runtime.
     #[error("background tasks (Redis connections, write-behind workers) need a Tokio runtime: create the cache inside one (e.g. under #[tokio::main])")]
     NoRuntime,
-    /// An operation on the shared tier failed and is not retried (e.g. prefix invalidation on
-    /// Memcached); the memory tier was updated.
+    /// An operation on the shared tier failed and is not retried; the memory tier was updated.
     #[error("L2 {operation} failed: {source}")]
     L2 {
         /// What was attempted, e.g. `invalidate`.
         operation: &'static str,
-        /// The tier's error.
-        source: crate::store::TierError,
+        /// The tier's error (a timeout, the circuit breaker, the backend's own error).
+        source: BoxError,
+    },
+    /// The shared tier's backend cannot do this at all (prefix invalidation and flush on
+    /// Memcached, which cannot list its keys); the memory tier was updated.
+    #[error("L2 {operation} is not supported by the {backend} backend")]
+    Unsupported {
+        /// What was asked for, e.g. `invalidate_prefix`.
+        operation: &'static str,
+        /// The shared tier's backend, e.g. `memcached`.
+        backend: &'static str,
     },
     /// An invalidation did not reach the shared tier now. It was applied to this instance's
     /// memory, is kept (up to `l2.outbox_capacity`) and retried in the background until the tier
@@ -34,7 +43,7 @@ pub enum Error {
         /// What was attempted, e.g. `invalidate`.
         operation: &'static str,
         /// Why the tier did not take it now.
-        source: crate::store::TierError,
+        source: BoxError,
     },
 }
 

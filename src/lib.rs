@@ -186,8 +186,7 @@ pub use error::Error;
 pub use stats::Stats;
 #[doc(inline)]
 pub use store::{
-    CachedEntry, DecodeError, EncodeError, Invalidation, Lookup, Purged, Source, TierError,
-    TieredCache, ValueError, ValueOptions,
+    CachedEntry, Invalidation, Lookup, Purged, Source, TieredCache, ValueError, ValueOptions,
 };
 #[doc(inline)]
 pub use write_behind::{

@@ -10,6 +10,7 @@
 //! | `tiered_cache_stores_total` | counter | |
 //! | `tiered_cache_l2_errors_total` | counter | `kind` (`error`, `decode`, `skipped`) |
 //! | `tiered_cache_tags_dropped_total` | counter | |
+//! | `tiered_cache_early_refreshes_total` | counter | |
 //! | `tiered_cache_not_stored_total` | counter | `reason` (`method`, `status`, `no_store`, `private`, `authorization`, `set_cookie`, `vary_star`, `credentials`, `useless`, `too_large`, `framing`, `incomplete`, `part_mismatch`, `variants`) |
 //! | `tiered_cache_bytes` | gauge | `tier` (`memory`) |
 //! | `tiered_cache_write_behind_queue` | gauge | |

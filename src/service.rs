@@ -125,10 +125,14 @@ where
                 let (parts, body) = request.into_parts();
                 let primary = key::primary_key(&parts, &rule.key_headers);
                 // The common case needs no future: a fresh entry in memory answers at once.
-                if let Some(response) = fresh_in_memory(&self.state, &parts, &primary) {
+                if let Some((response, due)) = fresh_in_memory(&self.state, &parts, &primary) {
                     span.record("key", primary.as_str());
                     span.record("outcome", "hit");
                     crate::metrics::request_duration("hit", started.elapsed());
+                    if due {
+                        let origin = self.take_ready_origin();
+                        read::refresh_ahead(&self.state, origin, parts, body, primary, rule);
+                    }
                     return ResponseFuture::ready(response);
                 }
                 let origin = self.take_ready_origin();
@@ -152,11 +156,13 @@ impl<S: Clone> CacheService<S> {
 /// same answer as step 2 of [`serve`], without its future. `None` sends the request the long
 /// way (which also handles every case this declines: Redis, stale entries, unknown tags).
 #[allow(clippy::ptr_arg)] // the memory map is keyed by `String`
+///
+/// The flag says whether the entry is due for refresh-ahead (`http.refresh_ahead`).
 fn fresh_in_memory<B>(
     state: &State,
     parts: &Parts,
     primary: &String,
-) -> Option<Response<CacheBody<B>>> {
+) -> Option<(Response<CacheBody<B>>, bool)> {
     let now = SystemTime::now();
     let entry = entries::fresh_in_memory(&state.cache, primary, &parts.headers, now)
         .filter(|entry| !range::is_partial(entry))?;
@@ -165,13 +171,14 @@ fn fresh_in_memory<B>(
         return None;
     }
     state.cache.count(Counter::MemoryHits);
-    Some(response::from_entry_with_status(
+    let response = response::from_entry_with_status(
         &parts.method,
         &parts.headers,
         &entry,
         age,
         Some(state.memory_hit_status.clone()),
-    ))
+    );
+    Some((response, state.refresh_due(&entry, age)))
 }
 
 pin_project_lite::pin_project! {

@@ -68,6 +68,9 @@ pub struct Stats {
     /// HTTP requests sent straight to the origin, without a lookup or coalescing, because their
     /// key's last response could not be stored (hit-for-pass, `http.pass_ttl`).
     pub passes: u64,
+    /// Refreshes started before expiry: refresh-ahead (`http.refresh_ahead`), early refreshes of
+    /// `get_or_set` (`early_refresh.beta`), and reloads of soft-purged entries.
+    pub early_refreshes: u64,
 }
 
 impl Stats {
@@ -122,9 +125,10 @@ pub(crate) enum Counter {
     TagsDropped,
     NotStored,
     Passes,
+    EarlyRefreshes,
 }
 
-const COUNTERS: usize = Counter::Passes as usize + 1;
+const COUNTERS: usize = Counter::EarlyRefreshes as usize + 1;
 
 /// `(metric, labels)` of a counter published under a metric (see [`crate::metrics`]).
 type Metric = (&'static str, &'static [(&'static str, &'static str)]);
@@ -149,6 +153,7 @@ impl Counter {
             Self::L2Skipped => (L2_ERRORS, &[("kind", "skipped")]),
             Self::L2TooLarge => (L2_ERRORS, &[("kind", "too_large")]),
             Self::TagsDropped => ("tiered_cache_tags_dropped_total", &[]),
+            Self::EarlyRefreshes => ("tiered_cache_early_refreshes_total", &[]),
             // By reason, where the reason is known (`metrics::not_stored`).
             Self::NotStored
             | Self::LoaderErrors
@@ -201,6 +206,7 @@ impl Counters {
             tags_dropped: self.get(Counter::TagsDropped),
             not_stored: self.get(Counter::NotStored),
             passes: self.get(Counter::Passes),
+            early_refreshes: self.get(Counter::EarlyRefreshes),
             ..Stats::default()
         }
     }

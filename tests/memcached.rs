@@ -13,9 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use common::memcached::{config, entry_key, lock_key, memcached_cache, tag_key, MemcachedServer};
 use tower_tiered_cache::config::TagsConfig;
-use tower_tiered_cache::{
-    CacheConfig, CachedEntry, ConfigError, Error, Source, TierError, TieredCache,
-};
+use tower_tiered_cache::{CacheConfig, CachedEntry, ConfigError, Error, Source, TieredCache};
 
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -784,9 +782,9 @@ async fn invalidate_prefix_and_flush_are_unsupported_but_clear_memory() {
     assert!(
         matches!(
             err,
-            Error::L2 {
+            Error::Unsupported {
                 operation: "invalidate_prefix",
-                source: TierError::Unsupported { .. },
+                backend: "memcached",
             }
         ),
         "{err}"
@@ -799,9 +797,9 @@ async fn invalidate_prefix_and_flush_are_unsupported_but_clear_memory() {
     assert!(
         matches!(
             err,
-            Error::L2 {
+            Error::Unsupported {
                 operation: "flush",
-                source: TierError::Unsupported { .. },
+                backend: "memcached",
             }
         ),
         "{err}"

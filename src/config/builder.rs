@@ -168,6 +168,20 @@ impl CacheConfigBuilder {
         self
     }
 
+    /// `http.refresh_ahead`: a hit past this fraction of its freshness lifetime starts one
+    /// background revalidation (0, the default, is off).
+    pub fn refresh_ahead(mut self, fraction: f64) -> Self {
+        self.config.http.refresh_ahead = fraction;
+        self
+    }
+
+    /// `early_refresh.beta`: XFetch's β for `get_or_set` (0, the default, is off; 1.0 is the
+    /// paper's choice).
+    pub fn early_refresh_beta(mut self, beta: f64) -> Self {
+        self.config.early_refresh.beta = beta;
+        self
+    }
+
     /// `http.coalesce_wait`: longest wait for another request's fill of the same key.
     pub fn coalesce_wait(mut self, wait: Duration) -> Self {
         self.config.http.coalesce_wait = wait;

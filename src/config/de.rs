@@ -51,6 +51,15 @@ where
     T::try_from(value).map_err(|_| de::Error::custom(format!("number {value} is too large")))
 }
 
+/// A non-negative number: an integer, a float, or a string holding one.
+pub(super) fn number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    deserializer.deserialize_any(Parsed::<f64>(
+        parse_number,
+        "a non-negative number like 0.8",
+        PhantomData,
+    ))
+}
+
 /// A string; empty means not set.
 pub(super) fn optional_string<'de, D: Deserializer<'de>>(
     deserializer: D,
@@ -79,6 +88,14 @@ fn parse_flag(text: &str) -> Result<bool, String> {
     }
 }
 
+fn parse_number(text: &str) -> Result<f64, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|number| number.is_finite() && *number >= 0.0)
+        .ok_or_else(|| format!("invalid number {text:?} (use a non-negative number like 0.8)"))
+}
+
 fn parse_count(text: &str) -> Result<u64, String> {
     text.trim()
         .parse()
@@ -94,6 +111,18 @@ trait FromNative: Sized {
     }
     fn from_u64(_: u64) -> Option<Self> {
         None
+    }
+    fn from_f64(_: f64) -> Option<Self> {
+        None
+    }
+}
+
+impl FromNative for f64 {
+    fn from_u64(value: u64) -> Option<Self> {
+        Some(value as f64)
+    }
+    fn from_f64(value: f64) -> Option<Self> {
+        (value.is_finite() && value >= 0.0).then_some(value)
     }
 }
 
@@ -124,6 +153,10 @@ impl<'de, T: FromNative> Visitor<'de> for Parsed<T> {
 
     fn visit_bool<E: de::Error>(self, value: bool) -> Result<T, E> {
         T::from_bool(value).ok_or_else(|| E::invalid_type(de::Unexpected::Bool(value), &self))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<T, E> {
+        T::from_f64(value).ok_or_else(|| E::invalid_type(de::Unexpected::Float(value), &self))
     }
 
     fn visit_u64<E: de::Error>(self, value: u64) -> Result<T, E> {

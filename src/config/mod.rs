@@ -31,6 +31,8 @@
 //! | `http.stale_if_unreachable` | | `10s` | serve a stale entry this long past its freshness when the origin gives no answer (connection refused or closed, `http.origin_timeout`), unless its directives forbid stale (RFC 9111 §4.2.4); `0s` = only with `stale-if-error` |
 //! | `http.origin_timeout` | | `30s` | longest wait for the origin's headers, and for a background revalidation or a body read for the cache (`0s`: no limit) |
 //! | `http.pass_ttl` | | `30s` | how long a key whose response could not be stored (`no-store`, `private`, `Set-Cookie`, …) goes straight to the origin, without lookup or coalescing (hit-for-pass); `0s` = off |
+//! | `http.refresh_ahead` | | `0` (off) | a hit past this fraction of its freshness lifetime (e.g. `0.8`) starts one background revalidation |
+//! | `early_refresh.beta` | | `0` (off) | `get_or_set` refreshes early with a probability growing as expiry nears (XFetch, Vattani et al.); `1.0` is the paper's choice |
 //! | `http.coalesce_wait` | | `5s` | longest wait for another request's fill of the same key (it streams to its own client meanwhile); then a request asks the origin itself |
 //! | `http.status_header` | | `tiered-cache` | the cache's name in `Cache-Status` |
 //! | `http.targeted_fields` | | `["<status_header>-cache-control", "cdn-cache-control"]` | targeted cache-control fields this cache follows instead of `Cache-Control` and `Expires` (RFC 9213), first valid one wins; `[]` = none |
@@ -125,6 +127,22 @@ pub struct CacheConfig {
     pub grpc: GrpcConfig,
     /// A database as the source of truth for the library API (feature `sqlx`).
     pub l3: L3Config,
+    /// Early refreshes of `get_or_set` (XFetch).
+    pub early_refresh: EarlyRefreshConfig,
+}
+
+/// `[early_refresh]`: `get_or_set` reloads a fresh entry before it expires, with a probability
+/// that grows as expiry nears and with how long its load took (XFetch: Vattani, Chierichetti and
+/// Lowenstein, "Optimal Probabilistic Cache Stampede Prevention", VLDB 2015), so that callers —
+/// on every instance — do not all reload at the same instant.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct EarlyRefreshConfig {
+    /// XFetch's β: `0` (the default) turns early refreshes off; `1.0` is the paper's choice,
+    /// larger values refresh earlier.
+    #[serde(deserialize_with = "de::number")]
+    pub beta: f64,
 }
 
 /// `[l3]`: a database that `SqlLoader` (feature `sqlx`) reads entries from, and writes through
@@ -626,6 +644,11 @@ pub struct HttpConfig {
     /// lookup or coalescing (hit-for-pass); a storable response clears it. `0s` turns it off.
     #[serde(deserialize_with = "de::duration")]
     pub pass_ttl: Duration,
+    /// Refresh-ahead: a hit on an entry past this fraction of its freshness lifetime answers
+    /// from the cache and starts one background revalidation (one per cluster with `l2.lock`),
+    /// so a hot key never expires under traffic. `0` (the default) turns it off.
+    #[serde(deserialize_with = "de::number")]
+    pub refresh_ahead: f64,
     /// The cache's name in `Cache-Status` (RFC 9211).
     pub status_header: String,
     /// Targeted cache-control fields (RFC 9213) this cache follows, in precedence order: the
@@ -702,6 +725,7 @@ impl Default for HttpConfig {
             origin_timeout: Duration::from_secs(30),
             coalesce_wait: Duration::from_secs(5),
             pass_ttl: Duration::from_secs(30),
+            refresh_ahead: 0.0,
             status_header: "tiered-cache".to_owned(),
             targeted_fields: None,
             key_headers: Vec::new(),
@@ -886,6 +910,15 @@ impl CacheConfig {
             return Err(ConfigError::invalid(
                 "compression.quality",
                 format!("must be between 0 and 11, got {}", self.compression.quality),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.http.refresh_ahead) {
+            return Err(ConfigError::invalid(
+                "http.refresh_ahead",
+                format!(
+                    "a fraction of the freshness lifetime from 0 (off) up to 1, e.g. 0.8; got {}",
+                    self.http.refresh_ahead
+                ),
             ));
         }
         validate_token("http.status_header", &self.http.status_header)?;

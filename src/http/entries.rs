@@ -62,7 +62,16 @@ pub(crate) async fn resolve(
         };
     };
     let key = variants.key_for(primary, request_headers);
-    let variant = cache.find(&key).await;
+    let variant = cache.find(&key).await.map(|mut lookup| {
+        // A soft purge of the resource expired its variant list, and with it every variant
+        // obtained before.
+        if let Some(at) = primary_hit.entry.expired_early_at() {
+            if lookup.entry.inserted_at() < at {
+                lookup.entry = lookup.entry.expired_at(at, cache.soft_keep());
+            }
+        }
+        lookup
+    });
     Resolved {
         found: variant.map(|lookup| Found { lookup, key }),
         variants: Some(variants),

@@ -405,7 +405,9 @@ impl Exchange<'_> {
                 admission
             }
             Err(reason) => {
-                self.state.passes.refused(self.primary, reason);
+                self.state
+                    .passes
+                    .refused(self.primary, reason, parts.status);
                 unshared(permit);
                 // A final answer that may not be stored supersedes what was stored before; a
                 // 5xx does not, and neither does a 1xx, which is no final answer at all.

@@ -64,10 +64,11 @@ pub(crate) fn strip(headers: &mut HeaderMap) {
 }
 
 /// Appends the URL-overriding headers present on the request to `key`, each with
-/// `append_field` (which writes `␟name=value`).
+/// `append_field` (which writes `␟name=value`); `separator` is the key's `␟`.
 pub(crate) fn append_to_key(
     key: &mut String,
     headers: &HeaderMap,
+    separator: char,
     append_field: impl Fn(&mut String, &str, &HeaderMap),
 ) {
     if !may_carry_any(headers) {
@@ -78,17 +79,17 @@ pub(crate) fn append_to_key(
             append_field(key, name.as_str(), headers);
         }
     }
-    append_forwarded(key, headers);
+    append_forwarded(key, headers, separator);
 }
 
 /// The `host` and `proto` parameters of every `Forwarded` element, in order, as
 /// `␟forwarded=host=a;proto=https,host=b`.
-fn append_forwarded(key: &mut String, headers: &HeaderMap) {
+fn append_forwarded(key: &mut String, headers: &HeaderMap, separator: char) {
     let mut lines = headers.get_all(&FORWARDED).iter().peekable();
     if lines.peek().is_none() {
         return;
     }
-    key.push(super::key::SEPARATOR);
+    key.push(separator);
     key.push_str("forwarded=");
     let mut first_element = true;
     for line in lines {
@@ -138,7 +139,7 @@ mod tests {
 
     fn key_of(pairs: &[(&str, &str)]) -> String {
         let mut key = String::new();
-        append_to_key(&mut key, &headers(pairs), |key, name, _| {
+        append_to_key(&mut key, &headers(pairs), '\u{1f}', |key, name, _| {
             key.push('|');
             key.push_str(name);
         });

@@ -35,7 +35,7 @@ fn append_key_fields(key: &mut String, headers: &HeaderMap, key_headers: &[Heade
     for name in key_headers {
         append_field(key, name.as_str(), headers);
     }
-    forwarding::append_to_key(key, headers, append_field);
+    forwarding::append_to_key(key, headers, SEPARATOR, append_field);
 }
 
 /// The absolute target URI of a request, `scheme://host/path?query`, with the host from the

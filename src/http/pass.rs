@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use http::StatusCode;
 use mini_moka::sync::Cache;
 
 use super::admit::NotStored;
@@ -44,9 +45,12 @@ impl Passes {
             .is_some_and(|keys| keys.contains_key(key))
     }
 
-    /// Records why `key`'s response was not stored: marks it when the response itself says so.
-    pub(crate) fn refused(&self, key: &str, reason: NotStored) {
-        if let (Some(keys), true) = (&self.keys, marks(reason)) {
+    /// Records why `key`'s response, of `status`, was not stored: marks it when the response
+    /// itself says so and is a final answer that is no server error (a 5xx or a 1xx says nothing
+    /// about the next response, and a stale entry may still answer for it).
+    pub(crate) fn refused(&self, key: &str, reason: NotStored, status: StatusCode) {
+        let lasting = !status.is_server_error() && !status.is_informational();
+        if let (Some(keys), true) = (&self.keys, lasting && marks(reason)) {
             keys.insert(key.to_owned(), ());
         }
     }
@@ -89,14 +93,23 @@ mod tests {
     fn only_what_the_response_says_marks_a_key() {
         let passes = Passes::new(Duration::from_secs(60));
         let key = "k".to_owned();
-        passes.refused(&key, NotStored::Policy(policy::NotStored::Credentials));
+        let ok = StatusCode::OK;
+        passes.refused(&key, NotStored::Policy(policy::NotStored::Credentials), ok);
         assert!(!passes.is_marked(&key));
-        passes.refused(&key, NotStored::Policy(policy::NotStored::NoStore));
+        for transient in [StatusCode::BAD_GATEWAY, StatusCode::EARLY_HINTS] {
+            passes.refused(
+                &key,
+                NotStored::Policy(policy::NotStored::Status),
+                transient,
+            );
+            assert!(!passes.is_marked(&key), "{transient}");
+        }
+        passes.refused(&key, NotStored::Policy(policy::NotStored::NoStore), ok);
         assert!(passes.is_marked(&key));
         passes.admitted(&key);
         assert!(!passes.is_marked(&key));
         let off = Passes::new(Duration::ZERO);
-        off.refused(&key, NotStored::TooLarge);
+        off.refused(&key, NotStored::TooLarge, ok);
         assert!(!off.is_marked(&key));
     }
 }

@@ -370,6 +370,16 @@ pub(crate) fn stale_windows(
     stale_windows_of(&stored_directives(stored), requested, defaults)
 }
 
+/// Whether a stored response forbids being served stale (`must-revalidate`,
+/// `proxy-revalidate`, `s-maxage`, `no-cache`, RFC 9111 §4.2.4).
+pub(crate) fn forbids_stale(stored: &HeaderMap) -> bool {
+    forbids_stale_by(&stored_directives(stored))
+}
+
+fn forbids_stale_by(cc: &CacheControl) -> bool {
+    cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() || cc.no_cache.is_all()
+}
+
 /// [`stale_windows`] from the stored response's parsed directives and the request's
 /// `stale-if-error`.
 fn stale_windows_of(
@@ -377,7 +387,7 @@ fn stale_windows_of(
     requested_if_error: Option<Delta>,
     defaults: StaleWindows,
 ) -> StaleWindows {
-    if cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() || cc.no_cache.is_all() {
+    if forbids_stale_by(cc) {
         return StaleWindows::default();
     }
     let seconds = |delta: Option<Delta>| delta.and_then(Delta::seconds).map(Duration::from_secs);

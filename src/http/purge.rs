@@ -1,7 +1,9 @@
 //! `PURGE`: invalidation on request, for holders of the configured token.
 //!
 //! `PURGE <uri>` invalidates that URI; `PURGE` with `Surrogate-Key: a b` invalidates every entry
-//! tagged `a` or `b`. Only when `purge.token` is set and the request carries
+//! tagged `a` or `b`. With `Soft-Purge: 1`, both mark the entries stale instead of removing them
+//! (in every tier and instance): the next request is answered from the stale entry while one
+//! background request revalidates it, unless its directives forbid serving stale. Only when `purge.token` is set and the request carries
 //! `Authorization: Bearer <token>`: without a token configured the method is not allowed (405),
 //! with a wrong or missing token it is unauthorized (401). Never forwarded to the origin.
 
@@ -13,6 +15,9 @@ use super::routes::Rule;
 use super::state::State;
 use super::{key, response};
 use crate::body::CacheBody;
+
+/// `Soft-Purge: 1` (Fastly's name): mark stale instead of removing.
+static SOFT_PURGE: http::HeaderName = http::HeaderName::from_static("soft-purge");
 
 pub(crate) async fn handle<ResBody>(
     state: &State,
@@ -43,11 +48,21 @@ pub(crate) async fn handle<ResBody>(
         return response;
     }
     let tags = state.surrogate_keys(&request.headers);
-    let result = if tags.is_empty() {
-        let primary = key::primary_key(request, &rule.key_headers);
-        state.cache.invalidate(&primary).await
-    } else {
-        state.cache.invalidate_tags(&tags).await
+    let soft = request
+        .headers
+        .get(&SOFT_PURGE)
+        .is_some_and(|value| value.as_bytes() == b"1");
+    let result = match (tags.is_empty(), soft) {
+        (true, false) => {
+            let primary = key::primary_key(request, &rule.key_headers);
+            state.cache.invalidate(&primary).await
+        }
+        (true, true) => {
+            let primary = key::primary_key(request, &rule.key_headers);
+            state.cache.expire(&primary).await
+        }
+        (false, false) => state.cache.invalidate_tags(&tags).await,
+        (false, true) => state.cache.expire_tags(&tags).await,
     };
     match result {
         Ok(()) => answer(state, StatusCode::OK, "purged\n"),

@@ -26,7 +26,7 @@ use tower::Service;
 
 use super::cache_control::CacheControl;
 use super::cache_status::{Forward, Status};
-use super::entries::{self, Fetched, Unshared};
+use super::entries::{self, Fetched, Permit, Unshared};
 use super::exchange::Exchange;
 use super::policy::{self, Reuse};
 use super::range;
@@ -81,7 +81,12 @@ where
     let stale = match (resolved.found, reuse) {
         (Some(found), Some(Reuse::Fresh)) => {
             let status = Status::hit(found.lookup.source);
-            return Ok(from_entry(&state, &parts, &found.lookup.entry, status));
+            let entry = &found.lookup.entry;
+            let response = from_entry(&state, &parts, entry, status);
+            if state.refresh_due(entry, entry.age_at(SystemTime::now())) {
+                refresh_ahead(&state, origin, parts, body, primary, rule);
+            }
+            return Ok(response);
         }
         (Some(found), Some(Reuse::ValidateStale)) if may_serve_stale(&state, &parts, &found) => {
             let status = Status::stale(found.lookup.source, None);
@@ -182,12 +187,13 @@ fn from_entry<B>(
 }
 
 /// Step 3: a stale entry may answer a GET without a range at once when it is within its
-/// `stale-while-revalidate` window.
+/// `stale-while-revalidate` window, or was soft-purged and its directives allow serving stale.
 fn may_serve_stale(state: &State, parts: &Parts, found: &Found) -> bool {
     let entry = &found.lookup.entry;
     let windows = policy::stale_windows(entry.headers(), &parts.headers, state.default_stale);
     let age = entry.age_at(SystemTime::now());
-    policy::within_window(windows.while_revalidate, age, entry.ttl())
+    let soft_purged = entry.expired_early_at().is_some() && !policy::forbids_stale(entry.headers());
+    (soft_purged || policy::within_window(windows.while_revalidate, age, entry.ttl()))
         && parts.method == Method::GET
         && !parts.headers.contains_key(RANGE)
 }
@@ -218,11 +224,109 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
     else {
         return;
     };
+    let revalidation = Revalidation {
+        state: Arc::clone(state),
+        rule: Arc::clone(rule),
+        primary: primary.to_owned(),
+        found,
+        variants,
+    };
+    spawn_bounded(state, revalidation.run(origin, parts, body, permit));
+}
+
+/// Refresh-ahead (`http.refresh_ahead`): a fresh memory hit for `primary` past that fraction of
+/// its lifetime starts one background revalidation — none when one runs for the key already
+/// (checked before anything is spawned), and with `l2.lock` none when another instance runs
+/// one.
+pub(crate) fn refresh_ahead<S, ReqBody, ResBody>(
+    state: &Arc<State>,
+    origin: S,
+    parts: Parts,
+    body: ReqBody,
+    primary: String,
+    rule: Arc<Rule>,
+) where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let Some(permit) = state
+        .cache
+        .try_fill::<Fetched, Unshared>(&state.flights, &primary)
+    else {
+        return;
+    };
+    let task_state = Arc::clone(state);
+    spawn_bounded(state, async move {
+        let state = task_state;
+        let resolved = entries::resolve(&state.cache, &primary, &parts.headers).await;
+        let Some(found) = resolved.found.filter(|found| found.lookup.is_fresh()) else {
+            return;
+        };
+        let Some(permit) = permit.across_instances(&state.cache, &found.key).await else {
+            return;
+        };
+        state.cache.count(Counter::EarlyRefreshes);
+        let revalidation = Revalidation {
+            state: Arc::clone(&state),
+            rule,
+            primary,
+            found,
+            variants: resolved.variants,
+        };
+        revalidation.run(origin, parts, body, permit).await;
+    });
+}
+
+/// Spawns a background revalidation, abandoned after `http.origin_timeout` (the next stale
+/// hit then tries again).
+fn spawn_bounded(
+    state: &State,
+    revalidation: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let limit = state.origin_timeout;
-    let (state, rule, primary) = (Arc::clone(state), Arc::clone(rule), primary.to_owned());
-    let revalidation = async move {
-        if let Some(current) = state.cache.find(&found.key).await.filter(|l| l.is_fresh()) {
-            // Another request refreshed it meanwhile.
+    tokio::spawn(async move {
+        match limit {
+            Some(limit) => {
+                let _ = tokio::time::timeout(limit, revalidation).await;
+            }
+            None => revalidation.await,
+        }
+    });
+}
+
+/// One revalidation of a stored entry, in the background.
+struct Revalidation {
+    state: Arc<State>,
+    rule: Arc<Rule>,
+    primary: String,
+    found: Found,
+    variants: Option<super::variants::Variants>,
+}
+
+impl Revalidation {
+    async fn run<S, ReqBody, ResBody>(self, origin: S, parts: Parts, body: ReqBody, permit: Permit)
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let Self {
+            state,
+            rule,
+            primary,
+            found,
+            variants,
+        } = self;
+        let refreshed_meanwhile = state
+            .cache
+            .find(&found.key)
+            .await
+            .filter(|current| current.is_fresh() && current.entry != found.lookup.entry);
+        if let Some(current) = refreshed_meanwhile {
             let stored = Stored::at(found.key.clone(), variants);
             drop(permit.finish(Ok(Fetched {
                 source: current.source,
@@ -244,16 +348,7 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
             let mut body = response.into_body();
             while let Some(Ok(_)) = body.frame().await {}
         }
-    };
-    tokio::spawn(async move {
-        match limit {
-            Some(limit) => {
-                // Past the limit the fill is abandoned; the next stale hit tries again.
-                let _ = tokio::time::timeout(limit, revalidation).await;
-            }
-            None => revalidation.await,
-        }
-    });
+    }
 }
 
 /// Step 7: one request per key asks the origin; the others wait (`http.coalesce_wait` at

@@ -41,6 +41,9 @@ pub(crate) struct State {
     pub(crate) coalesce_wait: Duration,
     /// Keys whose last response could not be stored (`http.pass_ttl`).
     pub(crate) passes: Passes,
+    /// `http.refresh_ahead`: the fraction of an entry's freshness after which a hit refreshes
+    /// it (0: off).
+    pub(crate) refresh_ahead: f64,
     pub(crate) tag_header: HeaderName,
     pub(crate) surrogate_key_header: HeaderName,
     pub(crate) invalidate_header: HeaderName,
@@ -111,6 +114,7 @@ impl State {
             flights: Arc::new(Coalescer::new()),
             coalesce_wait: config.http.coalesce_wait,
             passes: Passes::new(config.http.pass_ttl),
+            refresh_ahead: config.http.refresh_ahead,
             tag_header: header(&config.tags.tag_header)?,
             surrogate_key_header: header(&config.tags.surrogate_key_header)?,
             invalidate_header: header(&config.tags.invalidate_header)?,
@@ -135,6 +139,12 @@ impl State {
             ))
             .map_err(|_| crate::ConfigError::invalid("http.status_header", "not a valid token"))?,
         })
+    }
+
+    /// Whether a fresh `entry` of `age` is due for refresh-ahead.
+    pub(crate) fn refresh_due(&self, entry: &CachedEntry, age: Duration) -> bool {
+        self.refresh_ahead > 0.0
+            && age.as_secs_f64() >= self.refresh_ahead * entry.ttl().as_secs_f64()
     }
 
     /// Prepares a request for the origin: announces this cache as a surrogate.

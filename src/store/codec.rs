@@ -28,7 +28,7 @@ use super::entry::{CachedEntry, EntryMeta};
 use crate::config::CacheConfig;
 
 /// Bumped on any change to the layout or the metadata fields.
-pub(crate) const FORMAT_VERSION: u8 = 2;
+pub(crate) const FORMAT_VERSION: u8 = 3;
 const FLAG_BROTLI: u8 = 0b0000_0001;
 const KNOWN_FLAGS: u8 = FLAG_BROTLI;
 const HEADER_LEN: usize = 6;
@@ -104,6 +104,8 @@ struct WireMeta {
     ttl_ms: u64,
     stale_ttl_ms: u64,
     tags: Vec<String>,
+    expired_at_ms: Option<u64>,
+    load_ms: u64,
     body_len: u64,
 }
 
@@ -276,6 +278,8 @@ impl Codec {
             ttl_ms: meta.ttl_ms,
             stale_ttl_ms: meta.stale_ttl_ms,
             tags: meta.tags.clone(),
+            expired_at_ms: meta.expired_at_ms,
+            load_ms: meta.load_ms,
             body_len: body.len() as u64,
         };
         let meta_bytes = bincode::serde::encode_to_vec(&wire, bincode_config())
@@ -363,6 +367,8 @@ impl Codec {
             ttl_ms: wire.ttl_ms,
             stale_ttl_ms: wire.stale_ttl_ms,
             tags: wire.tags,
+            expired_at_ms: wire.expired_at_ms,
+            load_ms: wire.load_ms,
         };
         Ok(CachedEntry::from_parts(meta, body))
     }

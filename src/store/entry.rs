@@ -48,6 +48,11 @@ pub(crate) struct EntryMeta {
     pub(crate) ttl_ms: u64,
     pub(crate) stale_ttl_ms: u64,
     pub(crate) tags: Vec<String>,
+    /// When it was expired early (a soft purge): stale since then, and meant to be served stale
+    /// while it is refreshed.
+    pub(crate) expired_at_ms: Option<u64>,
+    /// How long its load took, for early refreshes (XFetch); 0 when not known.
+    pub(crate) load_ms: u64,
 }
 
 impl CachedEntry {
@@ -64,6 +69,8 @@ impl CachedEntry {
                 ttl_ms: duration_ms(ttl),
                 stale_ttl_ms: 0,
                 tags: Vec::new(),
+                expired_at_ms: None,
+                load_ms: 0,
             },
             body.into(),
         )
@@ -138,6 +145,45 @@ impl CachedEntry {
 
     pub(crate) fn inserted_at_ms(&self) -> u64 {
         self.meta.inserted_at_ms
+    }
+
+    /// When the value was obtained (or its load started).
+    pub(crate) fn inserted_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.meta.inserted_at_ms)
+    }
+
+    /// This entry expired at `at` without being removed (a soft purge): stale from then on,
+    /// kept at least `keep` longer so that it can be served stale while it is refreshed. An
+    /// entry already stale by then keeps its own freshness.
+    pub(crate) fn expired_at(mut self, at: SystemTime, keep: Duration) -> Self {
+        let at = unix_ms(at);
+        let keep_until = at
+            .saturating_add(duration_ms(keep))
+            .max(self.retain_until_ms());
+        let meta = Arc::make_mut(&mut self.meta);
+        meta.ttl_ms = meta.ttl_ms.min(at.saturating_sub(meta.stored_at_ms));
+        let fresh_until = meta.stored_at_ms.saturating_add(meta.ttl_ms);
+        meta.stale_ttl_ms = keep_until.saturating_sub(fresh_until);
+        meta.expired_at_ms = Some(meta.expired_at_ms.map_or(at, |earlier| earlier.min(at)));
+        self
+    }
+
+    /// When it was expired early by a soft purge, if it was.
+    pub fn expired_early_at(&self) -> Option<SystemTime> {
+        self.meta
+            .expired_at_ms
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+    }
+
+    /// Records how long loading the value took (for early refreshes).
+    pub(crate) fn with_load_time(mut self, took: Duration) -> Self {
+        Arc::make_mut(&mut self.meta).load_ms = duration_ms(took);
+        self
+    }
+
+    /// How long loading the value took, when this instance or another recorded it.
+    pub(crate) fn load_time(&self) -> Duration {
+        Duration::from_millis(self.meta.load_ms)
     }
 
     /// The body.

@@ -53,6 +53,29 @@ pub(crate) struct FillPermit<V: Clone + Send + Sync + 'static, E> {
 }
 
 impl<V: Clone + Send + Sync + 'static, E: Send + Sync + 'static> FillPermit<V, E> {
+    /// This permit, holding `key`'s shared lock too when `l2.lock` is on; `None` when another
+    /// instance holds it (it fills the key). For refreshes, which never wait for a lock.
+    pub(crate) async fn across_instances(mut self, cache: &TieredCache, key: &str) -> Option<Self> {
+        let Some((ttl, _)) = cache.lock_options() else {
+            return Some(self);
+        };
+        let token = super::random_id();
+        match cache.try_lock(key, &token, ttl).await {
+            Some(false) => None,
+            Some(true) => {
+                self.lock = Some(SharedLock {
+                    cache: cache.clone(),
+                    key: key.to_owned(),
+                    token,
+                    released: false,
+                });
+                Some(self)
+            }
+            // The shared tier cannot say: refresh without the lock.
+            None => Some(self),
+        }
+    }
+
     /// Publishes the fill's result to the callers waiting in this instance. The shared lock, if
     /// one is held, comes back: release it once the entry is in the shared tier (dropping it
     /// releases it too, in the background).

@@ -9,6 +9,7 @@ mod breaker;
 pub(crate) mod coalesce;
 #[cfg_attr(not(any(feature = "redis", feature = "memcached")), allow(dead_code))]
 pub(crate) mod codec;
+mod early;
 mod entry;
 mod events;
 mod fill;
@@ -21,17 +22,16 @@ mod outbox;
 pub(crate) mod redis;
 mod shared;
 mod tags;
+#[cfg_attr(not(any(feature = "redis", feature = "memcached")), allow(dead_code))]
 mod tier;
 mod tiered;
 mod typed;
 mod writes;
 
-pub use codec::{DecodeError, EncodeError};
 pub use entry::CachedEntry;
 pub use events::Invalidation;
 pub(crate) use fill::{Fill, FillOptions, FillPermit};
 use shared::SharedTier;
-pub use tier::TierError;
 pub use tiered::{Lookup, Purged, Source, TieredCache};
 pub use typed::{ValueError, ValueOptions};
 

@@ -40,6 +40,7 @@ use tokio::time::Instant;
 
 use super::backend::{Answer, Backend, OnConnect, Place, Shard};
 use super::events::{EventSink, Invalidation};
+use super::tags;
 use super::tier::TierError;
 use super::Source;
 use crate::config::{CacheConfig, ConfigError, L2Config};
@@ -229,8 +230,13 @@ impl RedisBackend {
         format!("{}:e:{key}", self.prefix)
     }
 
+    /// `{prefix}:tag:{tag}`; a tag's soft-purge stamp is kept in the same hash slot as its
+    /// stamp, so reading both stays one `MGET` per slot on a cluster.
     fn tag_key(&self, tag: &str) -> String {
-        format!("{}:tag:{tag}", self.prefix)
+        match tags::soft_of(tag) {
+            None => format!("{}:tag:{tag}", self.prefix),
+            Some(hard) => soft_stamp_key(&self.tag_key(hard)),
+        }
     }
 
     fn lock_key(&self, key: &str) -> String {
@@ -866,6 +872,24 @@ fn glob_escape(text: &str) -> String {
     escaped
 }
 
+/// The key of a tag's soft-purge stamp, hashed like `hard` (the tag's stamp key) unless `hard`
+/// has a `}` but no hash tag (then it is one more `MGET`, nothing else).
+fn soft_stamp_key(hard: &str) -> String {
+    if has_hash_tag(hard) {
+        format!("{hard}:soft")
+    } else {
+        format!("{{{hard}}}:soft")
+    }
+}
+
+/// Whether Redis Cluster hashes `key` by a hash tag: the part between its first `{` and the
+/// first `}` after it, when that part is not empty.
+fn has_hash_tag(key: &str) -> bool {
+    key.split_once('{')
+        .and_then(|(_, rest)| rest.find('}'))
+        .is_some_and(|end| end > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -897,6 +921,19 @@ mod tests {
             .map(Vec::len)
             .collect();
         assert_eq!(sizes, [SLOT_BATCH, 1]);
+    }
+
+    #[test]
+    fn a_soft_purge_stamp_shares_its_tags_hash_slot() {
+        for hard in ["ttc:tag:own8", "ttc:tag:{shared}8", "ttc:tag:{"] {
+            let soft = soft_stamp_key(hard);
+            assert_ne!(soft, hard);
+            assert_eq!(
+                redis_keyslot(soft.as_bytes()),
+                redis_keyslot(hard.as_bytes()),
+                "{hard} → {soft}"
+            );
+        }
     }
 
     #[test]

@@ -16,6 +16,27 @@ use crate::config::TagsConfig;
 /// Most tags remembered; beyond this the least used are re-read from Redis when needed.
 const MAX_KNOWN_TAGS: u64 = 100_000;
 
+/// Marks the stamps of soft purges: a tag's soft-purge stamp is kept as the stamp of this
+/// pseudo-tag. A unit separator cannot occur in a tag from a header.
+const SOFT: char = '\u{1f}';
+
+/// The pseudo-tag whose stamp is `tag`'s soft-purge time ([`TieredCache::expire_tags`]).
+///
+/// [`TieredCache::expire_tags`]: super::TieredCache::expire_tags
+pub(crate) fn soft(tag: &str) -> String {
+    format!("{tag}{SOFT}soft")
+}
+
+/// Whether `tag` is a soft-purge pseudo-tag.
+pub(crate) fn is_soft(tag: &str) -> bool {
+    soft_of(tag).is_some()
+}
+
+/// The tag whose soft-purge stamp the pseudo-tag `tag` holds.
+pub(crate) fn soft_of(tag: &str) -> Option<&str> {
+    tag.strip_suffix("soft")?.strip_suffix(SOFT)
+}
+
 pub(crate) struct TagStamps {
     /// Tag → stamp in Unix ms; 0 when the tag was never invalidated (as far as Redis knew).
     known: Cache<String, u64>,

@@ -9,9 +9,10 @@ use tokio::sync::broadcast;
 
 use super::coalesce::Coalescer;
 use super::codec::Codec;
+use super::early::EarlyRefresh;
 use super::entry::unix_ms;
 use super::events::{EventSink, Invalidation};
-use super::fill::{Fill, FillOptions, SharedLock};
+use super::fill::{Fill, FillOptions, FillPermit, SharedLock};
 use super::memory::MemoryTier;
 use super::outbox::Change;
 use super::shared::NotApplied;
@@ -86,6 +87,10 @@ struct Inner {
     tag_warnings: LogThrottle,
     /// Shared-tier writes running in the background.
     writes: Arc<BackgroundWrites>,
+    /// Early refreshes of `get_or_set` (`early_refresh.beta`).
+    early: EarlyRefresh,
+    /// How long a soft-purged entry is kept to be served stale (`http.keep_stale`).
+    soft_keep: Duration,
     /// `l2.connect_wait`.
     connect_wait: Duration,
 }
@@ -137,6 +142,8 @@ impl TieredCache {
                 tag_limits: TagLimits::new(&config.tags),
                 l2_warnings: LogThrottle::new(Duration::from_secs(10)),
                 writes: Arc::new(BackgroundWrites::new(config.l1.max_ttl)),
+                early: EarlyRefresh::new(config.early_refresh.beta),
+                soft_keep: config.http.keep_stale,
                 tag_warnings: LogThrottle::new(Duration::from_secs(10)),
                 connect_wait: config.l2.connect_wait,
             }),
@@ -254,9 +261,20 @@ impl TieredCache {
         Fut: Future<Output = Result<CachedEntry, E>>,
         E: Send + Sync + 'static,
     {
-        if let Some(entry) = self.fresh_in_memory(&key.to_owned(), SystemTime::now()) {
+        let now = SystemTime::now();
+        let owned = key.to_owned();
+        if let Some(entry) = self.fresh_in_memory(&owned, now) {
             self.inner.counters.incr(Counter::MemoryHits);
-            return Ok(entry);
+            if !self.inner.early.is_due(&entry, now) {
+                return Ok(entry);
+            }
+            // XFetch: reloaded before it expires, by this caller, unless another is at it.
+            return self.reload(key, entry, loader).await;
+        }
+        if let Some(expired) = self.expired_in_memory(&owned, now) {
+            // Soft-purged: the stale entry answers everyone but the one caller reloading it.
+            self.inner.counters.incr(Counter::StaleHits);
+            return self.reload(key, expired, loader).await;
         }
         // Counted once: the lock path may look again while it waits.
         let counted = AtomicBool::new(false);
@@ -278,11 +296,54 @@ impl TieredCache {
             Fill::Alone => None,
             Fill::Lead(permit) => Some(permit),
         };
+        self.load(key, permit, loader).await
+    }
+
+    /// Reloads `key` for a caller that found `current` (fresh, or expired by a soft purge), if
+    /// no other caller here (or, with `l2.lock`, on another instance) reloads it already; else
+    /// `current` answers.
+    async fn reload<F, Fut, E>(
+        &self,
+        key: &str,
+        current: CachedEntry,
+        loader: F,
+    ) -> Result<CachedEntry, Arc<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<CachedEntry, E>>,
+        E: Send + Sync + 'static,
+    {
+        let Some(permit) = self.try_fill::<CachedEntry, E>(&self.inner.flights, key) else {
+            return Ok(current);
+        };
+        let Some(permit) = permit.across_instances(self, key).await else {
+            return Ok(current);
+        };
+        self.inner.counters.incr(Counter::EarlyRefreshes);
+        self.load(key, Some(permit), loader).await
+    }
+
+    /// Runs `loader` for `key` and stores its entry (with the time the load took, for early
+    /// refreshes); `permit` shares the result with the callers waiting for it.
+    async fn load<F, Fut, E>(
+        &self,
+        key: &str,
+        permit: Option<FillPermit<CachedEntry, E>>,
+        loader: F,
+    ) -> Result<CachedEntry, Arc<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<CachedEntry, E>>,
+        E: Send + Sync + 'static,
+    {
         self.inner.counters.incr(Counter::LoaderCalls);
         let load_started = SystemTime::now();
+        let started = tokio::time::Instant::now();
         let result = match loader().await {
             Ok(entry) => {
-                let entry = entry.with_inserted_at(load_started);
+                let entry = entry
+                    .with_inserted_at(load_started)
+                    .with_load_time(started.elapsed());
                 self.store(key, &entry).await;
                 Ok(entry)
             }
@@ -295,6 +356,60 @@ impl TieredCache {
             lock.release().await;
         }
         result
+    }
+
+    /// Expires `key` now without removing it (a soft purge), in every tier and instance: it is
+    /// stale from now on and kept `http.keep_stale` longer, so that the next read is answered
+    /// from it while one reload runs — `get_or_set` reloads it (the caller that reloads waits
+    /// for its loader; the others get the stale entry at once), and the HTTP layer serves it
+    /// stale while one background request revalidates it, unless its directives forbid serving
+    /// stale. Other instances drop their memory copies and read the expired entry from the
+    /// shared tier.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_tiered_cache::{CacheConfig, CachedEntry, TieredCache};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_tiered_cache::Error> {
+    /// let cache = TieredCache::new(CacheConfig::default())?;
+    /// cache.set("k", CachedEntry::new("old", Duration::from_secs(60))).await;
+    /// cache.expire("k").await?;
+    /// assert!(cache.get("k").await.is_none(), "not fresh any more");
+    /// let stale = cache.lookup("k").await.expect("still kept");
+    /// assert_eq!(stale.entry.body(), "old");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn expire(&self, key: &str) -> Result<(), Error> {
+        let Some(found) = self.find(key).await else {
+            return Ok(());
+        };
+        let expired = found
+            .entry
+            .expired_at(SystemTime::now(), self.inner.soft_keep);
+        self.inner.memory.write(key, &expired);
+        if let Some(shared) = &self.inner.shared {
+            shared
+                .set(key, &expired)
+                .await
+                .map_err(|err| self.l2_failed("expire", err))?;
+        }
+        self.announce(key).await
+    }
+
+    /// Expires every entry carrying one of `tags` now without removing it (a soft purge), in
+    /// every tier and instance, in O(tags), with the meaning of [`expire`](Self::expire).
+    pub async fn expire_tags<T: AsRef<str>>(&self, tags: &[T]) -> Result<(), Error> {
+        let soft: Vec<String> = tags
+            .iter()
+            .map(|tag| tags::soft(tag.as_ref().trim()))
+            .collect();
+        self.invalidate_tags(&soft).await
+    }
+
+    /// How long a soft-purged entry is kept to be served stale (`http.keep_stale`).
+    pub(crate) fn soft_keep(&self) -> Duration {
+        self.inner.soft_keep
     }
 
     /// `l2.lock`'s (lock lifetime, longest wait), when a shared tier can hold the locks.
@@ -390,7 +505,7 @@ impl TieredCache {
     /// Removes every key starting with `prefix` from memory and from Redis (by `SCAN` and
     /// `UNLINK` in batches, never `KEYS`, so Redis keeps serving meanwhile), and tells the other
     /// instances. Pending when the shared tier does not take it now, as for
-    /// [`invalidate`](Self::invalidate); Memcached cannot do it ([`Error::L2`]).
+    /// [`invalidate`](Self::invalidate); Memcached cannot do it ([`Error::Unsupported`]).
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<Purged, Error> {
         self.inner.writes.idle().await;
         let memory = self.inner.memory.delete_prefix(prefix);
@@ -440,7 +555,7 @@ impl TieredCache {
 
     /// Removes everything this cache stored, in every tier and instance. Pending when the shared
     /// tier does not take it now, as for [`invalidate`](Self::invalidate); Memcached cannot do
-    /// it ([`Error::L2`]).
+    /// it ([`Error::Unsupported`]).
     pub async fn flush(&self) -> Result<Purged, Error> {
         self.inner.writes.idle().await;
         self.inner.memory.clear();
@@ -472,7 +587,10 @@ impl TieredCache {
             .map_err(|not_applied| match not_applied {
                 NotApplied::Pending(source) => {
                     self.count_l2_error(&source);
-                    Error::InvalidationPending { operation, source }
+                    Error::InvalidationPending {
+                        operation,
+                        source: source.into(),
+                    }
                 }
                 NotApplied::Refused(source) => self.l2_failed(operation, source),
             })
@@ -526,21 +644,42 @@ impl TieredCache {
         (current && entry.is_fresh_at(now)).then_some(entry)
     }
 
-    /// What the tag stamps known here say of `entry`.
-    fn known_stamps<'a>(&self, entry: &'a CachedEntry) -> Stamps<'a> {
+    /// The entry in memory under `key` if a soft purge (of the key, or of one of its tags)
+    /// expired it and it is still kept; `None` when memory alone cannot tell.
+    #[allow(clippy::ptr_arg)] // the memory map is keyed by `String`
+    fn expired_in_memory(&self, key: &String, now: SystemTime) -> Option<CachedEntry> {
+        let entry = self.inner.memory.read_at(key, now)?;
+        let entry = match self.known_stamps(&entry) {
+            Stamps::Current => entry,
+            Stamps::Expired(at) => entry.expired_at(at, self.inner.soft_keep),
+            Stamps::Invalidated | Stamps::Unknown { .. } => return None,
+        };
+        entry.expired_early_at().is_some().then_some(entry)
+    }
+
+    /// What the tag stamps known here say of `entry`: its tags' invalidation stamps, and their
+    /// soft-purge stamps ([`expire_tags`](Self::expire_tags)).
+    fn known_stamps(&self, entry: &CachedEntry) -> Stamps {
         let obtained = entry.inserted_at_ms();
         let mut unknown = Vec::new();
+        let mut expired = None;
         for tag in entry.tags() {
             match self.inner.stamps.get(tag) {
                 Some(stamp) if stamp >= obtained => return Stamps::Invalidated,
                 Some(_) => {}
-                None => unknown.push(tag.as_str()),
+                None => unknown.push(tag.clone()),
+            }
+            let soft = tags::soft(tag);
+            match self.inner.stamps.get(&soft) {
+                Some(stamp) if stamp >= obtained => expired = expired.max(Some(stamp)),
+                Some(_) => {}
+                None => unknown.push(soft),
             }
         }
-        if unknown.is_empty() {
-            Stamps::Current
-        } else {
-            Stamps::Unknown(unknown)
+        match (unknown.is_empty(), expired) {
+            (true, None) => Stamps::Current,
+            (true, Some(stamp)) => Stamps::Expired(ms_time(stamp)),
+            (false, _) => Stamps::Unknown { unknown, expired },
         }
     }
 
@@ -599,8 +738,10 @@ impl TieredCache {
         source: Source,
     ) -> Option<CachedEntry> {
         let entry = entry?;
-        if self.is_current(&entry).await {
-            return Some(entry);
+        match self.currency(&entry).await {
+            Currency::Current => return Some(entry),
+            Currency::Expired(at) => return Some(entry.expired_at(at, self.inner.soft_keep)),
+            Currency::Invalidated => {}
         }
         match source {
             Source::Memory => {
@@ -617,31 +758,45 @@ impl TieredCache {
         None
     }
 
-    /// Whether no tag of `entry` was invalidated since it was obtained. Stamps this instance
-    /// does not know are read from the shared tier in one guarded round trip (see
+    /// Whether a tag of `entry` was invalidated, or soft-purged, since it was obtained. Stamps
+    /// this instance does not know are read from the shared tier in one guarded round trip (see
     /// [`SharedTier::tag_stamps`]); if it cannot answer, the entry counts as current (its memory
     /// copy lives at most `l1.max_ttl`).
-    async fn is_current(&self, entry: &CachedEntry) -> bool {
-        let unknown = match self.known_stamps(entry) {
-            Stamps::Invalidated => return false,
-            Stamps::Current => return true,
-            Stamps::Unknown(unknown) => unknown,
+    async fn currency(&self, entry: &CachedEntry) -> Currency {
+        let (unknown, expired) = match self.known_stamps(entry) {
+            Stamps::Invalidated => return Currency::Invalidated,
+            Stamps::Current => return Currency::Current,
+            Stamps::Expired(at) => return Currency::Expired(at),
+            Stamps::Unknown { unknown, expired } => (unknown, expired),
         };
         let obtained = entry.inserted_at_ms();
         let stamps = match &self.inner.shared {
             None => vec![0; unknown.len()],
-            Some(shared) => match shared.tag_stamps(&unknown).await {
-                Ok(stamps) => stamps,
-                Err(err) => {
-                    self.l2_failed("tag_stamps", err);
-                    return true;
+            Some(shared) => {
+                let names: Vec<&str> = unknown.iter().map(String::as_str).collect();
+                match shared.tag_stamps(&names).await {
+                    Ok(stamps) => stamps,
+                    Err(err) => {
+                        self.l2_failed("tag_stamps", err);
+                        return Currency::Current;
+                    }
                 }
-            },
+            }
         };
+        let mut expired = expired;
         for (tag, stamp) in unknown.iter().zip(&stamps) {
             self.inner.stamps.record(tag, *stamp);
+            if *stamp >= obtained {
+                if !tags::is_soft(tag) {
+                    return Currency::Invalidated;
+                }
+                expired = expired.max(Some(*stamp));
+            }
         }
-        stamps.iter().all(|stamp| *stamp < obtained)
+        match expired {
+            Some(stamp) => Currency::Expired(ms_time(stamp)),
+            None => Currency::Current,
+        }
     }
 
     async fn read_shared(&self, key: &str) -> Option<CachedEntry> {
@@ -791,7 +946,13 @@ impl TieredCache {
         } else {
             tracing::debug!(operation, error = %source, "shared tier failed");
         }
-        Error::L2 { operation, source }
+        match source {
+            TierError::Unsupported { backend, .. } => Error::Unsupported { operation, backend },
+            source => Error::L2 {
+                operation,
+                source: source.into(),
+            },
+        }
     }
 }
 
@@ -826,13 +987,31 @@ fn apply_remote(
 }
 
 /// What the tag stamps known to this instance say of an entry.
-enum Stamps<'a> {
+enum Stamps {
     /// A tag of it was invalidated after it was obtained.
     Invalidated,
-    /// Every tag is known and older than the entry.
+    /// Every stamp is known: none newer than the entry.
     Current,
-    /// These tags have no stamp here (and none of the known ones invalidates it).
-    Unknown(Vec<&'a str>),
+    /// Every stamp is known: a tag of it was soft-purged after it was obtained, at this time.
+    Expired(SystemTime),
+    /// These stamps are not known here (and none of the known ones invalidates it); `expired`
+    /// is the newest soft-purge stamp of those known.
+    Unknown {
+        unknown: Vec<String>,
+        expired: Option<u64>,
+    },
+}
+
+/// What the tag stamps say of an entry, once the unknown ones were read.
+enum Currency {
+    Current,
+    /// Soft-purged at this time: stale since then, served while it is refreshed.
+    Expired(SystemTime),
+    Invalidated,
+}
+
+fn ms_time(ms: u64) -> SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_millis(ms)
 }
 
 /// Lets one event through per interval.
