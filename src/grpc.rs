@@ -55,7 +55,7 @@ use crate::http::buffer::{read_body, Unread};
 use crate::http::cache_status::{Forward, Status};
 use crate::http::policy;
 use crate::store::coalesce::Coalescer;
-use crate::store::{CachedEntry, Fill, FillOptions, TieredCache};
+use crate::store::{CachedEntry, Fill, FillOptions, FillPermit, TieredCache};
 
 /// A gRPC message's prefix: a compression flag and a 32-bit length.
 const FRAME_HEADER: u64 = 5;
@@ -270,54 +270,14 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let (parts, body) = request.into_parts();
-    // The whole request message: gRPC unary requests are one length-prefixed message.
-    let limit = state.max_request_size;
-    let message = match read_body(body, limit.saturating_add(FRAME_HEADER)).await {
+    let message = match read_message(&state, body).await {
         Ok(message) => message,
-        Err(Unread::TooLarge) => {
-            return Ok(state.refuse(tonic::Status::resource_exhausted(format!(
-                "request message larger than grpc.max_request_size ({limit} bytes)"
-            ))));
-        }
-        Err(Unread::Failed(error)) => return Ok(state.refuse(body_failed(error.into()))),
+        Err(refused) => return Ok(refused),
     };
     let key = state.key(&parts, &message);
-
-    let found = state
-        .cache
-        .lookup(&key)
-        .await
-        .filter(crate::Lookup::is_fresh);
-    if let Some(hit) = found {
-        return Ok(state.replay(&hit.entry, Status::hit(hit.source)));
-    }
-    let options = FillOptions {
-        across_instances: true,
-        wait: Some(state.coalesce_wait),
-    };
-    let stored = || async {
-        let found = state.cache.find(&key).await;
-        found
-            .filter(crate::Lookup::is_fresh)
-            .map(|found| found.entry)
-    };
-    let permit = match state
-        .cache
-        .fill(&state.flights, &key, options, stored)
-        .await
-    {
-        Fill::Shared(entry) => {
-            let mut status = Status::forward(Forward::Miss);
-            status.collapsed = true;
-            return Ok(state.replay(&entry, status));
-        }
-        Fill::Found(entry) => {
-            let mut status = Status::hit(state.cache.shared_source());
-            status.collapsed = true;
-            return Ok(state.replay(&entry, status));
-        }
-        Fill::Failed(_) | Fill::Alone => None,
-        Fill::Lead(permit) => Some(permit),
+    let permit = match look_up(&state, &key).await {
+        Ok(permit) => permit,
+        Err(answer) => return Ok(answer),
     };
 
     let body = ReqBody::from_bytes(message);
@@ -344,6 +304,66 @@ where
     }
     state.status(status, &mut response_parts.headers);
     Ok(Response::from_parts(response_parts, body))
+}
+
+/// The whole request message: gRPC unary requests are one length-prefixed message. A message
+/// over `grpc.max_request_size`, or a body that fails, is refused.
+async fn read_message<ReqBody, B>(
+    state: &State,
+    body: ReqBody,
+) -> Result<Bytes, Response<CacheBody<B>>>
+where
+    ReqBody: Body<Data = Bytes>,
+    ReqBody::Error: Into<BoxError>,
+{
+    let limit = state.max_request_size;
+    match read_body(body, limit.saturating_add(FRAME_HEADER)).await {
+        Ok(message) => Ok(message),
+        Err(Unread::TooLarge) => Err(state.refuse(tonic::Status::resource_exhausted(format!(
+            "request message larger than grpc.max_request_size ({limit} bytes)"
+        )))),
+        Err(Unread::Failed(error)) => Err(state.refuse(body_failed(error.into()))),
+    }
+}
+
+/// A fresh answer for `key` (stored, or shared by the call that fetched it), or the permit to
+/// fetch it (`None`: fetch without one).
+async fn look_up<B>(
+    state: &State,
+    key: &str,
+) -> Result<Option<FillPermit<CachedEntry, Unshared>>, Response<CacheBody<B>>> {
+    if let Some(hit) = state
+        .cache
+        .lookup(key)
+        .await
+        .filter(crate::Lookup::is_fresh)
+    {
+        return Err(state.replay(&hit.entry, Status::hit(hit.source)));
+    }
+    let options = FillOptions {
+        across_instances: true,
+        wait: Some(state.coalesce_wait),
+    };
+    let stored = || async {
+        let found = state.cache.find(key).await;
+        found
+            .filter(crate::Lookup::is_fresh)
+            .map(|found| found.entry)
+    };
+    match state.cache.fill(&state.flights, key, options, stored).await {
+        Fill::Shared(entry) => {
+            let mut status = Status::forward(Forward::Miss);
+            status.collapsed = true;
+            Err(state.replay(&entry, status))
+        }
+        Fill::Found(entry) => {
+            let mut status = Status::hit(state.cache.shared_source());
+            status.collapsed = true;
+            Err(state.replay(&entry, status))
+        }
+        Fill::Failed(_) | Fill::Alone => Ok(None),
+        Fill::Lead(permit) => Ok(Some(permit)),
+    }
 }
 
 /// The fill's error when a call's answer is not stored: each waiting call asks itself.

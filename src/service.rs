@@ -94,13 +94,7 @@ where
             .clone();
         let request = Request::from_parts(parts, body);
         let started = Instant::now();
-        let span = tracing::debug_span!(
-            "tiered_cache",
-            method = %request.method(),
-            uri = %request.uri(),
-            key = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-        );
+        let span = request_span(&request);
         match classify(&request, &rule, selected.is_none()) {
             Path::Purge => {
                 let state = self.state.clone();
@@ -126,9 +120,7 @@ where
                 let primary = key::primary_key(&parts, &rule.key_headers);
                 // The common case needs no future: a fresh entry in memory answers at once.
                 if let Some((response, due)) = fresh_in_memory(&self.state, &parts, &primary) {
-                    span.record("key", primary.as_str());
-                    span.record("outcome", "hit");
-                    crate::metrics::request_duration("hit", started.elapsed());
+                    record_memory_hit(&span, &primary, started);
                     if due {
                         let origin = self.take_ready_origin();
                         read::refresh_ahead(&self.state, origin, parts, body, primary, rule);
@@ -152,12 +144,30 @@ impl<S: Clone> CacheService<S> {
     }
 }
 
+/// The span of one request; `key` and `outcome` are recorded as they become known.
+fn request_span<B>(request: &Request<B>) -> tracing::Span {
+    tracing::debug_span!(
+        "tiered_cache",
+        method = %request.method(),
+        uri = %request.uri(),
+        key = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    )
+}
+
+/// What the fast path records of a memory hit, as [`Timed`] does for the others.
+fn record_memory_hit(span: &tracing::Span, primary: &str, started: Instant) {
+    span.record("key", primary);
+    span.record("outcome", "hit");
+    crate::metrics::request_duration("hit", started.elapsed());
+}
+
 /// A fresh entry in memory for this request, answered without touching any other tier: the
 /// same answer as step 2 of [`serve`], without its future. `None` sends the request the long
 /// way (which also handles every case this declines: Redis, stale entries, unknown tags).
-#[allow(clippy::ptr_arg)] // the memory map is keyed by `String`
 ///
 /// The flag says whether the entry is due for refresh-ahead (`http.refresh_ahead`).
+#[allow(clippy::ptr_arg)] // the memory map is keyed by `String`
 fn fresh_in_memory<B>(
     state: &State,
     parts: &Parts,

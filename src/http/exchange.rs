@@ -245,16 +245,7 @@ impl Exchange<'_> {
         ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
         ResBody::Error: Into<BoxError>,
     {
-        // The client's own validators are answered from the full response; ask with ours.
-        let client_headers = parts.headers.clone();
-        parts.headers.remove(IF_NONE_MATCH);
-        parts.headers.remove(IF_MODIFIED_SINCE);
-        self.state.to_origin(&mut parts.headers);
-        if let Some(stale) = self.stale {
-            for (name, value) in policy::validators(stale.lookup.entry.headers()) {
-                parts.headers.insert(name, value);
-            }
-        }
+        let client_headers = self.to_origin(&mut parts);
         let request_time = SystemTime::now();
         let request = Request::from_parts(parts, body);
         let response = match self.call_origin(&mut origin, request).await {
@@ -282,27 +273,41 @@ impl Exchange<'_> {
             response: SystemTime::now(),
         };
         let (response_parts, response_body) = response.into_parts();
-        match self.stale {
-            Some(stale) if response_parts.status == StatusCode::NOT_MODIFIED => Ok(self
-                .refresh(
-                    stale,
-                    &response_parts.headers,
-                    &client_headers,
-                    times,
-                    permit,
-                )
-                .await),
-            _ => Ok(self
-                .admitted(
+        let headers = &client_headers;
+        Ok(match self.stale {
+            Some(stale) if response_parts.status == StatusCode::NOT_MODIFIED => {
+                let not_modified = &response_parts.headers;
+                self.refresh(stale, not_modified, headers, times, permit)
+                    .await
+            }
+            _ => {
+                let complete = Representation::Complete;
+                self.admitted(
                     response_parts,
                     response_body,
-                    &client_headers,
+                    headers,
                     times,
-                    Representation::Complete,
+                    complete,
                     permit,
                 )
-                .await),
+                .await
+            }
+        })
+    }
+
+    /// Prepares the request for the origin; the client's headers as they came. The client's
+    /// own validators are answered from the full response: the origin is asked with ours.
+    fn to_origin(&self, parts: &mut Parts) -> HeaderMap {
+        let client_headers = parts.headers.clone();
+        parts.headers.remove(IF_NONE_MATCH);
+        parts.headers.remove(IF_MODIFIED_SINCE);
+        self.state.to_origin(&mut parts.headers);
+        if let Some(stale) = self.stale {
+            for (name, value) in policy::validators(stale.lookup.entry.headers()) {
+                parts.headers.insert(name, value);
+            }
         }
+        client_headers
     }
 
     /// A 304 to our validation: the stored response, with the 304's header fields, is fresh
@@ -345,21 +350,7 @@ impl Exchange<'_> {
             Err(_) => {
                 unshared(permit);
                 self.forget_stale().await;
-                // Served once, as the origin now describes it, and not kept.
-                let received = Received {
-                    status: stored.status(),
-                    headers,
-                    body: stored.body().clone(),
-                    trailers: stored.trailers().clone(),
-                };
-                let plan = StorePlan {
-                    ttl: Duration::ZERO,
-                    initial_age: Duration::ZERO,
-                    keep_stale: Duration::ZERO,
-                    strip: Vec::new(),
-                    targeted: None,
-                };
-                self.state.entry(received, &plan, self.rule, times)
+                self.served_once(stored, headers, times)
             }
         };
         response::from_entry(
@@ -369,6 +360,25 @@ impl Exchange<'_> {
             status,
             &self.state.cache_name,
         )
+    }
+
+    /// A validated entry that may no longer be stored: served once, as the origin now
+    /// describes it (`headers`), and not kept.
+    fn served_once(&self, stored: &CachedEntry, headers: HeaderMap, times: Times) -> CachedEntry {
+        let received = Received {
+            status: stored.status(),
+            headers,
+            body: stored.body().clone(),
+            trailers: stored.trailers().clone(),
+        };
+        let plan = StorePlan {
+            ttl: Duration::ZERO,
+            initial_age: Duration::ZERO,
+            keep_stale: Duration::ZERO,
+            strip: Vec::new(),
+            targeted: None,
+        };
+        self.state.entry(received, &plan, self.rule, times)
     }
 
     /// A full response (or a part): passed on as it streams, and stored once it has passed
@@ -404,18 +414,7 @@ impl Exchange<'_> {
                 self.state.passes.admitted(self.primary);
                 admission
             }
-            Err(reason) => {
-                self.state
-                    .passes
-                    .refused(self.primary, reason, parts.status);
-                unshared(permit);
-                // A final answer that may not be stored supersedes what was stored before; a
-                // 5xx does not, and neither does a 1xx, which is no final answer at all.
-                if !parts.status.is_server_error() && !parts.status.is_informational() {
-                    self.forget_stale().await;
-                }
-                return self.streamed(parts, body);
-            }
+            Err(reason) => return self.not_stored(reason, parts, body, permit).await,
         };
         let mut status = Status::forward(self.forward);
         status.forward_status = Some(parts.status.as_u16());
@@ -428,30 +427,69 @@ impl Exchange<'_> {
             new_variant: self.stale.is_none(),
             permit,
         };
-        let mut tee = Tee::new(self.state.max_entry_size, Box::new(storing));
+        let tee = Tee::new(self.state.max_entry_size, Box::new(storing));
         if matches!(representation, Representation::Complete)
             && policy::not_modified(client_headers, &parts.headers)
         {
-            // The client's own validators match: a 304 now, and the body read for the cache.
-            let mut body = body;
-            status.stored = match read_ready(&mut body, &mut tee) {
-                Ready::Ended { stored, .. } => stored,
-                Ready::Failed { .. } => false,
-                Ready::Waiting(_) => {
-                    tokio::spawn(drain(body, tee, self.state.origin_timeout));
-                    true
-                }
-            };
-            let mut response = response::not_modified(&parts.headers);
-            response
-                .headers_mut()
-                .insert(AGE, HeaderValue::from(age.as_secs()));
-            status.append_to(&self.state.cache_name, response.headers_mut());
-            return response;
+            return self.not_modified(&parts.headers, body, tee, age, status);
         }
         let (body, stored) = kept(body, tee);
         status.stored = stored;
         self.state.origin_response(parts, body, status)
+    }
+
+    /// A response that may not be stored: passed on as it streams. A final answer supersedes
+    /// what was stored before; a 5xx does not, and neither does a 1xx, which is no final
+    /// answer at all.
+    async fn not_stored<B>(
+        &self,
+        reason: NotStored,
+        parts: http::response::Parts,
+        body: B,
+        permit: Option<Permit>,
+    ) -> Response<CacheBody<B>>
+    where
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.state
+            .passes
+            .refused(self.primary, reason, parts.status);
+        unshared(permit);
+        if !parts.status.is_server_error() && !parts.status.is_informational() {
+            self.forget_stale().await;
+        }
+        self.streamed(parts, body)
+    }
+
+    /// The client's own validators match the origin's full response: a 304 now, and the body
+    /// read for the cache (in the background when it is not all there yet).
+    fn not_modified<B>(
+        &self,
+        headers: &HeaderMap,
+        mut body: B,
+        mut tee: Tee,
+        age: Duration,
+        mut status: Status,
+    ) -> Response<CacheBody<B>>
+    where
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        status.stored = match read_ready(&mut body, &mut tee) {
+            Ready::Ended { stored, .. } => stored,
+            Ready::Failed { .. } => false,
+            Ready::Waiting(_) => {
+                tokio::spawn(drain(body, tee, self.state.origin_timeout));
+                true
+            }
+        };
+        let mut response = response::not_modified(headers);
+        response
+            .headers_mut()
+            .insert(AGE, HeaderValue::from(age.as_secs()));
+        status.append_to(&self.state.cache_name, response.headers_mut());
+        response
     }
 
     /// Stores `entry` as this exchange's response to a request with `request_headers`, and

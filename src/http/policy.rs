@@ -148,34 +148,8 @@ pub(crate) fn plan_store(
         return Err(NotStored::NoStore);
     }
     let surrogate_max_age = surrogate.and_then(|surrogate| surrogate.max_age);
-    // §5.2.2.3: must-understand stores only understood statuses, and then overrides no-store.
-    if cc.must_understand && !understood(status) {
-        return Err(NotStored::Status);
-    }
-    if cc.no_store && !cc.must_understand && surrogate_max_age.is_none() {
-        return Err(NotStored::NoStore);
-    }
-    // §5.2.2.7: a shared cache must not store a private response.
-    if cc.private.is_all() {
-        return Err(NotStored::Private);
-    }
-    // §3.5: responses to authorized requests only with explicit permission.
-    if request.contains_key(AUTHORIZATION)
-        && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate)
-    {
-        return Err(NotStored::Authorization);
-    }
-    // Not an RFC rule: a cookie set for one client must never reach another.
-    if response.contains_key(SET_COOKIE) && !settings.store_set_cookie && !strips(&cc, &SET_COOKIE)
-    {
-        return Err(NotStored::SetCookie);
-    }
-    // §4.1: Vary: * never matches; neither does a field name that is not a token.
-    if vary_fields(response)
-        .iter()
-        .any(|field| field == "*" || HeaderName::from_bytes(field.as_bytes()).is_err())
-    {
-        return Err(NotStored::VaryStar);
+    if let Some(reason) = refusal(status, request, response, &cc, surrogate_max_age, settings) {
+        return Err(reason);
     }
     let explicit = match surrogate_max_age {
         Some(delta) => Some(Duration::from_secs(delta.seconds().unwrap_or(0))),
@@ -203,21 +177,10 @@ pub(crate) fn plan_store(
                 .flatten()
         })
         .unwrap_or(settings.default_ttl);
-    let has_validators = response.contains_key(ETAG) || response.contains_key(LAST_MODIFIED);
-    let for_validation = if has_validators {
-        settings.keep_stale
-    } else {
-        Duration::ZERO
-    };
-    let windows = stale_windows_of(&cc, None, settings.default_stale);
-    let keep_stale = for_validation
-        .max(windows.while_revalidate)
-        .max(windows.if_error);
-    if ttl.is_zero() && keep_stale.is_zero() {
+    let (useful_stale, keep_stale) = stale_keeping(&cc, response, settings);
+    if ttl.is_zero() && useful_stale.is_zero() {
         return Err(NotStored::Useless);
     }
-    // Kept a little longer, for when the origin cannot be reached; not a reason to store.
-    let keep_stale = keep_stale.max(windows.if_unreachable);
     Ok(StorePlan {
         ttl,
         initial_age: initial_age(response, request_time, response_time),
@@ -225,6 +188,68 @@ pub(crate) fn plan_store(
         strip: stripped_fields(&cc),
         targeted: targeted.cloned(),
     })
+}
+
+/// How long an entry is kept past its freshness: `(useful, kept)`. Useful: for validation when
+/// it has validators, and within the stale windows its directives (or the defaults) allow.
+/// Kept: a little longer, for when the origin cannot be reached, which is no reason to store.
+fn stale_keeping(
+    cc: &CacheControl,
+    response: &HeaderMap,
+    settings: &Settings,
+) -> (Duration, Duration) {
+    let has_validators = response.contains_key(ETAG) || response.contains_key(LAST_MODIFIED);
+    let for_validation = if has_validators {
+        settings.keep_stale
+    } else {
+        Duration::ZERO
+    };
+    let windows = stale_windows_of(cc, None, settings.default_stale);
+    let useful = for_validation
+        .max(windows.while_revalidate)
+        .max(windows.if_error);
+    (useful, useful.max(windows.if_unreachable))
+}
+
+/// The directives and fields that keep a response out of a shared cache (§3, §5.2.2), in the
+/// order they are checked; `None` when they let it in.
+fn refusal(
+    status: StatusCode,
+    request: &HeaderMap,
+    response: &HeaderMap,
+    cc: &CacheControl,
+    surrogate_max_age: Option<Delta>,
+    settings: &Settings,
+) -> Option<NotStored> {
+    // §5.2.2.3: must-understand stores only understood statuses, and then overrides no-store.
+    if cc.must_understand && !understood(status) {
+        return Some(NotStored::Status);
+    }
+    if cc.no_store && !cc.must_understand && surrogate_max_age.is_none() {
+        return Some(NotStored::NoStore);
+    }
+    // §5.2.2.7: a shared cache must not store a private response.
+    if cc.private.is_all() {
+        return Some(NotStored::Private);
+    }
+    // §3.5: responses to authorized requests only with explicit permission.
+    if request.contains_key(AUTHORIZATION)
+        && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate)
+    {
+        return Some(NotStored::Authorization);
+    }
+    // Not an RFC rule: a cookie set for one client must never reach another.
+    if response.contains_key(SET_COOKIE) && !settings.store_set_cookie && !strips(cc, &SET_COOKIE) {
+        return Some(NotStored::SetCookie);
+    }
+    // §4.1: Vary: * never matches; neither does a field name that is not a token.
+    if vary_fields(response)
+        .iter()
+        .any(|field| field == "*" || HeaderName::from_bytes(field.as_bytes()).is_err())
+    {
+        return Some(NotStored::VaryStar);
+    }
+    None
 }
 
 fn strips(cc: &CacheControl, field: &HeaderName) -> bool {

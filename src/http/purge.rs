@@ -7,7 +7,7 @@
 //! `Authorization: Bearer <token>`: without a token configured the method is not allowed (405),
 //! with a wrong or missing token it is unauthorized (401). Never forwarded to the origin.
 
-use http::header::{HeaderValue, ALLOW, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{ALLOW, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::request::Parts;
 use http::{HeaderMap, Response, StatusCode};
 
@@ -25,34 +25,32 @@ pub(crate) async fn handle<ResBody>(
     rule: &Rule,
 ) -> Response<CacheBody<ResBody>> {
     let Some(token) = &state.purge_token else {
-        let mut response = answer(
+        let response = answer(
             state,
             StatusCode::METHOD_NOT_ALLOWED,
             "purge is not enabled\n",
         );
-        response.headers_mut().insert(
-            ALLOW,
-            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-        );
-        return response;
+        let methods = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+        return response::with_header(response, ALLOW, methods);
     };
     if !authorized(&request.headers, token) {
-        let mut response = answer(
-            state,
-            StatusCode::UNAUTHORIZED,
-            "a valid bearer token is required\n",
-        );
-        response
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
+        let text = "a valid bearer token is required\n";
+        let response = answer(state, StatusCode::UNAUTHORIZED, text);
+        return response::with_header(response, WWW_AUTHENTICATE, "Bearer");
     }
+    let result = purge(state, request, rule).await;
+    outcome(state, result)
+}
+
+/// Purges the target, or the tags in `Surrogate-Key`; softly (marked stale, kept) with
+/// `Soft-Purge: 1`.
+async fn purge(state: &State, request: &Parts, rule: &Rule) -> Result<(), crate::Error> {
     let tags = state.surrogate_keys(&request.headers);
     let soft = request
         .headers
         .get(&SOFT_PURGE)
         .is_some_and(|value| value.as_bytes() == b"1");
-    let result = match (tags.is_empty(), soft) {
+    match (tags.is_empty(), soft) {
         (true, false) => {
             let primary = key::primary_key(request, &rule.key_headers);
             state.cache.invalidate(&primary).await
@@ -63,7 +61,14 @@ pub(crate) async fn handle<ResBody>(
         }
         (false, false) => state.cache.invalidate_tags(&tags).await,
         (false, true) => state.cache.expire_tags(&tags).await,
-    };
+    }
+}
+
+/// The answer to an authorized purge.
+fn outcome<ResBody>(
+    state: &State,
+    result: Result<(), crate::Error>,
+) -> Response<CacheBody<ResBody>> {
     match result {
         Ok(()) => answer(state, StatusCode::OK, "purged\n"),
         Err(err) if err.is_invalidation_pending() => {
@@ -78,15 +83,9 @@ pub(crate) async fn handle<ResBody>(
         }
         Err(err) => {
             tracing::warn!(error = %err, "purge did not reach every tier");
-            let mut response = answer(
-                state,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "purge incomplete: the shared tier is unavailable\n",
-            );
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            response
+            let text = "purge incomplete: the shared tier is unavailable\n";
+            let response = answer(state, StatusCode::SERVICE_UNAVAILABLE, text);
+            response::with_header(response, RETRY_AFTER, "1")
         }
     }
 }
@@ -112,6 +111,7 @@ fn answer<B>(state: &State, status: StatusCode, text: &'static str) -> Response<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
     fn tokens_must_match_exactly() {

@@ -76,38 +76,25 @@ where
         };
         return exchange.fetch(origin, parts, body, None).await;
     }
-    let looked_up = look_up(&state, &parts, &primary).await;
-    let LookedUp { resolved, reuse } = looked_up;
-    let stale = match (resolved.found, reuse) {
-        (Some(found), Some(Reuse::Fresh)) => {
-            let status = Status::hit(found.lookup.source);
-            let entry = &found.lookup.entry;
-            let response = from_entry(&state, &parts, entry, status);
-            if state.refresh_due(entry, entry.age_at(SystemTime::now())) {
+    let LookedUp { resolved, reuse } = look_up(&state, &parts, &primary).await;
+    let stale = match answer_stored(&state, &parts, resolved.found, reuse) {
+        FromStore::Fresh {
+            response,
+            refresh_due,
+        } => {
+            if refresh_due {
                 refresh_ahead(&state, origin, parts, body, primary, rule);
             }
             return Ok(response);
         }
-        (Some(found), Some(Reuse::ValidateStale)) if may_serve_stale(&state, &parts, &found) => {
-            let status = Status::stale(found.lookup.source, None);
-            let response = from_entry(&state, &parts, &found.lookup.entry, status);
+        FromStore::Stale { response, found } => {
             let variants = resolved.variants.clone();
             revalidate_in_background(
                 &state, origin, parts, body, &primary, &rule, found, variants,
             );
             return Ok(response);
         }
-        (_, Some(Reuse::Unusable)) => None,
-        (found, _) => found,
-    };
-    if CacheControl::from_headers(&parts.headers).only_if_cached {
-        let status = Status::detail("only-if-cached");
-        return Ok(response::gateway_timeout(status, &state.cache_name));
-    }
-    let forward = match reuse {
-        Some(Reuse::ValidateStale) => Forward::Stale,
-        Some(Reuse::ValidateRequested) => Forward::Request,
-        _ => Forward::Miss,
+        FromStore::Unused(stale) => stale,
     };
     let exchange = Exchange {
         state: &state,
@@ -115,8 +102,81 @@ where
         primary: &primary,
         variants: resolved.variants.as_ref(),
         stale: stale.as_ref(),
-        forward,
+        forward: match reuse {
+            Some(Reuse::ValidateStale) => Forward::Stale,
+            Some(Reuse::ValidateRequested) => Forward::Request,
+            _ => Forward::Miss,
+        },
     };
+    forward(&exchange, origin, parts, body, reuse).await
+}
+
+/// What a stored entry does for a request.
+enum FromStore<B> {
+    /// Step 2: fresh; answered, and refreshed ahead in the background when due.
+    Fresh {
+        response: Response<CacheBody<B>>,
+        refresh_due: bool,
+    },
+    /// Step 3: stale but answered at once, while it is revalidated in the background.
+    Stale {
+        response: Response<CacheBody<B>>,
+        found: Found,
+    },
+    /// Not answered from the cache; a stale entry to validate, if any.
+    Unused(Option<Found>),
+}
+
+fn answer_stored<B>(
+    state: &State,
+    parts: &Parts,
+    found: Option<Found>,
+    reuse: Option<Reuse>,
+) -> FromStore<B> {
+    match (found, reuse) {
+        (Some(found), Some(Reuse::Fresh)) => {
+            let entry = &found.lookup.entry;
+            let response = from_entry(state, parts, entry, Status::hit(found.lookup.source));
+            let refresh_due = state.refresh_due(entry, entry.age_at(SystemTime::now()));
+            FromStore::Fresh {
+                response,
+                refresh_due,
+            }
+        }
+        (Some(found), Some(Reuse::ValidateStale)) if may_serve_stale(state, parts, &found) => {
+            let status = Status::stale(found.lookup.source, None);
+            let response = from_entry(state, parts, &found.lookup.entry, status);
+            FromStore::Stale { response, found }
+        }
+        (_, Some(Reuse::Unusable)) => FromStore::Unused(None),
+        (found, _) => FromStore::Unused(found),
+    }
+}
+
+/// Steps 4 to 7: nothing stored answers the request, so the origin is asked (or, for
+/// `only-if-cached`, not).
+async fn forward<S, ReqBody, ResBody>(
+    exchange: &Exchange<'_>,
+    origin: S,
+    parts: Parts,
+    body: ReqBody,
+    reuse: Option<Reuse>,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    if CacheControl::from_headers(&parts.headers).only_if_cached {
+        let status = Status::detail("only-if-cached");
+        return Ok(response::gateway_timeout(
+            status,
+            &exchange.state.cache_name,
+        ));
+    }
     // HEAD never creates or changes an entry; a range answer is stored when nothing is (a
     // fresh complete entry answered ranges above).
     if parts.method == Method::HEAD || parts.headers.contains_key(RANGE) {
@@ -128,7 +188,7 @@ where
     if parts.headers.contains_key(AUTHORIZATION) {
         return exchange.fetch(origin, parts, body, None).await;
     }
-    fill(&exchange, origin, parts, body).await
+    fill(exchange, origin, parts, body).await
 }
 
 /// Step 1: memory, then the shared tier, then the `Vary` variant; a stored partial response

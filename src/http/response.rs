@@ -140,6 +140,18 @@ pub(crate) fn text<B>(
     with_status(status, text, Status::detail(detail), cache_name)
 }
 
+/// `response` with `name: value` added (`Allow`, `Retry-After`, `WWW-Authenticate`).
+pub(crate) fn with_header<B>(
+    mut response: Response<B>,
+    name: http::HeaderName,
+    value: &'static str,
+) -> Response<B> {
+    response
+        .headers_mut()
+        .insert(name, HeaderValue::from_static(value));
+    response
+}
+
 /// A `text/plain` answer of the cache's own, with `cache_status` as its member.
 fn with_status<B>(
     status: StatusCode,

@@ -64,13 +64,9 @@ impl Refusal {
     }
 }
 
-/// Validates the target of `parts` and rewrites it so that what is forwarded is what is keyed:
-/// one canonical `Host`, equal to the target's authority when it has one, and a normalised
-/// path. URL-overriding forwarding headers are removed when `forwarded` says so.
-pub(crate) fn validate(parts: &mut Parts, forwarded: ForwardedHeaders) -> Result<(), Refusal> {
-    if forwarded == ForwardedHeaders::Strip {
-        forwarding::strip(&mut parts.headers);
-    }
+/// The one authority of a request (RFC 9112 §3.2): the target's, else `Host`'s (HTTP/2 and
+/// later: both, and equal); `None` only for HTTP/1.0 without either.
+fn authority(parts: &Parts) -> Result<Option<Canonical<'_>>, Refusal> {
     let mut hosts = parts.headers.get_all(HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -85,7 +81,7 @@ pub(crate) fn validate(parts: &mut Parts, forwarded: ForwardedHeaders) -> Result
         .authority()
         .map(|authority| Canonical::of(authority.as_str().as_bytes(), default_port))
         .transpose()?;
-    let authority = match (target, host) {
+    Ok(match (target, host) {
         (Some(target), Some(host))
             if parts.version >= Version::HTTP_2 && target.bytes() != host.bytes() =>
         {
@@ -95,7 +91,17 @@ pub(crate) fn validate(parts: &mut Parts, forwarded: ForwardedHeaders) -> Result
         (None, Some(host)) => Some(host),
         (None, None) if parts.version <= Version::HTTP_10 => None,
         (None, None) => return Err(Refusal::MissingHost),
-    };
+    })
+}
+
+/// Validates the target of `parts` and rewrites it so that what is forwarded is what is keyed:
+/// one canonical `Host`, equal to the target's authority when it has one, and a normalised
+/// path. URL-overriding forwarding headers are removed when `forwarded` says so.
+pub(crate) fn validate(parts: &mut Parts, forwarded: ForwardedHeaders) -> Result<(), Refusal> {
+    if forwarded == ForwardedHeaders::Strip {
+        forwarding::strip(&mut parts.headers);
+    }
+    let authority = authority(parts)?;
     let path = normalised_path(parts.uri.path())?;
     let Some(authority) = authority else {
         if let Some(path) = path {

@@ -72,27 +72,56 @@ where
     if !(writes_through && representation) {
         return Ok(state.origin_response(parts, CacheBody::streaming(body), status));
     }
+    let written = Written {
+        primary,
+        request_headers,
+        times,
+    };
+    Ok(write_through(&state, &rule, written, parts, body, status))
+}
+
+/// A successful write's request, as write-through stores its response.
+struct Written {
+    primary: String,
+    request_headers: HeaderMap,
+    times: Times,
+}
+
+/// Passes the response on, and stores it as the new GET representation of the target once
+/// it has passed whole, when [`admit`](admit::admit) lets it.
+fn write_through<B>(
+    state: &Arc<State>,
+    rule: &Arc<Rule>,
+    written: Written,
+    parts: http::response::Parts,
+    body: B,
+    mut status: Status,
+) -> Response<CacheBody<B>>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     let response = admit::Response {
         headers: &parts.headers,
         declared_len: body.size_hint().exact(),
-        times,
+        times: written.times,
     };
     let admitted = admit::admit(
-        &state,
-        &rule,
-        &primary,
-        &request_headers,
+        state,
+        rule,
+        &written.primary,
+        &written.request_headers,
         response,
         StatusCode::OK,
         Representation::Complete,
     );
     let Ok(admission) = admitted else {
-        return Ok(state.origin_response(parts, CacheBody::streaming(body), status));
+        return state.origin_response(parts, CacheBody::streaming(body), status);
     };
     let storing = Storing {
         admission,
-        primary,
-        request_headers,
+        primary: written.primary,
+        request_headers: written.request_headers,
         variants: None,
         new_variant: true,
         permit: None,
@@ -100,7 +129,7 @@ where
     let tee = Tee::new(state.max_entry_size, Box::new(storing));
     let (body, stored) = kept(body, tee);
     status.stored = stored;
-    Ok(state.origin_response(parts, body, status))
+    state.origin_response(parts, body, status)
 }
 
 /// What [`invalidate_changed`] did.

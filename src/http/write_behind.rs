@@ -148,34 +148,20 @@ pub(crate) async fn accept<ReqBody, B>(
 where
     ReqBody: Body,
 {
+    let answer = |status, text| response::text(status, text, DETAIL, &state.cache_name);
     let Some(queue) = state.write_behind.get() else {
-        return response::text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "write-behind has no replay target\n",
-            DETAIL,
-            &state.cache_name,
-        );
+        let text = "write-behind has no replay target\n";
+        return answer(StatusCode::INTERNAL_SERVER_ERROR, text);
     };
     let (parts, body) = request.into_parts();
     if !carries_credentials(&parts.headers, rule) {
-        let mut response = response::text(
-            StatusCode::UNAUTHORIZED,
-            "this route takes writes with credentials only\n",
-            DETAIL,
-            &state.cache_name,
-        );
-        response
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
+        let text = "this route takes writes with credentials only\n";
+        let response = answer(StatusCode::UNAUTHORIZED, text);
+        return response::with_header(response, WWW_AUTHENTICATE, "Bearer");
     }
     let Ok(body) = read_body(body, state.max_entry_size).await else {
-        return response::text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body larger than http.max_entry_size or unreadable\n",
-            DETAIL,
-            &state.cache_name,
-        );
+        let text = "body larger than http.max_entry_size or unreadable\n";
+        return answer(StatusCode::PAYLOAD_TOO_LARGE, text);
     };
     let target = key::target_uri(&parts.uri, &parts.headers);
     let primary = key::key_for(&target, &parts.headers, &rule.key_headers);
@@ -199,23 +185,10 @@ where
     if let Err(refused) = queue.enqueue(job.clone()).await {
         tracing::warn!(key = %job.key, error = %refused, "write-behind refused a write");
         retract(&state.cache, &job).await;
-        let mut response = response::text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            refusal(&refused),
-            DETAIL,
-            &state.cache_name,
-        );
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
+        let response = answer(StatusCode::SERVICE_UNAVAILABLE, refusal(&refused));
+        return response::with_header(response, RETRY_AFTER, "1");
     }
-    response::text(
-        StatusCode::ACCEPTED,
-        "accepted\n",
-        DETAIL,
-        &state.cache_name,
-    )
+    answer(StatusCode::ACCEPTED, "accepted\n")
 }
 
 /// The `503` body for a write the queue refused.
