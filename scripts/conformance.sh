@@ -25,10 +25,24 @@ root=$(pwd)
 # cache; the suites store one and expect it replayed, so these tests fail in setup by design.
 expected_setup="headers-store-Set-Cookie 304-etag-update-response-Set-Cookie"
 
-current_suite="$root/../shared/conformance/cache-tests-2026-07"
-if [ ! -f "$current_suite/tests/index.mjs" ]; then
-  echo "the current suite is missing: expected a copy of cache-tests at $current_suite" >&2
-  echo "(see ../shared/conformance/README.md)" >&2
+# The current suite lives beside the repository (../shared/conformance/); a clone made elsewhere
+# finds it beside the repository it was cloned from, or at $CONFORMANCE_SUITE.
+suite_candidates=("${CONFORMANCE_SUITE:-}" "$root/../shared/conformance/cache-tests-2026-07")
+origin=$(git -C "$root" config --get remote.origin.url 2>/dev/null || true)
+if [ -n "$origin" ] && [ -d "$origin" ]; then
+  suite_candidates+=("$origin/../shared/conformance/cache-tests-2026-07")
+fi
+current_suite=""
+for candidate in "${suite_candidates[@]}"; do
+  if [ -n "$candidate" ] && [ -f "$candidate/tests/index.mjs" ]; then
+    current_suite=$(cd "$candidate" && pwd)
+    break
+  fi
+done
+if [ -z "$current_suite" ]; then
+  echo "the current suite is missing: expected a copy of cache-tests at" >&2
+  echo "$root/../shared/conformance/cache-tests-2026-07 (see ../shared/conformance/README.md)," >&2
+  echo "or set CONFORMANCE_SUITE to one" >&2
   exit 1
 fi
 

@@ -146,3 +146,26 @@ async fn http_metadata_survives_the_redis_round_trip() {
     let stored: Bytes = redis.client().await.get("meta:e:k").await.unwrap();
     assert!(stored.len() < 5_000, "the 50 kB body was stored compressed");
 }
+
+#[tokio::test]
+async fn a_large_compressed_entry_round_trips_through_the_blocking_pool() {
+    let redis = RedisServer::start();
+    let writer = cache_on(&redis, config("large")).await;
+    // Hex of a counter: compresses to well over the 128 KiB past which brotli runs on the
+    // blocking pool, both when the entry is written and when it is read back.
+    let body: String = (0..200_000u32)
+        .map(|i| format!("{:08x}", i.wrapping_mul(2_654_435_761)))
+        .collect();
+    writer
+        .set(
+            "large",
+            CachedEntry::new(body.clone(), Duration::from_secs(60)),
+        )
+        .await;
+    writer.wait_for_writes().await;
+
+    let reader = cache_on(&redis, config("large")).await;
+    let found = reader.lookup("large").await.expect("in Redis");
+    assert_eq!(found.source, Source::Redis);
+    assert_eq!(found.entry.body(), body.as_bytes());
+}

@@ -31,6 +31,11 @@ use crate::config::CacheConfig;
 pub(crate) const FORMAT_VERSION: u8 = 3;
 const FLAG_BROTLI: u8 = 0b0000_0001;
 const KNOWN_FLAGS: u8 = FLAG_BROTLI;
+
+/// Bodies from this size on are compressed, and compressed bodies decompressed, on Tokio's
+/// blocking pool: brotli spends milliseconds on them that would stall every other request on a
+/// runtime thread. Below it the hand-off would cost more than the work.
+const BLOCKING_SIZE: usize = 128 << 10;
 const HEADER_LEN: usize = 6;
 /// Upper bound on encoded metadata (headers, trailers, tags).
 const META_LIMIT: usize = 1 << 20;
@@ -375,6 +380,18 @@ impl Codec {
 
     /// [`Codec::decode`] for a shared-tier read: `None` for an entry past its own lifetime, which
     /// a tier may still hold (expiry there is lazy, or coarser than milliseconds).
+    /// Whether encoding `entry` compresses a body of [`BLOCKING_SIZE`] or more.
+    pub(crate) fn is_slow_to_encode(&self, entry: &CachedEntry) -> bool {
+        self.compress
+            && entry.body().len() >= BLOCKING_SIZE
+            && entry.body().len() as u64 >= self.min_compress_size
+    }
+
+    /// Whether `bytes` hold a compressed body of [`BLOCKING_SIZE`] or more.
+    pub(crate) fn is_slow_to_decode(bytes: &[u8]) -> bool {
+        bytes.len() >= BLOCKING_SIZE && bytes.get(1).is_some_and(|flags| flags & FLAG_BROTLI != 0)
+    }
+
     pub(crate) fn decode_live(&self, bytes: &Bytes) -> Result<Option<CachedEntry>, DecodeError> {
         let entry = self.decode(bytes)?;
         let live = !entry
@@ -466,6 +483,24 @@ mod tests {
             codec().decode(&Bytes::from(bytes)).unwrap().body(),
             &body[..]
         );
+    }
+
+    #[test]
+    fn large_bodies_are_compressed_and_decompressed_off_the_runtime_threads() {
+        let large = entry(b"hello world ".repeat(BLOCKING_SIZE / 12 + 1));
+        let small = entry(b"hello world ".repeat(1000));
+        assert!(codec().is_slow_to_encode(&large));
+        assert!(!codec().is_slow_to_encode(&small));
+        let plain = Codec::new(&CacheConfig::builder().compression(false).build().unwrap());
+        assert!(!plain.is_slow_to_encode(&large), "nothing to compress");
+        // Brotli shrinks the repeated text below the threshold: what counts is the stored size.
+        let stored = codec().encode(&large).unwrap();
+        assert!(!Codec::is_slow_to_decode(&stored));
+        let mut big_compressed = stored.clone();
+        big_compressed.resize(BLOCKING_SIZE, 0);
+        assert!(Codec::is_slow_to_decode(&big_compressed));
+        let unflagged = plain.encode(&large).unwrap();
+        assert!(!Codec::is_slow_to_decode(&unflagged), "not compressed");
     }
 
     #[test]

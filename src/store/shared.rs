@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use super::backend::{Answer, Backend, OnConnect, Place, Shard};
 use super::breaker::Breakers;
-use super::codec::Codec;
+use super::codec::{Codec, DecodeError};
 use super::events::EventSink;
 use super::outbox::{Change, Kept, Outbox, Work};
 use super::tier::TierError;
@@ -140,7 +140,7 @@ impl SharedTier {
         };
         // Redis expires keys lazily, Memcached in whole seconds, and clocks drift: the entry's
         // own lifetime counts too.
-        match core.codec.decode_live(&bytes) {
+        match core.decode_live(bytes).await {
             Ok(Some(entry)) if core.outbox.covers(key, &entry) => {
                 tracing::debug!(
                     key,
@@ -165,7 +165,7 @@ impl SharedTier {
             return Ok(());
         }
         let core = &self.core;
-        let bytes = Bytes::from(core.codec.encode(entry)?);
+        let bytes = core.encode(entry).await?;
         core.backend.check_size(key, bytes.len())?;
         core.guard(Place::Entry(key), core.backend.set(key, bytes, lifetime))
             .await
@@ -244,6 +244,33 @@ impl SharedTier {
 }
 
 impl Core {
+    /// `entry` as stored bytes; a large body is compressed on the blocking pool.
+    async fn encode(&self, entry: &CachedEntry) -> Result<Bytes, TierError> {
+        if !self.codec.is_slow_to_encode(entry) {
+            return Ok(Bytes::from(self.codec.encode(entry)?));
+        }
+        let (codec, entry) = (self.codec.clone(), entry.clone());
+        match tokio::task::spawn_blocking(move || codec.encode(&entry)).await {
+            Ok(encoded) => Ok(Bytes::from(encoded?)),
+            Err(failed) => Err(TierError::Backend(format!(
+                "entry encoder failed: {failed}"
+            ))),
+        }
+    }
+
+    /// The entry in stored bytes, if still alive; a large compressed body is decompressed on
+    /// the blocking pool.
+    async fn decode_live(&self, bytes: Bytes) -> Result<Option<CachedEntry>, DecodeError> {
+        if !Codec::is_slow_to_decode(&bytes) {
+            return self.codec.decode_live(&bytes);
+        }
+        let codec = self.codec.clone();
+        match tokio::task::spawn_blocking(move || codec.decode_live(&bytes)).await {
+            Ok(decoded) => decoded,
+            Err(failed) => Err(DecodeError::Decompress(format!("decoder failed: {failed}"))),
+        }
+    }
+
     /// Runs `operation` on the shard of `place` through its breaker.
     async fn guard<T>(&self, place: Place<'_>, operation: Answer<'_, T>) -> Result<T, TierError> {
         self.guard_shard(&self.backend.shard(place), operation)
