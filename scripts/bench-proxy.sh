@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# cache_proxy against nginx proxy_cache and Varnish on cache hits, and its Redis tier against
-# redis-benchmark, all in one run on loopback; prints one markdown table with rps, p50, p99 and
-# the ratios issue F sets goals for:
-#   cache_proxy hit rps ≥ 1.0 × nginx proxy_cache and ≥ 1.3 × varnish, at 1 KiB and 100 KiB;
-#   L2-only hit rps (l1.size = 0) ≥ 0.8 × redis-benchmark GET of the same size and concurrency.
+# cache_proxy against nginx proxy_cache and Varnish on cache hits and on pass-through, and its
+# Redis tier against the composed limit, all in one run on loopback; prints markdown tables with
+# rps, p50, p99 and the ratios issue L sets goals for:
+#   memory hit rps ≥ 1.0 × nginx proxy_cache (sendfile on) and ≥ 1.3 × Varnish;
+#   Redis hit (l1.size = 0) rps ≥ 0.85 × the composed limit 1 / (1/R_memory_hit + 1/R_redis),
+#     with R_redis from redis-benchmark GET of the same size at the same concurrency: an L2 hit
+#     is an HTTP exchange and a Redis round trip on the same cores;
+#   pass-through of uncacheable 1 KiB responses (Cache-Control: no-store) ≥ 1.0 × nginx
+#     proxy_pass with a keep-alive upstream (Varnish shown too).
+# Every hit cell runs with two kinds of body: base64 of random bytes (brotli barely shrinks it)
+# and JSON-like text (brotli shrinks it well).
 #
-#   bash scripts/bench-proxy.sh                  # wrk -t1 -c32 -d10s per cell, about 3.5 minutes
+#   bash scripts/bench-proxy.sh                  # wrk -t1 -c32 -d10s per cell, about 7 minutes
 #   DURATION=5s bash scripts/bench-proxy.sh
 #   ROUNDS=3 bash scripts/bench-proxy.sh         # every cell 3 times, interleaved; medians
 #
 # Installs nginx, varnish and wrk (apt-get) when missing, with their services held back. The
-# origin is an nginx serving static files (Cache-Control: max-age=3600) from a temp dir; every
-# server listens on a free 127.0.0.1 port, keeps its files in that temp dir, and is stopped on
-# exit. The L2 rows use a private redis-server without persistence.
+# origin is an nginx serving static files (Cache-Control: max-age=3600; under /pass/ no-store)
+# from a temp dir; every server listens on a free 127.0.0.1 port, keeps its files in that temp
+# dir, and is stopped on exit. The L2 rows use a private redis-server without persistence.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bench-common.sh
@@ -29,12 +35,27 @@ bench_setup
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 varnishd_bin=$(command -v varnishd || echo /usr/sbin/varnishd)
 
-# Static files: base64 of random bytes, which brotli (on by default for Redis) shrinks by ~25 %.
-mkdir -p "$BENCH_TMP/www"
+# Static files of each kind and size: base64 of random bytes, which brotli (on by default for
+# Redis) shrinks by ~25 %, and JSON-like records, which it shrinks to a fraction.
+KINDS=(base64 json)
+mkdir -p "$BENCH_TMP/www/pass"
 for size in "${SIZES[@]}"; do
-  python3 -c 'import base64, os, sys; n = int(sys.argv[1]); print(base64.b64encode(os.urandom(n))[:n].decode(), end="")' \
-    "$size" >"$BENCH_TMP/www/$size.txt"
+  python3 - "$size" "$BENCH_TMP/www" <<'PY'
+import base64, json, os, random, sys
+n, www = int(sys.argv[1]), sys.argv[2]
+with open(f"{www}/base64-{n}.txt", "w") as out:
+    out.write(base64.b64encode(os.urandom(n))[:n].decode())
+rng, records, text = random.Random(n), [], ""
+while len(text) < n:
+    records.append({"id": len(records), "name": f"user-{rng.randrange(10**6)}",
+                    "email": f"u{rng.randrange(10**6)}@example.com", "active": rng.random() < 0.5,
+                    "score": round(rng.random() * 100, 2), "tags": rng.sample(["a", "b", "c", "d", "e"], 2)})
+    text = json.dumps(records)
+with open(f"{www}/json-{n}.txt", "w") as out:
+    out.write(text[:n])
+PY
 done
+cp "$BENCH_TMP/www/base64-1024.txt" "$BENCH_TMP/www/pass/1024.txt"
 chmod -R a+rX "$BENCH_TMP/www"
 
 # nginx with `server` as its only server block, its files under $BENCH_TMP/<name>.
@@ -72,8 +93,21 @@ start_nginx origin "server {
     listen 127.0.0.1:$origin_port;
     root $BENCH_TMP/www;
     location / { add_header Cache-Control \"max-age=3600\"; }
+    location /pass/ { add_header Cache-Control \"no-store\"; }
   }"
-bench_wait_http "http://127.0.0.1:$origin_port/1024.txt"
+bench_wait_http "http://127.0.0.1:$origin_port/base64-1024.txt"
+
+# nginx as a plain reverse proxy: the pass-through yardstick.
+pass_port=$(bench_free_port)
+start_nginx proxy_pass "upstream origin { server 127.0.0.1:$origin_port; keepalive 32; }
+  server {
+    listen 127.0.0.1:$pass_port;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+    }
+  }"
 
 nginx_port=$(bench_free_port)
 start_nginx proxy_cache "proxy_cache_path $BENCH_TMP/proxy_cache/cache levels=1:2 keys_zone=bench:16m max_size=1g use_temp_path=off;
@@ -132,8 +166,8 @@ bench_spawn cache_proxy_l2_plain "${proxy_env[@]}" target/release/examples/cache
   --listen "127.0.0.1:$l2_plain_port" --upstream "http://127.0.0.1:$origin_port" \
   --config "$BENCH_TMP/l2-plain.toml" --redis "redis://127.0.0.1:$redis_port"
 
-for port in $nginx_port $varnish_port $l1_port $l2_port $l2_plain_port; do
-  bench_wait_http "http://127.0.0.1:$port/1024.txt"
+for port in $nginx_port $pass_port $varnish_port $l1_port $l2_port $l2_plain_port; do
+  bench_wait_http "http://127.0.0.1:$port/base64-1024.txt"
 done
 
 # redis-benchmark GET of a `size`-byte value, -c32, for about $BENCH_DURATION (the request
@@ -171,20 +205,28 @@ echo "measuring: $ROUNDS round(s), wrk -t1 -c$BENCH_CONNECTIONS -d$BENCH_DURATIO
 for round in $(seq "$ROUNDS"); do
   echo " round $round" >&2
   for size in "${SIZES[@]}"; do
-    path="/$size.txt"
-    # Each cache is warmed right before its own run.
-    bench_warm "http://127.0.0.1:$nginx_port$path" x-cache-status HIT
-    measure "nginx $size" bench_wrk "http://127.0.0.1:$nginx_port$path"
-    bench_warm "http://127.0.0.1:$varnish_port$path" age '^[1-9]'
-    measure "varnish $size" bench_wrk "http://127.0.0.1:$varnish_port$path"
-    bench_warm "http://127.0.0.1:$l1_port$path" cache-status 'hit; detail=memory'
-    measure "l1 $size" bench_wrk "http://127.0.0.1:$l1_port$path"
-    bench_warm "http://127.0.0.1:$l2_port$path" cache-status 'hit; detail=redis'
-    measure "l2 $size" bench_wrk "http://127.0.0.1:$l2_port$path"
-    bench_warm "http://127.0.0.1:$l2_plain_port$path" cache-status 'hit; detail=redis'
-    measure "l2 plain $size" bench_wrk "http://127.0.0.1:$l2_plain_port$path"
+    for kind in "${KINDS[@]}"; do
+      cell="$kind $size"
+      path="/$kind-$size.txt"
+      # Each cache is warmed right before its own run.
+      bench_warm "http://127.0.0.1:$nginx_port$path" x-cache-status HIT
+      measure "nginx $cell" bench_wrk "http://127.0.0.1:$nginx_port$path"
+      bench_warm "http://127.0.0.1:$varnish_port$path" age '^[1-9]'
+      measure "varnish $cell" bench_wrk "http://127.0.0.1:$varnish_port$path"
+      bench_warm "http://127.0.0.1:$l1_port$path" cache-status 'hit; detail=memory'
+      measure "l1 $cell" bench_wrk "http://127.0.0.1:$l1_port$path"
+      bench_warm "http://127.0.0.1:$l2_port$path" cache-status 'hit; detail=redis'
+      measure "l2 $cell" bench_wrk "http://127.0.0.1:$l2_port$path"
+      bench_warm "http://127.0.0.1:$l2_plain_port$path" cache-status 'hit; detail=redis'
+      measure "l2 plain $cell" bench_wrk "http://127.0.0.1:$l2_plain_port$path"
+    done
     measure "redis $size" redis_get "$size"
   done
+  # Pass-through: every request reaches the origin.
+  path=/pass/1024.txt
+  measure "pass nginx" bench_wrk "http://127.0.0.1:$pass_port$path"
+  measure "pass varnish" bench_wrk "http://127.0.0.1:$varnish_port$path"
+  measure "pass l1" bench_wrk "http://127.0.0.1:$l1_port$path"
 done
 for key in "${!samples[@]}"; do
   IFS=';' read -r -a lines <<<"${samples[$key]}"
@@ -195,25 +237,42 @@ done
 
 label() { [ "$1" = 1024 ] && echo "1 KiB" || echo "100 KiB"; }
 goal() {
-  awk -v r="$1" -v g="$2" 'BEGIN { printf "%.2f× (goal ≥ %.1f: %s)", r, g, (r >= g) ? "met" : "missed" }'
+  awk -v r="$1" -v g="$2" 'BEGIN { printf "%.2f× (goal ≥ %.2f: %s)", r, g, (r >= g) ? "met" : "missed" }'
 }
 row() { echo "| $1 | $2 | ${rps[$3]} | ${p50[$3]} | ${p99[$3]} | $4 |"; }
+# 1 / (1/a + 1/b), rounded.
+composed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", 1 / (1 / a + 1 / b) }'; }
 
 echo
 echo "### Cache hits, $(date -u +%F), $(nproc) cores, wrk -t1 -c$BENCH_CONNECTIONS -d$BENCH_DURATION, all on 127.0.0.1, median of $ROUNDS round(s)"
 echo
-echo "| size | server | rps | p50 ms | p99 ms | ratio |"
+echo "| size, body | server | rps | p50 ms | p99 ms | ratio |"
 echo "|---|---|---|---|---|---|"
 for size in "${SIZES[@]}"; do
-  s=$(label "$size")
-  row "$s" "nginx proxy_cache" "nginx $size" ""
-  row "$s" "varnish" "varnish $size" ""
-  vs_nginx=$(goal "$(bench_ratio "${rps[l1 $size]}" "${rps[nginx $size]}")" 1.0)
-  vs_varnish=$(goal "$(bench_ratio "${rps[l1 $size]}" "${rps[varnish $size]}")" 1.3)
-  row "$s" "**cache_proxy** (memory hit)" "l1 $size" "vs nginx $vs_nginx; vs varnish $vs_varnish"
-  row "$s" "redis-benchmark GET -c32" "redis $size" ""
-  vs_redis=$(goal "$(bench_ratio "${rps[l2 $size]}" "${rps[redis $size]}")" 0.8)
-  row "$s" "**cache_proxy** (Redis hit, l1.size = 0)" "l2 $size" "vs redis-benchmark $vs_redis"
-  vs_redis=$(bench_ratio "${rps[l2 plain $size]}" "${rps[redis $size]}")
-  row "$s" "cache_proxy (Redis hit, l1.size = 0, compression off)" "l2 plain $size" "vs redis-benchmark ${vs_redis}×"
+  for kind in "${KINDS[@]}"; do
+    cell="$kind $size"
+    s="$(label "$size"), $kind"
+    row "$s" "nginx proxy_cache" "nginx $cell" ""
+    row "$s" "varnish" "varnish $cell" ""
+    vs_nginx=$(goal "$(bench_ratio "${rps[l1 $cell]}" "${rps[nginx $cell]}")" 1.0)
+    vs_varnish=$(goal "$(bench_ratio "${rps[l1 $cell]}" "${rps[varnish $cell]}")" 1.3)
+    row "$s" "**cache_proxy** (memory hit)" "l1 $cell" "vs nginx $vs_nginx; vs varnish $vs_varnish"
+    limit=$(composed "${rps[l1 $cell]}" "${rps[redis $size]}")
+    echo "| $s | composed limit 1/(1/memory hit + 1/redis-benchmark GET -c32 at ${rps[redis $size]}) | $limit | | | |"
+    vs_limit=$(goal "$(bench_ratio "${rps[l2 $cell]}" "$limit")" 0.85)
+    row "$s" "**cache_proxy** (Redis hit, l1.size = 0)" "l2 $cell" "vs composed limit $vs_limit"
+    vs_limit=$(bench_ratio "${rps[l2 plain $cell]}" "$limit")
+    row "$s" "cache_proxy (Redis hit, l1.size = 0, compression off)" "l2 plain $cell" "vs composed limit ${vs_limit}×"
+  done
 done
+
+echo
+echo "### Pass-through (Cache-Control: no-store), 1 KiB, same run"
+echo
+echo "| server | rps | p50 ms | p99 ms | ratio |"
+echo "|---|---|---|---|---|"
+echo "| nginx proxy_pass (keep-alive upstream) | ${rps[pass nginx]} | ${p50[pass nginx]} | ${p99[pass nginx]} | |"
+echo "| varnish | ${rps[pass varnish]} | ${p50[pass varnish]} | ${p99[pass varnish]} | |"
+vs_nginx=$(goal "$(bench_ratio "${rps[pass l1]}" "${rps[pass nginx]}")" 1.0)
+vs_varnish=$(bench_ratio "${rps[pass l1]}" "${rps[pass varnish]}")
+echo "| **cache_proxy** | ${rps[pass l1]} | ${p50[pass l1]} | ${p99[pass l1]} | vs nginx $vs_nginx; vs varnish ${vs_varnish}× |"

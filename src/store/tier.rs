@@ -40,6 +40,7 @@ pub enum TierError {
     /// The encoded entry exceeds the backend's item size limit (Memcached's `l2.max_item_size`):
     /// not written, counted in [`Stats::l2_too_large`](crate::Stats::l2_too_large).
     #[error("entry of {size} bytes exceeds the item size limit of {limit} bytes")]
+    #[cfg_attr(not(feature = "memcached"), allow(dead_code))]
     TooLarge {
         /// Encoded size including the key.
         size: u64,
@@ -48,6 +49,7 @@ pub enum TierError {
     },
     /// The backend cannot do this (e.g. prefix invalidation on Memcached, which cannot list keys).
     #[error("not supported by the {backend} backend: {operation}")]
+    #[cfg_attr(not(feature = "memcached"), allow(dead_code))]
     Unsupported {
         /// The L2 backend, `memcached`.
         backend: &'static str,
