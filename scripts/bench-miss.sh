@@ -24,9 +24,8 @@ SIZES=(1048576 5242880)
 bench_install nginx:nginx redis-server:redis-server curl:curl python3:python3
 cargo build --quiet --release --example cache_proxy
 bench_setup
-nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
-mkdir -p "$BENCH_TMP/www" "$BENCH_TMP/origin" "$BENCH_TMP/redis"
+mkdir -p "$BENCH_TMP/www" "$BENCH_TMP/redis"
 for size in "${SIZES[@]}"; do
   python3 -c 'import base64, os, sys; n = int(sys.argv[1]); print(base64.b64encode(os.urandom(n))[:n].decode(), end="")' \
     "$size" >"$BENCH_TMP/www/$size.txt"
@@ -34,31 +33,11 @@ done
 chmod -R a+rX "$BENCH_TMP/www"
 
 origin_port=$(bench_free_port)
-dir="$BENCH_TMP/origin"
-cat >"$dir/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nodelay on;
-  default_type text/plain;
-  client_body_temp_path $dir/client_body;
-  proxy_temp_path $dir/proxy;
-  fastcgi_temp_path $dir/fastcgi;
-  uwsgi_temp_path $dir/uwsgi;
-  scgi_temp_path $dir/scgi;
-  server {
+bench_nginx origin "server {
     listen 127.0.0.1:$origin_port;
     root $BENCH_TMP/www;
-    location / { add_header Cache-Control "max-age=3600"; }
-  }
-}
-EOF
-bench_spawn origin "$nginx_bin" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
+    location / { add_header Cache-Control \"max-age=3600\"; }
+  }"
 bench_wait_http "http://127.0.0.1:$origin_port/${SIZES[0]}.txt"
 
 redis_port=$(bench_free_port)

@@ -32,7 +32,6 @@ bench_install nginx:nginx varnishd:varnish wrk:wrk redis-server:redis-server \
   redis-benchmark:redis-tools curl:curl python3:python3
 cargo build --quiet --release --example cache_proxy
 bench_setup
-nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 varnishd_bin=$(command -v varnishd || echo /usr/sbin/varnishd)
 
 # Static files of each kind and size: base64 of random bytes, which brotli (on by default for
@@ -58,38 +57,8 @@ done
 cp "$BENCH_TMP/www/base64-1024.txt" "$BENCH_TMP/www/pass/1024.txt"
 chmod -R a+rX "$BENCH_TMP/www"
 
-# nginx with `server` as its only server block, its files under $BENCH_TMP/<name>.
-start_nginx() {
-  local name=$1 server=$2 dir="$BENCH_TMP/$1"
-  mkdir -p "$dir"
-  cat >"$dir/nginx.conf" <<EOF
-worker_processes auto;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
-  # tcp_nopush (TCP_CORK) stalls 100 KiB proxy_cache hits on 40 ms delayed ACKs on loopback
-  # (under 1k rps); without it nginx serves them at full speed.
-  tcp_nopush off;
-  tcp_nodelay on;
-  keepalive_requests 1000000;
-  default_type text/plain;
-  client_body_temp_path $dir/client_body;
-  proxy_temp_path $dir/proxy;
-  fastcgi_temp_path $dir/fastcgi;
-  uwsgi_temp_path $dir/uwsgi;
-  scgi_temp_path $dir/scgi;
-  $server
-}
-EOF
-  bench_spawn "$name" "$nginx_bin" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
-}
-
 origin_port=$(bench_free_port)
-start_nginx origin "server {
+bench_nginx origin "server {
     listen 127.0.0.1:$origin_port;
     root $BENCH_TMP/www;
     location / { add_header Cache-Control \"max-age=3600\"; }
@@ -99,7 +68,7 @@ bench_wait_http "http://127.0.0.1:$origin_port/base64-1024.txt"
 
 # nginx as a plain reverse proxy: the pass-through yardstick.
 pass_port=$(bench_free_port)
-start_nginx proxy_pass "upstream origin { server 127.0.0.1:$origin_port; keepalive 32; }
+bench_nginx proxy_pass "upstream origin { server 127.0.0.1:$origin_port; keepalive 32; }
   server {
     listen 127.0.0.1:$pass_port;
     location / {
@@ -110,7 +79,7 @@ start_nginx proxy_pass "upstream origin { server 127.0.0.1:$origin_port; keepali
   }"
 
 nginx_port=$(bench_free_port)
-start_nginx proxy_cache "proxy_cache_path $BENCH_TMP/proxy_cache/cache levels=1:2 keys_zone=bench:16m max_size=1g use_temp_path=off;
+bench_nginx proxy_cache "proxy_cache_path $BENCH_TMP/proxy_cache/cache levels=1:2 keys_zone=bench:16m max_size=1g use_temp_path=off;
   upstream origin { server 127.0.0.1:$origin_port; keepalive 32; }
   server {
     listen 127.0.0.1:$nginx_port;

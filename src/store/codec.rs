@@ -291,7 +291,11 @@ impl Codec {
             .map_err(|err| EncodeError(err.to_string()))?;
         let meta_len =
             u32::try_from(meta_bytes.len()).map_err(|err| EncodeError(err.to_string()))?;
-        let compressed = self.compress_if_worth_it(body);
+        let compressed = if already_compressed(&meta.headers) {
+            None
+        } else {
+            self.compress_if_worth_it(body)
+        };
         let stored_body = compressed.as_deref().unwrap_or(body);
         let flags = if compressed.is_some() { FLAG_BROTLI } else { 0 };
 
@@ -384,6 +388,7 @@ impl Codec {
     pub(crate) fn is_slow_to_encode(&self, entry: &CachedEntry) -> bool {
         self.compress
             && entry.body().len() >= BLOCKING_SIZE
+            && !already_compressed(entry.headers())
             && entry.body().len() as u64 >= self.min_compress_size
     }
 
@@ -422,6 +427,45 @@ impl Codec {
             })
         }
     }
+}
+
+/// Whether a body is compressed already, so that brotli would spend its time for nothing: it
+/// has a `Content-Encoding` (other than `identity`), or its `Content-Type` is a compressed
+/// format (images other than SVG, audio, video, WOFF fonts, archives).
+fn already_compressed(headers: &HeaderMap) -> bool {
+    let encoded = headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|value| !value.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let Some(media_type) = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(|value| value.trim().to_ascii_lowercase())
+    else {
+        return encoded;
+    };
+    let compressed_type = match media_type.split_once('/') {
+        Some(("image", subtype)) => subtype != "svg+xml" && subtype != "bmp",
+        Some(("audio" | "video", _)) => true,
+        Some(("font", subtype)) => subtype.starts_with("woff"),
+        Some(("application", subtype)) => matches!(
+            subtype,
+            "zip"
+                | "gzip"
+                | "x-gzip"
+                | "zstd"
+                | "x-bzip2"
+                | "x-xz"
+                | "x-7z-compressed"
+                | "pdf"
+                | "font-woff"
+                | "vnd.rar"
+                | "x-rar-compressed"
+        ),
+        _ => false,
+    };
+    encoded || compressed_type
 }
 
 fn fields_to_wire(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
@@ -501,6 +545,35 @@ mod tests {
         assert!(Codec::is_slow_to_decode(&big_compressed));
         let unflagged = plain.encode(&large).unwrap();
         assert!(!Codec::is_slow_to_decode(&unflagged), "not compressed");
+    }
+
+    #[test]
+    fn bodies_compressed_already_are_not_compressed_again() {
+        let body = b"hello world ".repeat(1000);
+        let with = |name: &'static str, value: &'static str| {
+            let entry = entry(body.clone());
+            let mut headers = entry.headers().clone();
+            headers.insert(name, HeaderValue::from_static(value));
+            entry.with_headers(headers)
+        };
+        for (name, value) in [
+            ("content-encoding", "gzip"),
+            ("content-type", "image/png"),
+            ("content-type", "Video/MP4; codecs=avc1"),
+            ("content-type", "application/zip"),
+            ("content-type", "font/woff2"),
+        ] {
+            let bytes = codec().encode(&with(name, value)).unwrap();
+            assert_eq!(bytes[1], 0, "{name}: {value}");
+        }
+        for (name, value) in [
+            ("content-encoding", "identity"),
+            ("content-type", "image/svg+xml"),
+            ("content-type", "application/json"),
+        ] {
+            let bytes = codec().encode(&with(name, value)).unwrap();
+            assert_eq!(bytes[1], FLAG_BROTLI, "{name}: {value}");
+        }
     }
 
     #[test]
