@@ -225,6 +225,8 @@ async fn one_background_revalidation_per_key_runs_however_long_the_origin_hangs(
         CacheLayer::new(CacheConfig::default()).layer(hanging_after_first(&calls));
     let first = service.clone().oneshot(get("/swr")).await.unwrap();
     first.into_body().collect().await.unwrap();
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let tasks_before = runtime.num_alive_tasks();
     for _ in 0..50 {
         let stale = service.clone().oneshot(get("/swr")).await.unwrap();
         assert_eq!(
@@ -244,6 +246,9 @@ async fn one_background_revalidation_per_key_runs_however_long_the_origin_hangs(
         2,
         "one revalidation in flight, not 50"
     );
+    // Checked before anything is spawned: no task per stale hit waits behind the hung one.
+    let spawned = runtime.num_alive_tasks().saturating_sub(tasks_before);
+    assert!(spawned <= 1, "{spawned} background tasks for one key");
 }
 
 #[tokio::test]
