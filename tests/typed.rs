@@ -31,7 +31,7 @@ fn profile(id: u64) -> Profile {
     Profile {
         id,
         name: format!("user {id}"),
-        // Compressible and above `compression.min_size` (1 KiB), so the shared tier holds it
+        // Compressible and above `compression.min_size` (4 KiB), so the shared tier holds it
         // compressed.
         bio: "likes long walks and short keys. ".repeat(200),
         scores: vec![3, 1, 4, 1, 5],

@@ -124,6 +124,13 @@ impl CacheConfigBuilder {
         self
     }
 
+    /// `compression.min_savings`: the compressed body is kept only if it is at least this
+    /// fraction smaller (0 to 1).
+    pub fn compression_min_savings(mut self, fraction: f64) -> Self {
+        self.config.compression.min_savings = fraction;
+        self
+    }
+
     /// `compression.quality`: brotli quality, 0–11.
     pub fn compression_quality(mut self, quality: u32) -> Self {
         self.config.compression.quality = quality;

@@ -21,7 +21,8 @@
 //! | `l2.outbox_capacity` | | `10000` | invalidations kept for retry while L2 does not take them; when full, they become one pending flush (Redis) or the new one is dropped (Memcached) |
 //! | `l2.connect_wait` | | `2s` | start-up: how long `TieredCache::wait_for_l2_at_start` waits, and how long failures before the first connection do not count towards the breaker |
 //! | `compression.enabled` | `CACHE_COMPRESSION` | `true` | brotli for bodies stored in Redis |
-//! | `compression.min_size` | | `1KiB` | smallest body worth compressing |
+//! | `compression.min_size` | | `4KiB` | smallest body worth compressing |
+//! | `compression.min_savings` | | `0.3` | the compressed body is kept only if it is at least this fraction smaller |
 //! | `compression.quality` | | `4` | brotli quality, 0–11 (11 is ~100× slower) |
 //! | `http.max_entry_size` | | `8MB` | largest body stored; larger ones stream through uncached |
 //! | `http.default_ttl` | | `0s` | freshness for storable responses without their own; `0s` = RFC 9111 only |
@@ -578,12 +579,18 @@ impl Default for L2Config {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct CompressionConfig {
-    /// Compress bodies of at least `min_size` bytes when that saves at least 10 %.
+    /// Compress bodies of at least `min_size` bytes when that saves at least `min_savings`.
     #[serde(deserialize_with = "de::flag")]
     pub enabled: bool,
     /// Smallest body, in bytes, worth compressing.
     #[serde(deserialize_with = "de::size")]
     pub min_size: u64,
+    /// The compressed body is stored only if it is at least this fraction smaller (0 to 1,
+    /// default 0.3): every shared-tier hit pays for decompressing it, which is not worth a
+    /// small saving (random-looking text, e.g. base64, shrinks by about a quarter and costs
+    /// ~3 µs per KiB to decode).
+    #[serde(deserialize_with = "de::number")]
+    pub min_savings: f64,
     /// Brotli quality, 0 (fastest) to 11 (smallest, far too slow for a request path).
     #[serde(deserialize_with = "de::count")]
     pub quality: u32,
@@ -593,7 +600,8 @@ impl Default for CompressionConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            min_size: 1024,
+            min_size: 4096,
+            min_savings: 0.3,
             quality: 4,
         }
     }
@@ -910,6 +918,15 @@ impl CacheConfig {
             return Err(ConfigError::invalid(
                 "compression.quality",
                 format!("must be between 0 and 11, got {}", self.compression.quality),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.compression.min_savings) {
+            return Err(ConfigError::invalid(
+                "compression.min_savings",
+                format!(
+                    "a fraction of the body size from 0 up to 1, e.g. 0.3; got {}",
+                    self.compression.min_savings
+                ),
             ));
         }
         if !(0.0..1.0).contains(&self.http.refresh_ahead) {
