@@ -6,6 +6,7 @@
 //! entries nothing. Stamps are cached here for `l1.max_ttl` (and updated by invalidation events
 //! from other instances), so an L2 hit stays one round trip.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -17,14 +18,20 @@ use crate::config::TagsConfig;
 const MAX_KNOWN_TAGS: u64 = 100_000;
 
 /// Marks the stamps of soft purges: a tag's soft-purge stamp is kept as the stamp of this
-/// pseudo-tag. A unit separator cannot occur in a tag from a header.
-const SOFT: char = '\u{1f}';
+/// pseudo-tag (the tag, then this). A unit separator cannot occur in a tag from a header.
+const SOFT_SUFFIX: &str = "\u{1f}soft";
 
 /// The pseudo-tag whose stamp is `tag`'s soft-purge time ([`TieredCache::expire_tags`]).
 ///
 /// [`TieredCache::expire_tags`]: super::TieredCache::expire_tags
 pub(crate) fn soft(tag: &str) -> String {
-    format!("{tag}{SOFT}soft")
+    [tag, SOFT_SUFFIX].concat()
+}
+
+thread_local! {
+    /// The name a stamp is looked up by, built without allocating on every memory hit (the map
+    /// is keyed by `String`).
+    static PROBE: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 /// Whether `tag` is a soft-purge pseudo-tag.
@@ -34,7 +41,7 @@ pub(crate) fn is_soft(tag: &str) -> bool {
 
 /// The tag whose soft-purge stamp the pseudo-tag `tag` holds.
 pub(crate) fn soft_of(tag: &str) -> Option<&str> {
-    tag.strip_suffix("soft")?.strip_suffix(SOFT)
+    tag.strip_suffix(SOFT_SUFFIX)
 }
 
 pub(crate) struct TagStamps {
@@ -53,7 +60,24 @@ impl TagStamps {
     }
 
     pub(crate) fn get(&self, tag: &str) -> Option<u64> {
-        self.known.get(&tag.to_owned())
+        self.probe(tag, "")
+    }
+
+    /// The stamp of `tag`'s soft purges, as `get(&soft(tag))` without building the name.
+    pub(crate) fn get_soft(&self, tag: &str) -> Option<u64> {
+        self.probe(tag, SOFT_SUFFIX)
+    }
+
+    fn probe(&self, tag: &str, suffix: &str) -> Option<u64> {
+        PROBE.with(|probe| match probe.try_borrow_mut() {
+            Ok(mut name) => {
+                name.clear();
+                name.push_str(tag);
+                name.push_str(suffix);
+                self.known.get(&*name)
+            }
+            Err(_) => self.known.get(&[tag, suffix].concat()),
+        })
     }
 
     /// Records a stamp, keeping the newer of two.
@@ -142,6 +166,18 @@ mod tests {
             max_length,
             ..TagsConfig::default()
         })
+    }
+
+    #[test]
+    fn soft_purge_stamps_are_their_own_pseudo_tags() {
+        let stamps = TagStamps::new(Duration::from_secs(60));
+        stamps.record(&soft("t"), 5);
+        assert_eq!(stamps.get_soft("t"), Some(5));
+        assert_eq!(stamps.get("t"), None, "a soft purge is no invalidation");
+        stamps.record("t", 7);
+        assert_eq!((stamps.get("t"), stamps.get_soft("t")), (Some(7), Some(5)));
+        assert_eq!(soft_of(&soft("t")), Some("t"));
+        assert!(!is_soft("t"));
     }
 
     fn strings(tags: &[&str]) -> Vec<String> {

@@ -669,11 +669,10 @@ impl TieredCache {
                 Some(_) => {}
                 None => unknown.push(tag.clone()),
             }
-            let soft = tags::soft(tag);
-            match self.inner.stamps.get(&soft) {
+            match self.inner.stamps.get_soft(tag) {
                 Some(stamp) if stamp >= obtained => expired = expired.max(Some(stamp)),
                 Some(_) => {}
-                None => unknown.push(soft),
+                None => unknown.push(tags::soft(tag)),
             }
         }
         match (unknown.is_empty(), expired) {
