@@ -103,12 +103,14 @@ bench_warm() {
   return 1
 }
 
-# wrk -t1 -c$BENCH_CONNECTIONS for $BENCH_DURATION against `url`; prints "rps p50_ms p99_ms".
-# Any error (socket or non-2xx/3xx) fails the run.
+# wrk -t1 -c$BENCH_CONNECTIONS for $BENCH_DURATION against `url`, with the request header
+# `header` if given; prints "rps p50_ms p99_ms". Any error (socket or non-2xx/3xx) fails the run.
 bench_wrk() {
   local url=$1 line
+  local header=()
+  [ -z "${2:-}" ] || header=(-H "$2")
   line=$(timeout $((${BENCH_DURATION%s} + 30)) wrk -t1 -c"$BENCH_CONNECTIONS" -d"$BENCH_DURATION" \
-    -s "$BENCH_TMP/report.lua" "$url" | grep '^RESULT')
+    "${header[@]}" -s "$BENCH_TMP/report.lua" "$url" | grep '^RESULT')
   set -- $line
   if [ "$6" -ne 0 ]; then
     echo "$url: $6 errors in $2 requests" >&2

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use http::HeaderMap;
 
 use super::variants::{self, Found, Placed, Placement, Resolved, Stored, Variants, VARIANTS};
+use crate::store::codec::Reading;
 use crate::store::{CachedEntry, FillPermit, Source, TieredCache};
 
 /// A stored response shared with the requests that waited for it.
@@ -49,7 +50,17 @@ pub(crate) async fn resolve(
     primary: &str,
     request_headers: &HeaderMap,
 ) -> Resolved {
-    let Some(primary_hit) = cache.find(primary).await else {
+    resolve_for(cache, primary, request_headers, Reading::Decoded).await
+}
+
+/// [`resolve`], for `reading` (see [`TieredCache::find_for`]).
+pub(crate) async fn resolve_for(
+    cache: &TieredCache,
+    primary: &str,
+    request_headers: &HeaderMap,
+    reading: Reading,
+) -> Resolved {
+    let Some(primary_hit) = cache.find_for(primary, reading).await else {
         return Resolved::default();
     };
     let Some(variants) = Variants::of(&primary_hit.entry) else {
@@ -62,7 +73,7 @@ pub(crate) async fn resolve(
         };
     };
     let key = variants.key_for(primary, request_headers);
-    let variant = cache.find(&key).await.map(|mut lookup| {
+    let variant = cache.find_for(&key, reading).await.map(|mut lookup| {
         // A soft purge of the resource expired its variant list, and with it every variant
         // obtained before.
         if let Some(at) = primary_hit.entry.expired_early_at() {

@@ -5,6 +5,7 @@ pub(crate) mod admit;
 pub(crate) mod buffer;
 pub(crate) mod cache_control;
 pub(crate) mod cache_status;
+pub(crate) mod coding;
 pub(crate) mod entries;
 pub(crate) mod exchange;
 pub(crate) mod forwarding;

@@ -26,6 +26,7 @@ use tower::Service;
 
 use super::cache_control::CacheControl;
 use super::cache_status::{Forward, Status};
+use super::coding;
 use super::entries::{self, Fetched, Permit, Unshared};
 use super::exchange::Exchange;
 use super::policy::{self, Reuse};
@@ -36,6 +37,7 @@ use super::state::State;
 use super::variants::{Found, Resolved, Stored};
 use crate::body::{BoxError, CacheBody};
 use crate::stats::Counter;
+use crate::store::codec::Reading;
 use crate::store::{Fill, FillOptions};
 
 /// What is stored for a request, and what it may do for it.
@@ -195,17 +197,20 @@ where
 /// counts only for a GET of a range inside it while fresh (otherwise it is as if nothing were
 /// stored, and a complete response replaces it). The lookup is counted here, once.
 async fn look_up(state: &State, parts: &Parts, primary: &str) -> LookedUp {
-    let resolved = entries::resolve(&state.cache, primary, &parts.headers).await;
-    let now = SystemTime::now();
-    let reuse = resolved.found.as_ref().map(|found| {
-        let entry = &found.lookup.entry;
-        policy::reuse(
-            &parts.headers,
-            entry.headers(),
-            entry.age_at(now),
-            entry.ttl(),
-        )
-    });
+    let headers = &parts.headers;
+    let mut resolved =
+        entries::resolve_for(&state.cache, primary, headers, reading_for(parts)).await;
+    let mut reuse = reuse_of(parts, &resolved);
+    let encoded = resolved
+        .found
+        .as_ref()
+        .is_some_and(|found| found.lookup.entry.is_encoded());
+    if encoded && reuse != Some(Reuse::Fresh) {
+        // The stored brotli bytes answer only as they are: what is validated, served stale or
+        // kept is the entry itself.
+        resolved = entries::resolve(&state.cache, primary, headers).await;
+        reuse = reuse_of(parts, &resolved);
+    }
     let unusable_part = resolved.found.as_ref().is_some_and(|found| {
         let entry = &found.lookup.entry;
         range::is_partial(entry)
@@ -229,6 +234,31 @@ async fn look_up(state: &State, parts: &Parts, primary: &str) -> LookedUp {
         .cache
         .count_lookup(looked_up.resolved.found.as_ref().map(|found| &found.lookup));
     looked_up
+}
+
+/// How to read the shared tier for this request: a plain GET from a client that accepts `br`
+/// may get a compressed body as it is stored.
+fn reading_for(parts: &Parts) -> Reading {
+    let plain_get = parts.method == Method::GET && !parts.headers.contains_key(RANGE);
+    if plain_get && coding::accepts_brotli(&parts.headers) {
+        Reading::BrotliAccepted
+    } else {
+        Reading::Decoded
+    }
+}
+
+/// What the entry found may do for the request (RFC 9111 §4).
+fn reuse_of(parts: &Parts, resolved: &Resolved) -> Option<Reuse> {
+    let now = SystemTime::now();
+    resolved.found.as_ref().map(|found| {
+        let entry = &found.lookup.entry;
+        policy::reuse(
+            &parts.headers,
+            entry.headers(),
+            entry.age_at(now),
+            entry.ttl(),
+        )
+    })
 }
 
 fn from_entry<B>(

@@ -331,6 +331,18 @@ impl Codec {
     }
 
     pub(crate) fn decode(&self, bytes: &Bytes) -> Result<CachedEntry, DecodeError> {
+        self.decode_for(bytes, Reading::Decoded)
+    }
+
+    /// The entry in `bytes`. With [`Reading::BrotliAccepted`], a body stored compressed whose
+    /// response allows it (a complete `200` without `no-transform`) is not decompressed: the
+    /// entry is that representation, `Content-Encoding: br` with its own length, `Vary:
+    /// Accept-Encoding` and a weak `ETag` ([`CachedEntry::is_encoded`]).
+    pub(crate) fn decode_for(
+        &self,
+        bytes: &Bytes,
+        reading: Reading,
+    ) -> Result<CachedEntry, DecodeError> {
         let header = bytes.get(..HEADER_LEN).ok_or(DecodeError::Truncated)?;
         if header[0] != FORMAT_VERSION {
             return Err(DecodeError::UnsupportedVersion(header[0]));
@@ -359,12 +371,26 @@ impl Codec {
             )));
         }
         let stored_body = bytes.slice(meta_end..);
-        let body = if flags & FLAG_BROTLI != 0 {
-            self.decompress(&stored_body, wire.body_len)?
+        let status = StatusCode::from_u16(wire.status)
+            .map_err(|_| DecodeError::Meta(format!("invalid status {}", wire.status)))?;
+        let len = usize::try_from(wire.body_len).map_err(|_| DecodeError::Truncated)?;
+        let mut headers = framed(fields_from_wire(wire.headers)?, len)?;
+        let compressed = flags & FLAG_BROTLI != 0;
+        let encoded = compressed
+            && reading == Reading::BrotliAccepted
+            && wire.body_len <= self.max_body
+            && brotli_transformable(status, &headers);
+        let body = if encoded {
+            brotli_representation(&mut headers, stored_body.len());
+            stored_body
+        } else if compressed {
+            let body = self.decompress(&stored_body, wire.body_len)?;
+            self.check_body_len(wire.body_len, body.len() as u64)?;
+            body
         } else {
+            self.check_body_len(wire.body_len, stored_body.len() as u64)?;
             stored_body
         };
-        self.check_body_len(wire.body_len, body.len() as u64)?;
         if wire.tags.len() > self.max_tags as usize {
             return Err(DecodeError::TooManyTags {
                 count: wire.tags.len() as u64,
@@ -372,9 +398,8 @@ impl Codec {
             });
         }
         let meta = EntryMeta {
-            status: StatusCode::from_u16(wire.status)
-                .map_err(|_| DecodeError::Meta(format!("invalid status {}", wire.status)))?,
-            headers: framed(fields_from_wire(wire.headers)?, body.len())?,
+            status,
+            headers,
             trailers: fields_from_wire(wire.trailers)?,
             stored_at_ms: wire.stored_at_ms,
             inserted_at_ms: wire.inserted_at_ms,
@@ -383,6 +408,7 @@ impl Codec {
             tags: wire.tags,
             expired_at_ms: wire.expired_at_ms,
             load_ms: wire.load_ms,
+            encoded,
         };
         Ok(CachedEntry::from_parts(meta, body))
     }
@@ -397,13 +423,19 @@ impl Codec {
             && entry.body().len() as u64 >= self.min_compress_size
     }
 
-    /// Whether `bytes` hold a compressed body of [`BLOCKING_SIZE`] or more.
-    pub(crate) fn is_slow_to_decode(bytes: &[u8]) -> bool {
-        bytes.len() >= BLOCKING_SIZE && bytes.get(1).is_some_and(|flags| flags & FLAG_BROTLI != 0)
+    /// Whether `bytes` hold a compressed body of [`BLOCKING_SIZE`] or more to decompress.
+    pub(crate) fn is_slow_to_decode(bytes: &[u8], reading: Reading) -> bool {
+        reading == Reading::Decoded
+            && bytes.len() >= BLOCKING_SIZE
+            && bytes.get(1).is_some_and(|flags| flags & FLAG_BROTLI != 0)
     }
 
-    pub(crate) fn decode_live(&self, bytes: &Bytes) -> Result<Option<CachedEntry>, DecodeError> {
-        let entry = self.decode(bytes)?;
+    pub(crate) fn decode_live(
+        &self,
+        bytes: &Bytes,
+        reading: Reading,
+    ) -> Result<Option<CachedEntry>, DecodeError> {
+        let entry = self.decode_for(bytes, reading)?;
         let live = !entry
             .remaining_lifetime_at(std::time::SystemTime::now())
             .is_zero();
@@ -431,6 +463,57 @@ impl Codec {
                 limit: self.max_body,
             })
         }
+    }
+}
+
+/// What a shared-tier read is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reading {
+    /// The entry as it was stored.
+    Decoded,
+    /// A client that accepts `br` asks: a body stored compressed may stay so.
+    BrotliAccepted,
+}
+
+/// Whether a stored response may be sent as its brotli bytes: a complete `200` without
+/// `no-transform` (RFC 9110 §7.7) and without a coding of its own.
+fn brotli_transformable(status: StatusCode, headers: &HeaderMap) -> bool {
+    status == StatusCode::OK
+        && !headers.contains_key(http::header::CONTENT_ENCODING)
+        && !headers.contains_key(http::header::CONTENT_RANGE)
+        && !headers
+            .get_all(http::header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|directive| directive.trim().eq_ignore_ascii_case("no-transform"))
+}
+
+/// The fields of the brotli representation of a response whose fields are `headers`: its
+/// coding and length, `Accept-Encoding` in `Vary`, and its `ETag` made weak (the bytes differ
+/// from the identity representation's).
+fn brotli_representation(headers: &mut HeaderMap, compressed_len: usize) {
+    use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, ETAG, VARY};
+    headers.insert(CONTENT_ENCODING, HeaderValue::from_static("br"));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(compressed_len));
+    let varies = headers
+        .get_all(VARY)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|field| {
+            let field = field.trim();
+            field == "*" || field.eq_ignore_ascii_case("accept-encoding")
+        });
+    if !varies {
+        headers.append(VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+    let weak = headers.get(ETAG).and_then(|etag| {
+        let etag = etag.as_bytes();
+        (!etag.starts_with(b"W/")).then(|| [b"W/", etag].concat())
+    });
+    if let Some(weak) = weak.and_then(|weak| HeaderValue::from_bytes(&weak).ok()) {
+        headers.insert(ETAG, weak);
     }
 }
 
@@ -544,12 +627,19 @@ mod tests {
         assert!(!plain.is_slow_to_encode(&large), "nothing to compress");
         // Brotli shrinks the repeated text below the threshold: what counts is the stored size.
         let stored = codec().encode(&large).unwrap();
-        assert!(!Codec::is_slow_to_decode(&stored));
+        assert!(!Codec::is_slow_to_decode(&stored, Reading::Decoded));
         let mut big_compressed = stored.clone();
         big_compressed.resize(BLOCKING_SIZE, 0);
-        assert!(Codec::is_slow_to_decode(&big_compressed));
+        assert!(Codec::is_slow_to_decode(&big_compressed, Reading::Decoded));
+        assert!(
+            !Codec::is_slow_to_decode(&big_compressed, Reading::BrotliAccepted),
+            "sent as it is: nothing to decompress"
+        );
         let unflagged = plain.encode(&large).unwrap();
-        assert!(!Codec::is_slow_to_decode(&unflagged), "not compressed");
+        assert!(
+            !Codec::is_slow_to_decode(&unflagged, Reading::Decoded),
+            "not compressed"
+        );
     }
 
     #[test]
@@ -578,6 +668,55 @@ mod tests {
         ] {
             let bytes = codec().encode(&with(name, value)).unwrap();
             assert_eq!(bytes[1], FLAG_BROTLI, "{name}: {value}");
+        }
+    }
+
+    #[test]
+    fn a_compressed_body_is_read_as_it_is_stored_for_a_client_that_accepts_br() {
+        let body = b"hello world ".repeat(1000);
+        let mut original = entry(body.clone());
+        let mut headers = original.headers().clone();
+        headers.insert("etag", HeaderValue::from_static("\"x\""));
+        headers.insert("content-length", HeaderValue::from(body.len()));
+        original = original.with_headers(headers);
+        let bytes = Bytes::from(codec().encode(&original).unwrap());
+        let encoded = codec().decode_for(&bytes, Reading::BrotliAccepted).unwrap();
+        assert!(encoded.is_encoded());
+        assert_eq!(encoded.headers()["content-encoding"], "br");
+        assert_eq!(encoded.headers()["etag"], "W/\"x\"");
+        assert_eq!(
+            encoded.headers()["content-length"],
+            encoded.body().len().to_string().as_str()
+        );
+        let vary: Vec<_> = encoded.headers().get_all("vary").iter().collect();
+        assert_eq!(
+            vary,
+            ["accept", "accept-encoding"],
+            "already there: not added twice"
+        );
+        let mut decoded = Vec::new();
+        brotli::Decompressor::new(&encoded.body()[..], 4096)
+            .read_to_end(&mut decoded)
+            .unwrap();
+        assert_eq!(decoded, body);
+
+        let plain = codec().decode_for(&bytes, Reading::Decoded).unwrap();
+        assert!(!plain.is_encoded());
+        assert_eq!(plain.body(), &body[..]);
+        // A response that forbids transformations, or is no complete 200, is decoded.
+        let mut no_transform = original.headers().clone();
+        no_transform.insert(
+            "cache-control",
+            HeaderValue::from_static("max-age=60, No-Transform"),
+        );
+        for kept in [
+            original.clone().with_headers(no_transform),
+            original.clone().with_status(StatusCode::NOT_FOUND),
+        ] {
+            let bytes = Bytes::from(codec().encode(&kept).unwrap());
+            let read = codec().decode_for(&bytes, Reading::BrotliAccepted).unwrap();
+            assert!(!read.is_encoded(), "{:?}", read.status());
+            assert_eq!(read.body(), &body[..]);
         }
     }
 

@@ -53,6 +53,10 @@ pub(crate) struct EntryMeta {
     pub(crate) expired_at_ms: Option<u64>,
     /// How long its load took, for early refreshes (XFetch); 0 when not known.
     pub(crate) load_ms: u64,
+    /// The body is the brotli bytes the shared tier holds, with the fields that say so
+    /// (`Content-Encoding: br`), read for a client that accepts them; such an entry is served,
+    /// never stored.
+    pub(crate) encoded: bool,
 }
 
 impl CachedEntry {
@@ -71,6 +75,7 @@ impl CachedEntry {
                 tags: Vec::new(),
                 expired_at_ms: None,
                 load_ms: 0,
+                encoded: false,
             },
             body.into(),
         )
@@ -81,6 +86,12 @@ impl CachedEntry {
             meta: Arc::new(meta),
             body,
         }
+    }
+
+    /// Whether the body is the shared tier's brotli bytes, sent as they are (see
+    /// [`Codec::decode_for`](super::codec::Codec::decode_for)).
+    pub(crate) fn is_encoded(&self) -> bool {
+        self.meta.encoded
     }
 
     pub(crate) fn meta(&self) -> &EntryMeta {

@@ -56,6 +56,11 @@ impl MemoryTier {
         }
     }
 
+    /// Whether this tier holds anything (`l1.size` above zero).
+    pub(crate) fn is_on(&self) -> bool {
+        self.cache.is_some()
+    }
+
     /// The entry under `key` if it has not outlived its own lifetime (fresh or stale).
     fn read(&self, key: &str) -> Option<CachedEntry> {
         self.read_at(&key.to_owned(), SystemTime::now())

@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use super::backend::{Answer, Backend, OnConnect, Place, Shard};
 use super::breaker::Breakers;
-use super::codec::{Codec, DecodeError};
+use super::codec::{Codec, DecodeError, Reading};
 use super::events::EventSink;
 use super::outbox::{Change, Kept, Outbox, Work};
 use super::tier::TierError;
@@ -133,14 +133,20 @@ impl SharedTier {
 
     /// The entry under `key`, unless a pending invalidation of this instance covers it. A value
     /// that does not decode is deleted and reported as [`TierError::Decode`].
-    pub(crate) async fn get(&self, key: &str) -> Result<Option<CachedEntry>, TierError> {
+    /// With [`Reading::BrotliAccepted`] a compressed body may come back as it is stored
+    /// ([`Codec::decode_for`]).
+    pub(crate) async fn get(
+        &self,
+        key: &str,
+        reading: Reading,
+    ) -> Result<Option<CachedEntry>, TierError> {
         let core = &self.core;
         let Some(bytes) = core.guard(Place::Entry(key), core.backend.get(key)).await? else {
             return Ok(None);
         };
         // Redis expires keys lazily, Memcached in whole seconds, and clocks drift: the entry's
         // own lifetime counts too.
-        match core.decode_live(bytes).await {
+        match core.decode_live(bytes, reading).await {
             Ok(Some(entry)) if core.outbox.covers(key, &entry) => {
                 tracing::debug!(
                     key,
@@ -260,12 +266,16 @@ impl Core {
 
     /// The entry in stored bytes, if still alive; a large compressed body is decompressed on
     /// the blocking pool.
-    async fn decode_live(&self, bytes: Bytes) -> Result<Option<CachedEntry>, DecodeError> {
-        if !Codec::is_slow_to_decode(&bytes) {
-            return self.codec.decode_live(&bytes);
+    async fn decode_live(
+        &self,
+        bytes: Bytes,
+        reading: Reading,
+    ) -> Result<Option<CachedEntry>, DecodeError> {
+        if !Codec::is_slow_to_decode(&bytes, reading) {
+            return self.codec.decode_live(&bytes, reading);
         }
         let codec = self.codec.clone();
-        match tokio::task::spawn_blocking(move || codec.decode_live(&bytes)).await {
+        match tokio::task::spawn_blocking(move || codec.decode_live(&bytes, reading)).await {
             Ok(decoded) => decoded,
             Err(failed) => Err(DecodeError::Decompress(format!("decoder failed: {failed}"))),
         }
@@ -712,11 +722,20 @@ mod tests {
             "{pending:?}"
         );
         assert!(fake.values.lock().unwrap().contains_key("k"));
-        assert_eq!(shared.get("k").await.unwrap(), None, "treated as gone");
+        assert_eq!(
+            shared.get("k", Reading::Decoded).await.unwrap(),
+            None,
+            "treated as gone"
+        );
         let newer = entry("new").with_inserted_at(SystemTime::now() + Duration::from_secs(1));
         shared.set("k", &newer).await.unwrap();
         assert_eq!(
-            shared.get("k").await.unwrap().unwrap().body(),
+            shared
+                .get("k", Reading::Decoded)
+                .await
+                .unwrap()
+                .unwrap()
+                .body(),
             "new",
             "a later write is served"
         );

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast;
 
 use super::coalesce::Coalescer;
-use super::codec::Codec;
+use super::codec::{Codec, Reading};
 use super::early::EarlyRefresh;
 use super::entry::unix_ms;
 use super::events::{EventSink, Invalidation};
@@ -691,6 +691,15 @@ impl TieredCache {
     /// Of two stale entries, the one fresh until later wins. Entries killed by a tag
     /// invalidation are deleted where they were found. Not counted in the stats.
     pub(crate) async fn find(&self, key: &str) -> Option<Lookup> {
+        self.find_for(key, Reading::Decoded).await
+    }
+
+    /// [`find`](Self::find) for a reader that may take a body as the shared tier stores it:
+    /// with [`Reading::BrotliAccepted`] and the memory tier off (`l1.size = 0`, so that every
+    /// hit is a shared-tier hit), a compressed body is not decompressed but sent as it is
+    /// ([`CachedEntry::is_encoded`]). With the memory tier on, a shared-tier hit is decoded once
+    /// and promoted, and later hits are memory hits.
+    pub(crate) async fn find_for(&self, key: &str, reading: Reading) -> Option<Lookup> {
         let memory = self.read_memory(key).await;
         let memory = self.unless_invalidated(key, memory, Source::Memory).await;
         if memory.as_ref().is_some_and(CachedEntry::is_fresh) {
@@ -699,11 +708,16 @@ impl TieredCache {
                 source: Source::Memory,
             });
         }
-        let shared = self.read_shared(key).await;
+        let reading = if self.inner.memory.is_on() {
+            Reading::Decoded
+        } else {
+            reading
+        };
+        let shared = self.read_shared(key, reading).await;
         let shared = self
             .unless_invalidated(key, shared, self.shared_source())
             .await;
-        if let Some(entry) = &shared {
+        if let Some(entry) = shared.as_ref().filter(|entry| !entry.is_encoded()) {
             self.inner.memory.set(key, entry).await.ok();
         }
         let now = SystemTime::now();
@@ -798,9 +812,9 @@ impl TieredCache {
         }
     }
 
-    async fn read_shared(&self, key: &str) -> Option<CachedEntry> {
+    async fn read_shared(&self, key: &str, reading: Reading) -> Option<CachedEntry> {
         let shared = self.inner.shared.as_ref()?;
-        shared.get(key).await.unwrap_or_else(|err| {
+        shared.get(key, reading).await.unwrap_or_else(|err| {
             self.l2_failed("get", err);
             None
         })
@@ -886,7 +900,9 @@ impl TieredCache {
     /// stored; `None` (counted) when it is too large or past its lifetime.
     fn store_in_memory(&self, key: &str, entry: &CachedEntry) -> Option<CachedEntry> {
         let too_large = entry.body().len() as u64 > self.inner.max_entry_size;
-        if too_large || entry.remaining_lifetime_at(SystemTime::now()).is_zero() {
+        // A body sent as the shared tier's brotli bytes is a response, not an entry.
+        let unstorable = too_large || entry.is_encoded();
+        if unstorable || entry.remaining_lifetime_at(SystemTime::now()).is_zero() {
             self.inner.counters.incr(Counter::StoreSkips);
             return None;
         }
