@@ -294,10 +294,10 @@ impl Codec {
             .map_err(|err| EncodeError(err.to_string()))?;
         let meta_len =
             u32::try_from(meta_bytes.len()).map_err(|err| EncodeError(err.to_string()))?;
-        let compressed = if already_compressed(&meta.headers) {
-            None
-        } else {
+        let compressed = if self.tries_compression(&meta.headers, body.len()) {
             self.compress_if_worth_it(body)
+        } else {
+            None
         };
         let stored_body = compressed.as_deref().unwrap_or(body);
         let flags = if compressed.is_some() { FLAG_BROTLI } else { 0 };
@@ -311,12 +311,14 @@ impl Codec {
         Ok(out)
     }
 
-    /// Brotli output, when compression is on, the body is big enough and it saves at least
-    /// `compression.min_savings`.
+    /// Whether a body of `len` bytes under `headers` is given to brotli: compression is on,
+    /// the body is big enough and not compressed already.
+    fn tries_compression(&self, headers: &HeaderMap, len: usize) -> bool {
+        self.compress && len as u64 >= self.min_compress_size && !already_compressed(headers)
+    }
+
+    /// Brotli output, when it saves at least `compression.min_savings`.
     fn compress_if_worth_it(&self, body: &[u8]) -> Option<Vec<u8>> {
-        if !self.compress || (body.len() as u64) < self.min_compress_size {
-            return None;
-        }
         let mut writer = brotli::CompressorWriter::new(
             Vec::with_capacity(body.len() / 2),
             BROTLI_BUFFER,
@@ -417,10 +419,8 @@ impl Codec {
     /// a tier may still hold (expiry there is lazy, or coarser than milliseconds).
     /// Whether encoding `entry` compresses a body of [`BLOCKING_SIZE`] or more.
     pub(crate) fn is_slow_to_encode(&self, entry: &CachedEntry) -> bool {
-        self.compress
-            && entry.body().len() >= BLOCKING_SIZE
-            && !already_compressed(entry.headers())
-            && entry.body().len() as u64 >= self.min_compress_size
+        let len = entry.body().len();
+        len >= BLOCKING_SIZE && self.tries_compression(entry.headers(), len)
     }
 
     /// Whether `bytes` hold a compressed body of [`BLOCKING_SIZE`] or more to decompress.
