@@ -25,6 +25,7 @@ use tower_tiered_cache::config::RouteConfig;
 use tower_tiered_cache::{CacheConfig, CacheLayer, TieredCache};
 
 #[path = "support/serve.rs"]
+#[allow(dead_code)] // the demo serves on one listener, without the worker threads
 mod serve;
 
 /// A handler that takes 200 ms, as a database query might; cacheable for a minute.

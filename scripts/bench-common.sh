@@ -91,15 +91,16 @@ bench_wait_port() {
   return 1
 }
 
-# Requests `url` until the value of response header `header` matches `pattern` (at most 10 times).
+# Requests `url` until the value of response header `header` matches `pattern` (at most 30
+# times, 0.1 s apart: Varnish's Age needs a whole second to turn 1).
 bench_warm() {
   local url=$1 header=$2 pattern=$3 value=""
-  for _ in $(seq 10); do
+  for _ in $(seq 30); do
     value=$(curl -fsS -o /dev/null -D - "$url" | tr -d '\r' | grep -i "^$header:" | cut -d' ' -f2- || true)
     if printf '%s' "$value" | grep -Eq "$pattern"; then return 0; fi
     sleep 0.1
   done
-  echo "$url: $header is '$value', expected /$pattern/ after 10 requests" >&2
+  echo "$url: $header is '$value', expected /$pattern/ after 30 requests" >&2
   return 1
 }
 

@@ -8,7 +8,7 @@
 #     with R_redis from redis-benchmark GET of the same size at the same concurrency: an L2 hit
 #     is an HTTP exchange and a Redis round trip on the same cores;
 #   pass-through of uncacheable 1 KiB responses (Cache-Control: no-store) ≥ 1.0 × nginx
-#     proxy_pass with a keep-alive upstream (Varnish shown too).
+#     proxy_pass with a keep-alive upstream (Varnish, and cache_proxy --no-cache, shown too).
 # Every hit cell runs with two kinds of body: base64 of random bytes (brotli barely shrinks it)
 # and JSON-like text (brotli shrinks it well).
 #
@@ -136,7 +136,12 @@ bench_spawn cache_proxy_l2_plain "${proxy_env[@]}" target/release/examples/cache
   --listen "127.0.0.1:$l2_plain_port" --upstream "http://127.0.0.1:$origin_port" \
   --config "$BENCH_TMP/l2-plain.toml" --redis "redis://127.0.0.1:$redis_port"
 
-for port in $nginx_port $pass_port $varnish_port $l1_port $l2_port $l2_plain_port; do
+# The same server and upstream client without the cache: what the cache adds to a pass.
+bare_port=$(bench_free_port)
+bench_spawn cache_proxy_bare "${proxy_env[@]}" target/release/examples/cache_proxy \
+  --listen "127.0.0.1:$bare_port" --upstream "http://127.0.0.1:$origin_port" --no-cache
+
+for port in $nginx_port $pass_port $varnish_port $l1_port $l2_port $l2_plain_port $bare_port; do
   bench_wait_http "http://127.0.0.1:$port/base64-1024.txt"
 done
 
@@ -198,6 +203,7 @@ for round in $(seq "$ROUNDS"); do
   measure "pass nginx" bench_wrk "http://127.0.0.1:$pass_port$path"
   measure "pass varnish" bench_wrk "http://127.0.0.1:$varnish_port$path"
   measure "pass l1" bench_wrk "http://127.0.0.1:$l1_port$path"
+  measure "pass bare" bench_wrk "http://127.0.0.1:$bare_port$path"
 done
 for key in "${!samples[@]}"; do
   IFS=';' read -r -a lines <<<"${samples[$key]}"
@@ -248,4 +254,6 @@ echo "| nginx proxy_pass (keep-alive upstream) | ${rps[pass nginx]} | ${p50[pass
 echo "| varnish | ${rps[pass varnish]} | ${p50[pass varnish]} | ${p99[pass varnish]} | |"
 vs_nginx=$(goal "$(bench_ratio "${rps[pass l1]}" "${rps[pass nginx]}")" 1.0)
 vs_varnish=$(bench_ratio "${rps[pass l1]}" "${rps[pass varnish]}")
-echo "| **cache_proxy** | ${rps[pass l1]} | ${p50[pass l1]} | ${p99[pass l1]} | vs nginx $vs_nginx; vs varnish ${vs_varnish}× |"
+vs_bare=$(bench_ratio "${rps[pass l1]}" "${rps[pass bare]}")
+echo "| cache_proxy --no-cache (same server and client, no cache) | ${rps[pass bare]} | ${p50[pass bare]} | ${p99[pass bare]} | vs nginx $(bench_ratio "${rps[pass bare]}" "${rps[pass nginx]}")× |"
+echo "| **cache_proxy** | ${rps[pass l1]} | ${p50[pass l1]} | ${p99[pass l1]} | vs nginx $vs_nginx; vs varnish ${vs_varnish}×; vs --no-cache ${vs_bare}× |"

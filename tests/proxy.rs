@@ -43,13 +43,14 @@ fn timeouts(header_read: Duration, idle: Duration) -> Timeouts {
     }
 }
 
-/// The proxy, memory only, in front of `origin`; its address.
+/// The proxy, memory only, in front of `origin`, with two workers as `cache_proxy` runs on two
+/// cores (one on the test's runtime, one on a thread of its own); its address.
 async fn start_proxy(origin: SocketAddr, timeouts: Timeouts) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let listeners = server::serve::reuseport_listeners(([127, 0, 0, 1], 0).into(), 2).unwrap();
+    let addr = listeners[0].local_addr().unwrap();
     let upstream = format!("http://{origin}").parse().unwrap();
     let proxy = Proxy::new(&upstream, CacheConfig::default()).unwrap();
-    tokio::spawn(proxy.serve(listener, timeouts, std::future::pending()));
+    tokio::spawn(proxy.serve_workers(listeners, timeouts, std::future::pending()));
     addr
 }
 
@@ -317,6 +318,30 @@ async fn a_half_sent_request_header_is_closed_after_the_header_read_timeout() {
         closed_by_peer(&mut stream).await,
         "still open after {GUARD:?}"
     );
+}
+
+/// `cache_proxy --no-cache`, the benchmarks' baseline: every request reaches the origin, with
+/// the proxy's own header handling (Host from the target, `Via`), on every worker.
+#[tokio::test]
+async fn without_the_cache_every_request_reaches_the_origin() {
+    let origin = VirtualHosts::default();
+    let upstream = format!("http://{}", origin.start().await).parse().unwrap();
+    let listeners = server::serve::reuseport_listeners(([127, 0, 0, 1], 0).into(), 2).unwrap();
+    let proxy = listeners[0].local_addr().unwrap();
+    tokio::spawn(server::serve_uncached(
+        upstream,
+        listeners,
+        Timeouts::default(),
+        std::future::pending(),
+    ));
+    for _ in 0..4 {
+        let response = exchange(proxy, "GET /p HTTP/1.1\r\nHost: a.example\r\n\r\n").await;
+        assert_eq!(response.head.status(), 200);
+        assert_eq!(response.body_text(), "/p on a.example");
+        assert_eq!(response.head.all("via"), ["1.1 tiered-cache"]);
+        assert!(response.head.all("cache-status").is_empty());
+    }
+    assert_eq!(origin.hosts().len(), 4, "every request reached the origin");
 }
 
 #[tokio::test]

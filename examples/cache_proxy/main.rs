@@ -56,6 +56,14 @@ struct Args {
     /// Redis URL for the shared tier (overrides l2.url).
     #[arg(long)]
     redis: Option<String>,
+    /// Forward every request without the cache: the same server and upstream client, as a
+    /// baseline for benchmarks (`scripts/bench-proxy.sh`). The configuration is not read.
+    #[arg(long)]
+    no_cache: bool,
+    /// Worker threads, each serving its own connections start to end on a single-threaded
+    /// runtime (the listening port is shared with SO_REUSEPORT); default: one per core.
+    #[arg(long, env = "PROXY_WORKERS")]
+    workers: Option<usize>,
     /// HTTP/1: time a client has to send a whole request head (0s: no limit).
     #[arg(long, env = "PROXY_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     header_read_timeout: Duration,
@@ -82,14 +90,35 @@ impl Args {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
+    let workers = args
+        .workers
+        .filter(|workers| *workers > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+    // The first worker runs on this thread's runtime, with the cache's own background tasks.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args, workers))
+}
+
+async fn run(args: Args, workers: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let listeners = server::serve::reuseport_listeners(args.listen, workers)?;
+    let listen = listeners[0].local_addr()?;
+    if args.no_cache {
+        tracing::info!(%listen, upstream = %args.upstream, workers, "proxy without cache ready");
+        let timeouts = args.timeouts();
+        server::serve_uncached(args.upstream, listeners, timeouts, shutdown_signal()).await?;
+        return Ok(());
+    }
     let mut config = match &args.config {
         Some(path) => CacheConfig::from_path(path)?,
         None => CacheConfig::from_env()?,
@@ -99,12 +128,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     config.validate()?;
     let proxy = Proxy::new(&args.upstream, config)?;
-
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    tracing::info!(listen = %listener.local_addr()?, upstream = %args.upstream, "cache proxy ready");
+    tracing::info!(%listen, upstream = %args.upstream, workers, "cache proxy ready");
     proxy
-        .serve(listener, args.timeouts(), shutdown_signal())
-        .await;
+        .serve_workers(listeners, args.timeouts(), shutdown_signal())
+        .await?;
     Ok(())
 }
 

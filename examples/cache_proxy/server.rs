@@ -3,6 +3,8 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,7 +18,6 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_tiered_cache::config::WriteMode;
 use tower_tiered_cache::{remove_hop_by_hop, CacheConfig, CacheLayer, CacheService};
@@ -40,12 +41,17 @@ pub enum ProxyError {
     /// The cache configuration was refused.
     #[error(transparent)]
     Cache(#[from] tower_tiered_cache::Error),
+    /// A worker could not start.
+    #[error("cannot start a worker: {0}")]
+    Worker(#[from] std::io::Error),
 }
 
 /// The cache in front of the upstream, ready to serve.
 pub struct Proxy {
     layer: CacheLayer,
     cache: Cached,
+    scheme: Scheme,
+    authority: Authority,
 }
 
 impl Proxy {
@@ -66,31 +72,52 @@ impl Proxy {
             let replay = Upstream::<Full<Bytes>>::new(scheme.clone(), authority.clone());
             layer = layer.write_behind_to(replay)?;
         }
-        let cache = layer.layer(Upstream::new(scheme, authority));
-        Ok(Self { layer, cache })
+        let cache = layer.layer(Upstream::new(scheme.clone(), authority.clone()));
+        Ok(Self {
+            layer,
+            cache,
+            scheme,
+            authority,
+        })
     }
 
-    /// Serves on `listener` until `shutdown` resolves; then lets open connections finish and
-    /// drains the write-behind queue.
-    pub async fn serve(
+    /// Serves on `listeners`, one worker each ([`serve::serve_workers`]), until `shutdown`
+    /// resolves; then lets open connections finish and drains the write-behind queue. Every
+    /// worker has the one cache and an upstream pool of its own, so that a request and its
+    /// upstream connection stay on one thread.
+    pub async fn serve_workers(
         self,
-        listener: TcpListener,
+        listeners: Vec<TcpListener>,
         timeouts: Timeouts,
         shutdown: impl Future<Output = ()>,
-    ) {
+    ) -> std::io::Result<()> {
         // Up to `l2.connect_wait`, so the first requests find the shared tier connected; it
         // logs whether it is up, and the proxy serves either way.
         self.layer.wait_for_l2_at_start().await;
-        let cache = self.cache;
-        let service = tower::service_fn(move |request| proxy(cache.clone(), request));
-        serve::serve(listener, service, timeouts, shutdown).await;
-        self.layer.shutdown(WRITE_BEHIND_DRAIN).await;
+        let Self {
+            layer,
+            cache,
+            scheme,
+            authority,
+        } = self;
+        let mut first = Some(cache);
+        let services = || {
+            let cache = first
+                .take()
+                .unwrap_or_else(|| layer.layer(Upstream::new(scheme.clone(), authority.clone())));
+            tower::service_fn(move |request| proxy(cache.clone(), request))
+        };
+        let served = serve::serve_workers(listeners, services, timeouts, shutdown).await;
+        layer.shutdown(WRITE_BEHIND_DRAIN).await;
+        served
     }
 }
 
 /// The upstream: an HTTP/1.1 client with a keep-alive pool, sending origin-form requests.
+/// Every request clones it (the cache takes its inner service by value), so the client sits
+/// behind one `Arc`.
 struct Upstream<B> {
-    client: Client<HttpConnector, B>,
+    client: Arc<Client<HttpConnector, B>>,
     scheme: Scheme,
     authority: Authority,
 }
@@ -118,7 +145,7 @@ where
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
         Self {
-            client,
+            client: Arc::new(client),
             scheme,
             authority,
         }
@@ -174,11 +201,40 @@ fn host_of(authority: &Authority) -> Option<HeaderValue> {
 type Cached = CacheService<Upstream<Incoming>>;
 type ProxyBody = BoxBody<Bytes, BoxError>;
 
-/// One client request: hop-by-hop fields off, `Via` on, through the cache to the upstream.
-async fn proxy(
-    cache: Cached,
+/// Serves on `listeners` like [`Proxy::serve_workers`], with no cache between the clients and
+/// `upstream`: the same server, upstream client and header handling, for benchmarks to tell
+/// the cache's cost from the proxy's (`cache_proxy --no-cache`).
+pub async fn serve_uncached(
+    upstream: Uri,
+    listeners: Vec<TcpListener>,
+    timeouts: Timeouts,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ProxyError> {
+    let authority = upstream
+        .authority()
+        .cloned()
+        .ok_or(ProxyError::UpstreamWithoutHost(upstream.clone()))?;
+    let scheme = upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
+    let services = || {
+        let upstream = Upstream::<Incoming>::new(scheme.clone(), authority.clone());
+        tower::service_fn(move |request| proxy(upstream.clone(), request))
+    };
+    serve::serve_workers(listeners, services, timeouts, shutdown).await?;
+    Ok(())
+}
+
+/// One client request: hop-by-hop fields off, `Via` on, through `service` (the cache, or the
+/// upstream itself) to the upstream.
+async fn proxy<S, B>(
+    service: S,
     mut request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<ProxyBody>, Infallible>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Error: std::fmt::Display,
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
     prepare(request.headers_mut());
     // HTTP/2 carries the authority as :authority and need not send Host; an HTTP/1.1 request
     // without Host is left for the cache to refuse.
@@ -187,11 +243,14 @@ async fn proxy(
             request.headers_mut().insert(HOST, host);
         }
     }
-    match cache.oneshot(request).await {
+    match service.oneshot(request).await {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             prepare(&mut parts.headers);
-            Ok(Response::from_parts(parts, body.boxed()))
+            Ok(Response::from_parts(
+                parts,
+                body.map_err(Into::into).boxed(),
+            ))
         }
         Err(err) => {
             tracing::warn!(error = %err, "upstream request failed");

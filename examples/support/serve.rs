@@ -18,6 +18,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -115,6 +116,93 @@ pub async fn serve<S, B>(
     {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}");
     }
+}
+
+/// Listeners for `addr`, one per worker, sharing the port with `SO_REUSEPORT` so that the
+/// kernel spreads connections over them (the first one's port, when `addr` asks for port 0).
+#[cfg(unix)]
+pub fn reuseport_listeners(
+    addr: std::net::SocketAddr,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(workers);
+    let mut addr = addr;
+    for _ in 0..workers.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        let listener = std::net::TcpListener::from(socket);
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// [`serve`] with one worker per listener: the first on the current runtime, each other on a
+/// thread of its own with a single-threaded runtime, and `services` giving each its service.
+/// Like nginx's worker processes, a worker runs its connections start to end: no task moves
+/// between threads and no thread wakes another for a request. Shutdown reaches every worker,
+/// and this returns once all have finished.
+pub async fn serve_workers<S, B>(
+    listeners: Vec<std::net::TcpListener>,
+    mut services: impl FnMut() -> S,
+    timeouts: Timeouts,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let mut listeners = listeners.into_iter();
+    let Some(first) = listeners.next() else {
+        return Ok(());
+    };
+    let (stop, stopped) = watch::channel(false);
+    let mut workers = Vec::new();
+    for (index, listener) in listeners.enumerate() {
+        let service = services();
+        let mut stopped = stopped.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let worker = std::thread::Builder::new()
+            .name(format!("worker-{}", index + 1))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            let stop = async move {
+                                let _ = stopped.wait_for(|stop| *stop).await;
+                            };
+                            serve(listener, service, timeouts, stop).await;
+                        }
+                        Err(err) => tracing::error!(error = %err, "worker cannot listen"),
+                    }
+                });
+            })?;
+        workers.push(worker);
+    }
+    let first = TcpListener::from_std(first)?;
+    serve(first, services(), timeouts, shutdown).await;
+    let _ = stop.send(true);
+    // The other workers drain their connections (up to DRAIN_TIMEOUT) on their own threads.
+    let _ = tokio::task::spawn_blocking(move || {
+        for worker in workers {
+            let _ = worker.join();
+        }
+    })
+    .await;
+    Ok(())
 }
 
 fn builder(timeouts: &Timeouts) -> auto::Builder<TokioExecutor> {
@@ -233,29 +321,38 @@ impl AcceptBackoff {
     }
 }
 
-/// The requests in flight on one connection.
-#[derive(Clone, Copy, Debug)]
-struct Load {
-    in_flight: usize,
-    idle_since: Instant,
-}
-
-/// One connection's [`Load`], updated by its requests and watched by its idle timer.
+/// A connection's requests in flight and when the last one ended, kept in atomics: a request
+/// touches no timer and wakes no task. The idle timer is re-armed lazily, like nginx's
+/// keep-alive timer: when it fires it looks at the last activity and sleeps again if there was
+/// some.
 #[derive(Clone, Debug)]
-struct Activity(Arc<watch::Sender<Load>>);
+struct Activity(Arc<Load>);
+
+#[derive(Debug)]
+struct Load {
+    in_flight: AtomicUsize,
+    /// When the last request ended (or the connection opened), as time since `opened`.
+    idle_since_ms: AtomicU64,
+    opened: Instant,
+}
 
 impl Activity {
     fn new() -> Self {
-        let load = Load {
-            in_flight: 0,
-            idle_since: Instant::now(),
-        };
-        Self(Arc::new(watch::Sender::new(load)))
+        Self(Arc::new(Load {
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            opened: Instant::now(),
+        }))
     }
 
     fn begin(&self) -> InFlight {
-        self.0.send_modify(|load| load.in_flight += 1);
+        self.0.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
+    }
+
+    fn idle_since(&self) -> Instant {
+        let elapsed = Duration::from_millis(self.0.idle_since_ms.load(Ordering::Acquire));
+        self.0.opened + elapsed
     }
 
     /// Resolves once no request has been in flight for `timeout`; never without one.
@@ -263,37 +360,34 @@ impl Activity {
         let Some(timeout) = timeout else {
             return std::future::pending().await;
         };
-        let mut load = self.0.subscribe();
+        let mut deadline = self.idle_since() + timeout;
         loop {
-            let now = *load.borrow_and_update();
-            let expired = async {
-                if now.in_flight == 0 {
-                    tokio::time::sleep_until(now.idle_since + timeout).await;
-                } else {
-                    std::future::pending::<()>().await;
-                }
-            };
-            tokio::select! {
-                () = expired => return,
-                // `self` holds the sender, so this only ends with a change.
-                _ = load.changed() => {}
+            tokio::time::sleep_until(deadline).await;
+            let now = Instant::now();
+            if self.0.in_flight.load(Ordering::Acquire) > 0 {
+                // Busy: look again a whole timeout later.
+                deadline = now + timeout;
+                continue;
+            }
+            deadline = self.idle_since() + timeout;
+            if deadline <= now {
+                return;
             }
         }
     }
 }
 
-/// A request counted in its connection's [`Load`] until dropped.
+/// One request in flight on a connection, until its response body is done or dropped.
 #[derive(Debug)]
 struct InFlight(Activity);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0 .0.send_modify(|load| {
-            load.in_flight -= 1;
-            if load.in_flight == 0 {
-                load.idle_since = Instant::now();
-            }
-        });
+        let load = &self.0 .0;
+        // The end time goes in first: the idle timer reads it only once no request is counted.
+        let since = u64::try_from(load.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        load.idle_since_ms.fetch_max(since, Ordering::AcqRel);
+        load.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -50,15 +50,24 @@ impl Passes {
     /// about the next response, and a stale entry may still answer for it).
     pub(crate) fn refused(&self, key: &str, reason: NotStored, status: StatusCode) {
         let lasting = !status.is_server_error() && !status.is_informational();
-        if let (Some(keys), true) = (&self.keys, lasting && marks(reason)) {
-            keys.insert(key.to_owned(), ());
+        let Some(keys) = self.keys.as_ref().filter(|_| lasting && marks(reason)) else {
+            return;
+        };
+        // A marked key keeps its mark's time: it is not written again on every pass, and once
+        // `http.pass_ttl` is over, one request looks the key up again and marks it anew.
+        let key = key.to_owned();
+        if !keys.contains_key(&key) {
+            keys.insert(key, ());
         }
     }
 
     /// `key`'s response was stored: it is cacheable again.
     pub(crate) fn admitted(&self, key: &str) {
         if let Some(keys) = &self.keys {
-            keys.invalidate(&key.to_owned());
+            let key = key.to_owned();
+            if keys.contains_key(&key) {
+                keys.invalidate(&key);
+            }
         }
     }
 }
