@@ -19,19 +19,42 @@
 
 use std::time::Duration;
 
-/// Adds `amount` to the counter `name` with `labels` (the mapping of the cache's counters to
-/// metrics is [`Counter::metric`](crate::stats)).
+/// A metric label; without the feature, nothing.
 #[cfg(feature = "metrics")]
-pub(crate) fn increment(
-    name: &'static str,
-    labels: &'static [(&'static str, &'static str)],
-    amount: u64,
-) {
-    metrics::counter!(name, labels).increment(amount);
+pub(crate) type Label = metrics::Label;
+
+/// A metric label; without the feature, nothing.
+#[cfg(not(feature = "metrics"))]
+#[derive(Debug)]
+pub(crate) struct Label;
+
+/// The label `key = value`, made at compile time (`const { &[label(..)] }` is a `'static`
+/// slice), so that counting needs no allocation.
+pub(crate) const fn label(key: &'static str, value: &'static str) -> Label {
+    #[cfg(feature = "metrics")]
+    {
+        metrics::Label::from_static_parts(key, value)
+    }
+    #[cfg(not(feature = "metrics"))]
+    {
+        let _ = (key, value);
+        Label
+    }
+}
+
+/// Adds `amount` to the counter `name` with `labels` (the mapping of the cache's counters to
+/// metrics is [`Counter::metric`](crate::stats)). The key is built from static parts: no
+/// allocation, recorder or not.
+#[cfg(feature = "metrics")]
+pub(crate) fn increment(name: &'static str, labels: &'static [Label], amount: u64) {
+    static METADATA: metrics::Metadata<'static> =
+        metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+    let key = metrics::Key::from_static_parts(name, labels);
+    metrics::with_recorder(|recorder| recorder.register_counter(&key, &METADATA)).increment(amount);
 }
 
 #[cfg(not(feature = "metrics"))]
-pub(crate) fn increment(_: &'static str, _: &'static [(&'static str, &'static str)], _: u64) {}
+pub(crate) fn increment(_: &'static str, _: &'static [Label], _: u64) {}
 
 /// A response not stored, by reason.
 #[cfg(feature = "metrics")]

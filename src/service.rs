@@ -128,7 +128,12 @@ where
                     return ResponseFuture::ready(response);
                 }
                 let origin = self.take_ready_origin();
-                let future = read::serve(self.state.clone(), origin, parts, body, primary, rule);
+                let state = self.state.clone();
+                if read::is_pass(&state, &parts, &primary) {
+                    let future = read::pass(state, origin, parts, body, primary, rule);
+                    return ResponseFuture::cached(Box::pin(Timed::new(future, span, started)));
+                }
+                let future = read::serve(state, origin, parts, body, primary, rule);
                 ResponseFuture::cached(Box::pin(Timed::new(future, span, started)))
             }
         }

@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+use crate::metrics::{label, Label};
+
 /// A snapshot of the cache's counters, from [`TieredCache::stats`](crate::TieredCache::stats).
 ///
 /// Counters are monotonic since the cache was created; `memory_entries` and `memory_bytes` are the
@@ -131,7 +133,7 @@ pub(crate) enum Counter {
 const COUNTERS: usize = Counter::EarlyRefreshes as usize + 1;
 
 /// `(metric, labels)` of a counter published under a metric (see [`crate::metrics`]).
-type Metric = (&'static str, &'static [(&'static str, &'static str)]);
+type Metric = (&'static str, &'static [Label]);
 
 impl Counter {
     /// The metric this counter is published as, if any.
@@ -139,19 +141,37 @@ impl Counter {
         const REQUESTS: &str = "tiered_cache_requests_total";
         const L2_ERRORS: &str = "tiered_cache_l2_errors_total";
         Some(match self {
-            Self::MemoryHits => (REQUESTS, &[("tier", "memory"), ("result", "hit")]),
-            Self::SharedHits => (REQUESTS, &[("tier", "redis"), ("result", "hit")]),
-            Self::StaleHits => (REQUESTS, &[("tier", "origin"), ("result", "stale")]),
-            Self::Misses => (REQUESTS, &[("tier", "origin"), ("result", "miss")]),
-            Self::Bypasses => (REQUESTS, &[("tier", "origin"), ("result", "bypass")]),
-            Self::Passes => (REQUESTS, &[("tier", "origin"), ("result", "pass")]),
+            Self::MemoryHits => (
+                REQUESTS,
+                const { &[label("tier", "memory"), label("result", "hit")] },
+            ),
+            Self::SharedHits => (
+                REQUESTS,
+                const { &[label("tier", "redis"), label("result", "hit")] },
+            ),
+            Self::StaleHits => (
+                REQUESTS,
+                const { &[label("tier", "origin"), label("result", "stale")] },
+            ),
+            Self::Misses => (
+                REQUESTS,
+                const { &[label("tier", "origin"), label("result", "miss")] },
+            ),
+            Self::Bypasses => (
+                REQUESTS,
+                const { &[label("tier", "origin"), label("result", "bypass")] },
+            ),
+            Self::Passes => (
+                REQUESTS,
+                const { &[label("tier", "origin"), label("result", "pass")] },
+            ),
             Self::LoaderCalls => ("tiered_cache_loader_calls_total", &[]),
             Self::CoalescedWaits => ("tiered_cache_coalesced_total", &[]),
             Self::Stores => ("tiered_cache_stores_total", &[]),
-            Self::L2Errors => (L2_ERRORS, &[("kind", "error")]),
-            Self::L2DecodeErrors => (L2_ERRORS, &[("kind", "decode")]),
-            Self::L2Skipped => (L2_ERRORS, &[("kind", "skipped")]),
-            Self::L2TooLarge => (L2_ERRORS, &[("kind", "too_large")]),
+            Self::L2Errors => (L2_ERRORS, const { &[label("kind", "error")] }),
+            Self::L2DecodeErrors => (L2_ERRORS, const { &[label("kind", "decode")] }),
+            Self::L2Skipped => (L2_ERRORS, const { &[label("kind", "skipped")] }),
+            Self::L2TooLarge => (L2_ERRORS, const { &[label("kind", "too_large")] }),
             Self::TagsDropped => ("tiered_cache_tags_dropped_total", &[]),
             Self::EarlyRefreshes => ("tiered_cache_early_refreshes_total", &[]),
             // By reason, where the reason is known (`metrics::not_stored`).

@@ -452,9 +452,12 @@ impl Exchange<'_> {
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        self.state
-            .passes
-            .refused(self.primary, reason, parts.status);
+        // A hit-for-pass exchange (`fwd=bypass`) is for a marked key, which keeps its mark.
+        if self.forward != Forward::Bypass {
+            self.state
+                .passes
+                .refused(self.primary, reason, parts.status);
+        }
         unshared(permit);
         if !parts.status.is_server_error() && !parts.status.is_informational() {
             self.forget_stale().await;

@@ -1,7 +1,8 @@
 //! The cached path of a GET or HEAD request, in the order a request takes it:
 //!
 //! 0. a key whose last response could not be stored goes straight to the origin for
-//!    `http.pass_ttl` (hit-for-pass, see [`pass`](super::pass));
+//!    `http.pass_ttl` (hit-for-pass, see [`pass`](super::pass)), in a future of its own
+//!    ([`pass`]);
 //! 1. [`look_up`]: what is stored for it (memory, then the shared tier; its `Vary` variant),
 //!    and what that entry may do for it (RFC 9111 §4);
 //! 2. fresh: answered from the cache;
@@ -64,20 +65,6 @@ where
     ResBody::Error: Into<BoxError>,
 {
     tracing::Span::current().record("key", primary.as_str());
-    let plain_get = parts.method == Method::GET && !parts.headers.contains_key(RANGE);
-    if plain_get && state.passes.is_marked(&primary) {
-        // Step 0, hit-for-pass: its last response could not be stored; no lookup, no waiting.
-        state.cache.count(Counter::Passes);
-        let exchange = Exchange {
-            state: &state,
-            rule: &rule,
-            primary: &primary,
-            variants: None,
-            stale: None,
-            forward: Forward::Bypass,
-        };
-        return exchange.fetch(origin, parts, body, None).await;
-    }
     let LookedUp { resolved, reuse } = look_up(&state, &parts, &primary).await;
     let stale = match answer_stored(&state, &parts, resolved.found, reuse) {
         FromStore::Fresh {
@@ -111,6 +98,46 @@ where
         },
     };
     forward(&exchange, origin, parts, body, reuse).await
+}
+
+/// Whether a request for `primary` takes step 0, hit-for-pass: a GET without `Range` for a key
+/// whose last response could not be stored.
+pub(crate) fn is_pass(state: &State, parts: &Parts, primary: &String) -> bool {
+    parts.method == Method::GET
+        && !parts.headers.contains_key(RANGE)
+        && state.passes.is_marked(primary)
+}
+
+/// Step 0, hit-for-pass ([`is_pass`]): straight to the origin, no lookup, no waiting. Its own
+/// future, much smaller than [`serve`]'s, since most requests of an API that is not cacheable
+/// take it. The answer is still judged, and stored when it may be.
+pub(crate) async fn pass<S, ReqBody, ResBody>(
+    state: Arc<State>,
+    origin: S,
+    parts: Parts,
+    body: ReqBody,
+    primary: String,
+    rule: Arc<Rule>,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    tracing::Span::current().record("key", primary.as_str());
+    state.cache.count(Counter::Passes);
+    let exchange = Exchange {
+        state: &state,
+        rule: &rule,
+        primary: &primary,
+        variants: None,
+        stale: None,
+        forward: Forward::Bypass,
+    };
+    exchange.fetch(origin, parts, body, None).await
 }
 
 /// What a stored entry does for a request.

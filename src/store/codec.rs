@@ -415,8 +415,6 @@ impl Codec {
         Ok(CachedEntry::from_parts(meta, body))
     }
 
-    /// [`Codec::decode`] for a shared-tier read: `None` for an entry past its own lifetime, which
-    /// a tier may still hold (expiry there is lazy, or coarser than milliseconds).
     /// Whether encoding `entry` compresses a body of [`BLOCKING_SIZE`] or more.
     pub(crate) fn is_slow_to_encode(&self, entry: &CachedEntry) -> bool {
         let len = entry.body().len();
@@ -430,6 +428,8 @@ impl Codec {
             && bytes.get(1).is_some_and(|flags| flags & FLAG_BROTLI != 0)
     }
 
+    /// [`Codec::decode_for`] for a shared-tier read: `None` for an entry past its own lifetime,
+    /// which a tier may still hold (expiry there is lazy, or coarser than milliseconds).
     pub(crate) fn decode_live(
         &self,
         bytes: &Bytes,
