@@ -25,7 +25,6 @@ use tower_tiered_cache::config::RouteConfig;
 use tower_tiered_cache::{CacheConfig, CacheLayer, TieredCache};
 
 #[path = "support/serve.rs"]
-#[allow(dead_code)] // the demo serves on one listener, without the worker threads
 mod serve;
 
 /// A handler that takes 200 ms, as a database query might; cacheable for a minute.
@@ -87,7 +86,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     // Up to `l2.connect_wait`: logs whether Redis is up; the demo serves either way.
     layer.wait_for_l2_at_start().await;
-    serve::serve(listener, app, serve::Timeouts::default(), shutdown_signal()).await;
+    let services = || app.clone();
+    serve::serve_workers(
+        listener,
+        1,
+        services,
+        serve::Timeouts::default(),
+        shutdown_signal(),
+    )
+    .await?;
     // In-flight requests have finished; give queued writes (if any) time to reach the origin.
     layer.shutdown(Duration::from_secs(30)).await;
     Ok(())

@@ -46,11 +46,11 @@ fn timeouts(header_read: Duration, idle: Duration) -> Timeouts {
 /// The proxy, memory only, in front of `origin`, with two workers as `cache_proxy` runs on two
 /// cores (one on the test's runtime, one on a thread of its own); its address.
 async fn start_proxy(origin: SocketAddr, timeouts: Timeouts) -> SocketAddr {
-    let listeners = server::serve::reuseport_listeners(([127, 0, 0, 1], 0).into(), 2).unwrap();
-    let addr = listeners[0].local_addr().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     let upstream = format!("http://{origin}").parse().unwrap();
     let proxy = Proxy::new(&upstream, CacheConfig::default()).unwrap();
-    tokio::spawn(proxy.serve_workers(listeners, timeouts, std::future::pending()));
+    tokio::spawn(proxy.serve_workers(listener, 2, timeouts, std::future::pending()));
     addr
 }
 
@@ -326,11 +326,12 @@ async fn a_half_sent_request_header_is_closed_after_the_header_read_timeout() {
 async fn without_the_cache_every_request_reaches_the_origin() {
     let origin = VirtualHosts::default();
     let upstream = format!("http://{}", origin.start().await).parse().unwrap();
-    let listeners = server::serve::reuseport_listeners(([127, 0, 0, 1], 0).into(), 2).unwrap();
-    let proxy = listeners[0].local_addr().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
     tokio::spawn(server::serve_uncached(
         upstream,
-        listeners,
+        listener,
+        2,
         Timeouts::default(),
         std::future::pending(),
     ));

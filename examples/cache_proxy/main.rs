@@ -60,8 +60,8 @@ struct Args {
     /// baseline for benchmarks (`scripts/bench-proxy.sh`). The configuration is not read.
     #[arg(long)]
     no_cache: bool,
-    /// Worker threads, each serving its own connections start to end on a single-threaded
-    /// runtime (the listening port is shared with SO_REUSEPORT); default: one per core.
+    /// Worker threads, each serving the connections dealt to it start to end on a
+    /// single-threaded runtime; default: one per core.
     #[arg(long, env = "PROXY_WORKERS")]
     workers: Option<usize>,
     /// HTTP/1: time a client has to send a whole request head (0s: no limit).
@@ -111,12 +111,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn run(args: Args, workers: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let listeners = server::serve::reuseport_listeners(args.listen, workers)?;
-    let listen = listeners[0].local_addr()?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let listen = listener.local_addr()?;
     if args.no_cache {
         tracing::info!(%listen, upstream = %args.upstream, workers, "proxy without cache ready");
         let timeouts = args.timeouts();
-        server::serve_uncached(args.upstream, listeners, timeouts, shutdown_signal()).await?;
+        server::serve_uncached(
+            args.upstream,
+            listener,
+            workers,
+            timeouts,
+            shutdown_signal(),
+        )
+        .await?;
         return Ok(());
     }
     let mut config = match &args.config {
@@ -130,7 +137,7 @@ async fn run(args: Args, workers: usize) -> Result<(), Box<dyn std::error::Error
     let proxy = Proxy::new(&args.upstream, config)?;
     tracing::info!(%listen, upstream = %args.upstream, workers, "cache proxy ready");
     proxy
-        .serve_workers(listeners, args.timeouts(), shutdown_signal())
+        .serve_workers(listener, workers, args.timeouts(), shutdown_signal())
         .await?;
     Ok(())
 }

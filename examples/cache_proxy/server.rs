@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -18,6 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_tiered_cache::config::WriteMode;
 use tower_tiered_cache::{remove_hop_by_hop, CacheConfig, CacheLayer, CacheService};
@@ -81,13 +81,14 @@ impl Proxy {
         })
     }
 
-    /// Serves on `listeners`, one worker each ([`serve::serve_workers`]), until `shutdown`
+    /// Serves on `listener` with `workers` workers ([`serve::serve_workers`]) until `shutdown`
     /// resolves; then lets open connections finish and drains the write-behind queue. Every
     /// worker has the one cache and an upstream pool of its own, so that a request and its
     /// upstream connection stay on one thread.
     pub async fn serve_workers(
         self,
-        listeners: Vec<TcpListener>,
+        listener: TcpListener,
+        workers: usize,
         timeouts: Timeouts,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
@@ -107,7 +108,7 @@ impl Proxy {
                 .unwrap_or_else(|| layer.layer(Upstream::new(scheme.clone(), authority.clone())));
             tower::service_fn(move |request| proxy(cache.clone(), request))
         };
-        let served = serve::serve_workers(listeners, services, timeouts, shutdown).await;
+        let served = serve::serve_workers(listener, workers, services, timeouts, shutdown).await;
         layer.shutdown(WRITE_BEHIND_DRAIN).await;
         served
     }
@@ -201,12 +202,13 @@ fn host_of(authority: &Authority) -> Option<HeaderValue> {
 type Cached = CacheService<Upstream<Incoming>>;
 type ProxyBody = BoxBody<Bytes, BoxError>;
 
-/// Serves on `listeners` like [`Proxy::serve_workers`], with no cache between the clients and
+/// Serves on `listener` like [`Proxy::serve_workers`], with no cache between the clients and
 /// `upstream`: the same server, upstream client and header handling, for benchmarks to tell
 /// the cache's cost from the proxy's (`cache_proxy --no-cache`).
 pub async fn serve_uncached(
     upstream: Uri,
-    listeners: Vec<TcpListener>,
+    listener: TcpListener,
+    workers: usize,
     timeouts: Timeouts,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProxyError> {
@@ -219,7 +221,7 @@ pub async fn serve_uncached(
         let upstream = Upstream::<Incoming>::new(scheme.clone(), authority.clone());
         tower::service_fn(move |request| proxy(upstream.clone(), request))
     };
-    serve::serve_workers(listeners, services, timeouts, shutdown).await?;
+    serve::serve_workers(listener, workers, services, timeouts, shutdown).await?;
     Ok(())
 }
 

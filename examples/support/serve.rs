@@ -30,7 +30,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tower::{BoxError, Service, ServiceExt};
 
@@ -66,36 +66,24 @@ impl Default for Timeouts {
     }
 }
 
-/// Serves `service` on `listener` until `shutdown` resolves, then lets open connections finish
-/// for up to [`DRAIN_TIMEOUT`].
-pub async fn serve<S, B>(
-    listener: TcpListener,
-    service: S,
-    timeouts: Timeouts,
+/// Accepts connections on `listener` and hands each to `accepted` until `shutdown` resolves;
+/// a failed `accept` pauses the loop ([`AcceptBackoff`]).
+async fn accept_until(
+    listener: &TcpListener,
     shutdown: impl Future<Output = ()>,
-) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    let builder = builder(&timeouts);
-    let graceful = GracefulShutdown::new();
+    mut accepted: impl FnMut(TcpStream),
+) {
     let mut backoff = AcceptBackoff::default();
     tokio::pin!(shutdown);
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let result = tokio::select! {
+            result = listener.accept() => result,
             () = &mut shutdown => break,
         };
-        match accepted {
+        match result {
             Ok((stream, _)) => {
                 backoff.accepted();
-                spawn_connection(&builder, &graceful, stream, service.clone(), timeouts.idle);
+                accepted(stream);
             }
             Err(err) => {
                 let verdict = backoff.failed(Instant::now());
@@ -109,6 +97,10 @@ pub async fn serve<S, B>(
             }
         }
     }
+}
+
+/// Lets open connections finish, for up to [`DRAIN_TIMEOUT`].
+async fn drain(graceful: GracefulShutdown) {
     tracing::info!("shutting down: finishing open connections");
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
@@ -118,37 +110,24 @@ pub async fn serve<S, B>(
     }
 }
 
-/// Listeners for `addr`, one per worker, sharing the port with `SO_REUSEPORT` so that the
-/// kernel spreads connections over them (the first one's port, when `addr` asks for port 0).
-#[cfg(unix)]
-pub fn reuseport_listeners(
-    addr: std::net::SocketAddr,
-    workers: usize,
-) -> std::io::Result<Vec<std::net::TcpListener>> {
-    use socket2::{Domain, Socket, Type};
-    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(workers);
-    let mut addr = addr;
-    for _ in 0..workers.max(1) {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(1024)?;
-        let listener = std::net::TcpListener::from(socket);
-        addr = listener.local_addr()?;
-        listeners.push(listener);
-    }
-    Ok(listeners)
+/// One worker's side of [`serve_workers`]: the connections dealt to it, and how many of them
+/// are open.
+struct Worker {
+    streams: mpsc::UnboundedSender<std::net::TcpStream>,
+    open: Arc<AtomicUsize>,
 }
 
-/// [`serve`] with one worker per listener: the first on the current runtime, each other on a
-/// thread of its own with a single-threaded runtime, and `services` giving each its service.
-/// Like nginx's worker processes, a worker runs its connections start to end: no task moves
-/// between threads and no thread wakes another for a request. Shutdown reaches every worker,
-/// and this returns once all have finished.
+/// Serves on `listener` until `shutdown` resolves, then lets open connections finish for up to
+/// [`DRAIN_TIMEOUT`]. `workers` workers serve: the first on the current runtime, each other on a thread
+/// of its own with a single-threaded runtime, and `services` giving each its service. Like
+/// nginx's worker processes, a worker runs its connections start to end: no task moves between
+/// threads and no thread wakes another for a request. One loop accepts, and deals each
+/// connection to the worker with the fewest open (the first of them, round robin among equals),
+/// so that the workers share the load evenly however the clients' ports hash. Shutdown stops
+/// accepting; every worker lets its connections finish, and this returns once all have.
 pub async fn serve_workers<S, B>(
-    listeners: Vec<std::net::TcpListener>,
+    listener: TcpListener,
+    workers: usize,
     mut services: impl FnMut() -> S,
     timeouts: Timeouts,
     shutdown: impl Future<Output = ()>,
@@ -163,46 +142,102 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let mut listeners = listeners.into_iter();
-    let Some(first) = listeners.next() else {
-        return Ok(());
-    };
-    let (stop, stopped) = watch::channel(false);
-    let mut workers = Vec::new();
-    for (index, listener) in listeners.enumerate() {
+    let mut dealt = Vec::new();
+    let mut threads = Vec::new();
+    let (first, first_streams) = worker();
+    let first_open = first.open.clone();
+    dealt.push(first);
+    for index in 1..workers.max(1) {
+        let (side, streams) = worker();
+        let open = side.open.clone();
+        dealt.push(side);
         let service = services();
-        let mut stopped = stopped.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let worker = std::thread::Builder::new()
-            .name(format!("worker-{}", index + 1))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => {
-                            let stop = async move {
-                                let _ = stopped.wait_for(|stop| *stop).await;
-                            };
-                            serve(listener, service, timeouts, stop).await;
-                        }
-                        Err(err) => tracing::error!(error = %err, "worker cannot listen"),
-                    }
-                });
-            })?;
-        workers.push(worker);
+        let thread = std::thread::Builder::new()
+            .name(format!("worker-{index}"))
+            .spawn(move || runtime.block_on(run_worker(streams, open, service, timeouts)))?;
+        threads.push(thread);
     }
-    let first = TcpListener::from_std(first)?;
-    serve(first, services(), timeouts, shutdown).await;
-    let _ = stop.send(true);
-    // The other workers drain their connections (up to DRAIN_TIMEOUT) on their own threads.
+    let local = tokio::spawn(run_worker(first_streams, first_open, services(), timeouts));
+    let mut next = 0;
+    accept_until(&listener, shutdown, |stream| {
+        let Ok(stream) = stream.into_std() else {
+            return;
+        };
+        let count = dealt.len();
+        let chosen = (0..count)
+            .map(|offset| (next + offset) % count)
+            .min_by_key(|index| dealt[*index].open.load(Ordering::Acquire))
+            .unwrap_or(0);
+        next = (chosen + 1) % count;
+        dealt[chosen].open.fetch_add(1, Ordering::AcqRel);
+        if let Err(err) = dealt[chosen].streams.send(stream) {
+            dealt[chosen].open.fetch_sub(1, Ordering::AcqRel);
+            drop(err);
+            tracing::error!(worker = chosen, "worker is gone; connection closed");
+        }
+    })
+    .await;
+    // Closing the channels tells every worker that no connection will come.
+    drop(dealt);
+    let _ = local.await;
     let _ = tokio::task::spawn_blocking(move || {
-        for worker in workers {
-            let _ = worker.join();
+        for thread in threads {
+            let _ = thread.join();
         }
     })
     .await;
     Ok(())
+}
+
+/// One open connection of a worker, counted until it is dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn worker() -> (Worker, mpsc::UnboundedReceiver<std::net::TcpStream>) {
+    let (streams, received) = mpsc::unbounded_channel();
+    let open = Arc::new(AtomicUsize::new(0));
+    (Worker { streams, open }, received)
+}
+
+/// Serves the connections dealt to this worker, on its runtime, until no more can come; then
+/// lets them finish.
+async fn run_worker<S, B>(
+    mut streams: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    open: Arc<AtomicUsize>,
+    service: S,
+    timeouts: Timeouts,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let builder = builder(&timeouts);
+    let graceful = GracefulShutdown::new();
+    while let Some(stream) = streams.recv().await {
+        // The connection's task holds its count until it ends.
+        let counted = Open(open.clone());
+        match TcpStream::from_std(stream) {
+            Ok(stream) => {
+                let idle = timeouts.idle;
+                spawn_connection(&builder, &graceful, stream, service.clone(), idle, counted);
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot serve a connection"),
+        }
+    }
+    drain(graceful).await;
 }
 
 fn builder(timeouts: &Timeouts) -> auto::Builder<TokioExecutor> {
@@ -226,6 +261,7 @@ fn spawn_connection<S, B>(
     stream: TcpStream,
     service: S,
     idle: Option<Duration>,
+    held: impl Send + 'static,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
@@ -255,6 +291,8 @@ fn spawn_connection<S, B>(
         .into_owned();
     let connection = graceful.watch(connection);
     tokio::spawn(async move {
+        // Whatever the caller counts the connection by lives as long as it does.
+        let _held = held;
         tokio::select! {
             result = connection => {
                 if let Err(err) = result {
