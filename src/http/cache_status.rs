@@ -96,7 +96,10 @@ impl Status {
     }
 
     fn render(&self, name: &str) -> String {
-        let mut value = name.to_owned();
+        use std::fmt::Write;
+        // Room for the longest members this cache writes: one allocation, no growth.
+        let mut value = String::with_capacity(name.len() + 64);
+        value.push_str(name);
         if self.hit {
             value.push_str("; hit");
         }
@@ -105,7 +108,8 @@ impl Status {
             value.push_str(forward.as_str());
         }
         if let Some(status) = self.forward_status {
-            value.push_str(&format!("; fwd-status={status}"));
+            // Writing to a String cannot fail.
+            let _ = write!(value, "; fwd-status={status}");
         }
         if self.stored {
             value.push_str("; stored");
@@ -132,7 +136,8 @@ impl Status {
         &self,
         name: &str,
     ) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
-        HeaderValue::from_str(&self.render(name))
+        // The rendered string becomes the value's bytes as it is, without a copy.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(self.render(name)))
     }
 }
 
