@@ -20,7 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_tiered_cache::config::WriteMode;
-use tower_tiered_cache::{remove_hop_by_hop, CacheConfig, CacheLayer, CacheService};
+use tower_tiered_cache::{remove_hop_by_hop, CacheConfig, CacheLayer};
 
 #[path = "../support/serve.rs"]
 pub mod serve;
@@ -49,7 +49,6 @@ pub enum ProxyError {
 /// The cache in front of the upstream, ready to serve.
 pub struct Proxy {
     layer: CacheLayer,
-    cache: Cached,
     scheme: Scheme,
     authority: Authority,
 }
@@ -57,11 +56,7 @@ pub struct Proxy {
 impl Proxy {
     /// A cache configured by `config` in front of `upstream` (`http://host:port`).
     pub fn new(upstream: &Uri, config: CacheConfig) -> Result<Self, ProxyError> {
-        let authority = upstream
-            .authority()
-            .cloned()
-            .ok_or_else(|| ProxyError::UpstreamWithoutHost(upstream.clone()))?;
-        let scheme = upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
+        let (scheme, authority) = target(upstream)?;
         let writes_behind = config
             .route
             .iter()
@@ -72,10 +67,8 @@ impl Proxy {
             let replay = Upstream::<Full<Bytes>>::new(scheme.clone(), authority.clone());
             layer = layer.write_behind_to(replay)?;
         }
-        let cache = layer.layer(Upstream::new(scheme.clone(), authority.clone()));
         Ok(Self {
             layer,
-            cache,
             scheme,
             authority,
         })
@@ -97,15 +90,11 @@ impl Proxy {
         self.layer.wait_for_l2_at_start().await;
         let Self {
             layer,
-            cache,
             scheme,
             authority,
         } = self;
-        let mut first = Some(cache);
         let services = || {
-            let cache = first
-                .take()
-                .unwrap_or_else(|| layer.layer(Upstream::new(scheme.clone(), authority.clone())));
+            let cache = layer.layer(Upstream::new(scheme.clone(), authority.clone()));
             tower::service_fn(move |request| proxy(cache.clone(), request))
         };
         let served = serve::serve_workers(listener, workers, services, timeouts, shutdown).await;
@@ -190,6 +179,18 @@ where
     }
 }
 
+/// The scheme (HTTP unless given) and authority requests are sent to, from `--upstream`.
+fn target(upstream: &Uri) -> Result<(Scheme, Authority), ProxyError> {
+    let authority = upstream
+        .authority()
+        .cloned()
+        .ok_or_else(|| ProxyError::UpstreamWithoutHost(upstream.clone()))?;
+    Ok((
+        upstream.scheme().cloned().unwrap_or(Scheme::HTTP),
+        authority,
+    ))
+}
+
 /// `authority` as a Host value: host and port, without any userinfo.
 fn host_of(authority: &Authority) -> Option<HeaderValue> {
     let host = match authority.port() {
@@ -199,7 +200,6 @@ fn host_of(authority: &Authority) -> Option<HeaderValue> {
     HeaderValue::from_str(&host).ok()
 }
 
-type Cached = CacheService<Upstream<Incoming>>;
 type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Serves on `listener` like [`Proxy::serve_workers`], with no cache between the clients and
@@ -212,11 +212,7 @@ pub async fn serve_uncached(
     timeouts: Timeouts,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProxyError> {
-    let authority = upstream
-        .authority()
-        .cloned()
-        .ok_or(ProxyError::UpstreamWithoutHost(upstream.clone()))?;
-    let scheme = upstream.scheme().cloned().unwrap_or(Scheme::HTTP);
+    let (scheme, authority) = target(&upstream)?;
     let services = || {
         let upstream = Upstream::<Incoming>::new(scheme.clone(), authority.clone());
         tower::service_fn(move |request| proxy(upstream.clone(), request))

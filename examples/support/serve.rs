@@ -143,28 +143,33 @@ where
     B::Error: Into<BoxError>,
 {
     let mut dealt = Vec::new();
+    let mut local = None;
     let mut threads = Vec::new();
-    let (first, first_streams) = worker();
-    let first_open = first.open.clone();
-    dealt.push(first);
-    for index in 1..workers.max(1) {
-        let (side, streams) = worker();
-        let open = side.open.clone();
-        dealt.push(side);
-        let service = services();
+    for index in 0..workers.max(1) {
+        let (streams, received) = mpsc::unbounded_channel();
+        let open = Arc::new(AtomicUsize::new(0));
+        dealt.push(Worker {
+            streams,
+            open: open.clone(),
+        });
+        let work = run_worker(received, open, services(), timeouts);
+        if index == 0 {
+            local = Some(tokio::spawn(work));
+            continue;
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let thread = std::thread::Builder::new()
             .name(format!("worker-{index}"))
-            .spawn(move || runtime.block_on(run_worker(streams, open, service, timeouts)))?;
+            .spawn(move || runtime.block_on(work))?;
         threads.push(thread);
     }
-    let local = tokio::spawn(run_worker(first_streams, first_open, services(), timeouts));
     let mut next = 0;
     accept_until(&listener, shutdown, |stream| {
-        let Ok(stream) = stream.into_std() else {
-            return;
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => return tracing::warn!(error = %err, "cannot hand a connection over"),
         };
         let count = dealt.len();
         let chosen = (0..count)
@@ -182,7 +187,9 @@ where
     .await;
     // Closing the channels tells every worker that no connection will come.
     drop(dealt);
-    let _ = local.await;
+    if let Some(local) = local {
+        let _ = local.await;
+    }
     let _ = tokio::task::spawn_blocking(move || {
         for thread in threads {
             let _ = thread.join();
@@ -199,12 +206,6 @@ impl Drop for Open {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-fn worker() -> (Worker, mpsc::UnboundedReceiver<std::net::TcpStream>) {
-    let (streams, received) = mpsc::unbounded_channel();
-    let open = Arc::new(AtomicUsize::new(0));
-    (Worker { streams, open }, received)
 }
 
 /// Serves the connections dealt to this worker, on its runtime, until no more can come; then
