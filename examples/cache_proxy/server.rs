@@ -29,6 +29,13 @@ pub use serve::Timeouts;
 
 const VIA_VALUE: &str = "1.1 tiered-cache";
 
+/// How long an upstream connection may sit idle in the pool before it is closed rather than
+/// reused: under the 5 s after which Node.js and Apache close an idle keep-alive connection.
+/// Reusing a connection the upstream is closing at that moment fails the request ("connection
+/// closed before message completed", a `502` here), which the client cannot retry once it has
+/// written the request.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// How long queued writes (write-behind) may take to reach the upstream at shutdown.
 const WRITE_BEHIND_DRAIN: Duration = Duration::from_secs(30);
 
@@ -132,7 +139,7 @@ where
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
             .build(connector);
         Self {
             client: Arc::new(client),
@@ -229,7 +236,7 @@ async fn proxy<S, B>(
 ) -> Result<Response<ProxyBody>, Infallible>
 where
     S: Service<Request<Incoming>, Response = Response<B>>,
-    S::Error: std::fmt::Display,
+    S::Error: std::error::Error,
     B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
@@ -251,7 +258,7 @@ where
             ))
         }
         Err(err) => {
-            tracing::warn!(error = %err, "upstream request failed");
+            tracing::warn!(error = %chain(&err), "upstream request failed");
             let body = Full::new(Bytes::from_static(b"bad gateway\n"))
                 .map_err(|never| match never {})
                 .boxed();
@@ -260,6 +267,19 @@ where
             Ok(response)
         }
     }
+}
+
+/// `err` and every error under it, outermost first: the client's own message ("client error
+/// (SendRequest)") does not say what happened to the connection.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn prepare(headers: &mut HeaderMap) {
