@@ -39,7 +39,9 @@ use crate::tee::{Completion, Tee};
 pub(crate) struct Exchange<'a> {
     pub(crate) state: &'a Arc<State>,
     pub(crate) rule: &'a Arc<Rule>,
-    pub(crate) primary: &'a str,
+    /// The request's primary key (`String`, as the hit-for-pass map is keyed, so that it is
+    /// looked up there without a copy).
+    pub(crate) primary: &'a String,
     pub(crate) variants: Option<&'a Variants>,
     /// The stored response being validated, if any.
     pub(crate) stale: Option<&'a Found>,
@@ -452,12 +454,9 @@ impl Exchange<'_> {
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        // A hit-for-pass exchange (`fwd=bypass`) is for a marked key, which keeps its mark.
-        if self.forward != Forward::Bypass {
-            self.state
-                .passes
-                .refused(self.primary, reason, parts.status);
-        }
+        self.state
+            .passes
+            .refused(self.primary, reason, parts.status);
         unshared(permit);
         if !parts.status.is_server_error() && !parts.status.is_informational() {
             self.forget_stale().await;

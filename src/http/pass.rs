@@ -48,26 +48,25 @@ impl Passes {
     /// Records why `key`'s response, of `status`, was not stored: marks it when the response
     /// itself says so and is a final answer that is no server error (a 5xx or a 1xx says nothing
     /// about the next response, and a stale entry may still answer for it).
-    pub(crate) fn refused(&self, key: &str, reason: NotStored, status: StatusCode) {
+    #[allow(clippy::ptr_arg)] // the map is keyed by `String`: looked up without a copy
+    pub(crate) fn refused(&self, key: &String, reason: NotStored, status: StatusCode) {
         let lasting = !status.is_server_error() && !status.is_informational();
         let Some(keys) = self.keys.as_ref().filter(|_| lasting && marks(reason)) else {
             return;
         };
-        // A marked key keeps its mark's time: it is not written again on every pass, and once
-        // `http.pass_ttl` is over, one request looks the key up again and marks it anew.
-        let key = key.to_owned();
-        if !keys.contains_key(&key) {
-            keys.insert(key, ());
+        // A marked key keeps its mark's time: it is not written again on every pass (a
+        // hit-for-pass answer refused again only costs this lookup), and once `http.pass_ttl`
+        // is over, one request looks the key up again and marks it anew.
+        if !keys.contains_key(key) {
+            keys.insert(key.clone(), ());
         }
     }
 
     /// `key`'s response was stored: it is cacheable again.
-    pub(crate) fn admitted(&self, key: &str) {
-        if let Some(keys) = &self.keys {
-            let key = key.to_owned();
-            if keys.contains_key(&key) {
-                keys.invalidate(&key);
-            }
+    #[allow(clippy::ptr_arg)] // the map is keyed by `String`: looked up without a copy
+    pub(crate) fn admitted(&self, key: &String) {
+        if let Some(keys) = self.keys.as_ref().filter(|keys| keys.contains_key(key)) {
+            keys.invalidate(key);
         }
     }
 }
