@@ -55,7 +55,7 @@ use crate::http::buffer::{read_body, Unread};
 use crate::http::cache_status::{Forward, Status};
 use crate::http::policy;
 use crate::store::coalesce::Coalescer;
-use crate::store::{CachedEntry, Fill, FillOptions, FillPermit, TieredCache};
+use crate::store::{CachedEntry, Fill, FillOptions, FillPermit, Kept, TieredCache};
 
 /// A gRPC message's prefix: a compression flag and a 32-bit length.
 const FRAME_HEADER: u64 = 5;
@@ -281,6 +281,8 @@ where
     };
 
     let body = ReqBody::from_bytes(message);
+    // Taken before the origin is asked: an invalidation while it answers outdates the answer.
+    let ticket = state.cache.ticket();
     let (mut response_parts, response_body) = origin
         .call(Request::from_parts(parts, body))
         .await?
@@ -294,10 +296,18 @@ where
         Buffered::TooLarge { prefix, rest } => (CacheBody::prefixed(prefix, rest), None),
         Buffered::Failed { prefix, error } => (CacheBody::failed(prefix, error), None),
     };
-    if let Some(entry) = &entry {
-        state.cache.set(&key, entry.clone()).await;
-        status.stored = true;
-    }
+    let entry = match entry {
+        Some(entry) => match state.cache.store(&key, &entry, ticket).await {
+            Kept::Stored => {
+                status.stored = true;
+                Some(entry)
+            }
+            Kept::Unstorable => Some(entry),
+            // Not for the calls waiting: they may have come after the invalidation.
+            Kept::Outdated => None,
+        },
+        None => None,
+    };
     let shared = entry.ok_or(Arc::new(Unshared));
     if let Some(lock) = permit.and_then(|permit| permit.finish(shared)) {
         lock.release().await;

@@ -31,6 +31,10 @@ pub struct Stats {
     pub stores: u64,
     /// Entries not stored because they were larger than `http.max_entry_size` or already expired.
     pub store_skips: u64,
+    /// Fills not stored (or not written to the shared tier) because an invalidation of their
+    /// key, a tag, a prefix or everything came after they began: what they loaded may be older
+    /// than it (metric `tiered_cache_outdated_total`).
+    pub outdated: u64,
     /// Memory entries dropped by the capacity bound or by `l1.max_ttl` (approximate).
     pub memory_evictions: u64,
     /// Memory entries found past their own lifetime and removed on read.
@@ -127,6 +131,7 @@ pub(crate) enum Counter {
     TagsDropped,
     NotStored,
     Passes,
+    Outdated,
     EarlyRefreshes,
 }
 
@@ -173,6 +178,7 @@ impl Counter {
             Self::L2Skipped => (L2_ERRORS, const { &[label("kind", "skipped")] }),
             Self::L2TooLarge => (L2_ERRORS, const { &[label("kind", "too_large")] }),
             Self::TagsDropped => ("tiered_cache_tags_dropped_total", &[]),
+            Self::Outdated => ("tiered_cache_outdated_total", &[]),
             Self::EarlyRefreshes => ("tiered_cache_early_refreshes_total", &[]),
             // By reason, where the reason is known (`metrics::not_stored`).
             Self::NotStored
@@ -216,6 +222,7 @@ impl Counters {
             coalesced_waits: self.get(Counter::CoalescedWaits),
             stores: self.get(Counter::Stores),
             store_skips: self.get(Counter::StoreSkips),
+            outdated: self.get(Counter::Outdated),
             memory_expirations: self.get(Counter::MemoryExpirations),
             l2_errors: self.get(Counter::L2Errors),
             l2_decode_errors: self.get(Counter::L2DecodeErrors),

@@ -36,6 +36,8 @@ pub(crate) enum NotStored {
     PartMismatch,
     /// The resource has `http.max_variants` variants already.
     Variants,
+    /// An invalidation of the key, a tag, a prefix or everything came after the fill began.
+    Outdated,
 }
 
 impl NotStored {
@@ -47,6 +49,7 @@ impl NotStored {
             Self::Incomplete => "incomplete",
             Self::PartMismatch => "part_mismatch",
             Self::Variants => "variants",
+            Self::Outdated => "outdated",
         }
     }
 }

@@ -6,9 +6,10 @@ use std::time::SystemTime;
 
 use http::HeaderMap;
 
+use super::admit::NotStored;
 use super::variants::{self, Found, Placed, Placement, Resolved, Stored, Variants, VARIANTS};
 use crate::store::codec::Reading;
-use crate::store::{CachedEntry, FillPermit, Source, TieredCache};
+use crate::store::{CachedEntry, FillPermit, Source, Ticket, TieredCache};
 
 /// A stored response shared with the requests that waited for it.
 #[derive(Clone)]
@@ -89,23 +90,31 @@ pub(crate) async fn resolve_for(
     }
 }
 
-/// Stores `entry` where `placement` puts it — in memory now, in the shared tier in the
-/// background — and finishes `permit` with it: the requests waiting get it at once, and the
-/// shared lock is released once the shared tier has it. `None` when the entry has no place (too
-/// many variants); the waiting requests then ask the origin themselves.
+/// Stores `entry`, filled under `ticket`, where `placement` puts it — in memory now, in the
+/// shared tier in the background — and finishes `permit` with it: the requests waiting get it
+/// at once, and the shared lock is released once the shared tier has it. Not stored when the
+/// entry has no place (too many variants) or an invalidation overtook the fill; the waiting
+/// requests then ask the origin themselves.
 pub(crate) fn store(
     cache: &TieredCache,
     placement: Placement<'_>,
     entry: &CachedEntry,
     permit: Option<Permit>,
-) -> Option<Stored> {
-    let Some(Placed { writes, stored }) = variants::place(placement, entry) else {
+    ticket: Ticket,
+) -> Result<Stored, NotStored> {
+    let unshared = |permit: Option<Permit>| {
         if let Some(permit) = permit {
             drop(permit.finish(Err(Arc::new(Unshared))));
         }
-        return None;
     };
-    let writes = cache.store_in_memory_now(writes);
+    let Some(Placed { writes, stored }) = variants::place(placement, entry) else {
+        unshared(permit);
+        return Err(NotStored::Variants);
+    };
+    let Ok(writes) = cache.store_in_memory_now(writes, ticket) else {
+        unshared(permit);
+        return Err(NotStored::Outdated);
+    };
     let lock = permit.and_then(|permit| {
         permit.finish(Ok(Fetched {
             entry: entry.clone(),
@@ -113,8 +122,8 @@ pub(crate) fn store(
             source: Source::Memory,
         }))
     });
-    cache.store_shared_later(writes, lock);
-    Some(stored)
+    cache.store_shared_later(writes, lock, ticket);
+    Ok(stored)
 }
 
 #[cfg(test)]
@@ -154,6 +163,7 @@ mod tests {
             placement(&request("gzip"), None),
             &response("gz"),
             None,
+            cache.ticket(),
         );
         let known = resolve(&cache, "p", &request("br")).await;
         assert!(known.found.is_none());
@@ -162,6 +172,7 @@ mod tests {
             placement(&request("br"), known.variants.as_ref()),
             &response("br"),
             None,
+            cache.ticket(),
         );
 
         let gzip = resolve(&cache, "p", &request("gzip")).await.found.unwrap();
@@ -178,6 +189,7 @@ mod tests {
             placement(&request("gzip"), None),
             &response("gz"),
             None,
+            cache.ticket(),
         );
         cache.invalidate("p").await.unwrap();
         assert!(resolve(&cache, "p", &request("gzip")).await.found.is_none());
@@ -188,6 +200,7 @@ mod tests {
             placement(&request("br"), None),
             &response("br"),
             None,
+            cache.ticket(),
         );
         assert!(resolve(&cache, "p", &request("gzip")).await.found.is_none());
     }
@@ -210,8 +223,9 @@ mod tests {
                 },
                 &response("x"),
                 None,
+                cache.ticket(),
             );
-            assert_eq!(stored.is_some(), encoding != "d", "{encoding}");
+            assert_eq!(stored.is_ok(), encoding != "d", "{encoding}");
         }
         assert!(resolve(&cache, "p", &request("c")).await.found.is_some());
         assert!(resolve(&cache, "p", &request("d")).await.found.is_none());

@@ -32,7 +32,7 @@ use super::state::{Received, State, Times};
 use super::variants::{Found, Placement, Variants};
 use crate::body::{BoxError, CacheBody};
 use crate::framing;
-use crate::store::CachedEntry;
+use crate::store::{CachedEntry, Ticket};
 use crate::tee::{Completion, Tee};
 
 /// One exchange with the origin for a request the cache could not answer.
@@ -121,6 +121,7 @@ impl Exchange<'_> {
     {
         let client_headers = parts.headers.clone();
         self.state.to_origin(&mut parts.headers);
+        let ticket = self.state.cache.ticket();
         let request_time = SystemTime::now();
         let request = Request::from_parts(parts, body);
         let response = match self.call_origin(&mut origin, request).await {
@@ -140,8 +141,12 @@ impl Exchange<'_> {
             },
             _ => return Ok(self.streamed(parts, body)),
         };
+        let fill = Fill {
+            ticket,
+            permit: None,
+        };
         Ok(self
-            .admitted(parts, body, &client_headers, times, representation, None)
+            .admitted(parts, body, &client_headers, times, representation, fill)
             .await)
     }
 
@@ -248,6 +253,8 @@ impl Exchange<'_> {
         ResBody::Error: Into<BoxError>,
     {
         let client_headers = self.to_origin(&mut parts);
+        // Taken before the origin is asked: an invalidation while it answers outdates it.
+        let ticket = self.state.cache.ticket();
         let request_time = SystemTime::now();
         let request = Request::from_parts(parts, body);
         let response = match self.call_origin(&mut origin, request).await {
@@ -279,18 +286,20 @@ impl Exchange<'_> {
         Ok(match self.stale {
             Some(stale) if response_parts.status == StatusCode::NOT_MODIFIED => {
                 let not_modified = &response_parts.headers;
-                self.refresh(stale, not_modified, headers, times, permit)
+                let fill = Fill { ticket, permit };
+                self.refresh(stale, not_modified, headers, times, fill)
                     .await
             }
             _ => {
                 let complete = Representation::Complete;
+                let fill = Fill { ticket, permit };
                 self.admitted(
                     response_parts,
                     response_body,
                     headers,
                     times,
                     complete,
-                    permit,
+                    fill,
                 )
                 .await
             }
@@ -320,7 +329,7 @@ impl Exchange<'_> {
         not_modified: &HeaderMap,
         client_headers: &HeaderMap,
         times: Times,
-        permit: Option<Permit>,
+        fill: Fill,
     ) -> Response<CacheBody<B>> {
         let stored = &stale.lookup.entry;
         let mut headers = stored.headers().clone();
@@ -346,11 +355,11 @@ impl Exchange<'_> {
         });
         let entry = match admitted {
             Ok(entry) => {
-                status.stored = self.store(&entry, client_headers, permit);
+                status.stored = self.store(&entry, client_headers, fill);
                 entry
             }
             Err(_) => {
-                unshared(permit);
+                unshared(fill.permit);
                 self.forget_stale().await;
                 self.served_once(stored, headers, times)
             }
@@ -392,7 +401,7 @@ impl Exchange<'_> {
         client_headers: &HeaderMap,
         times: Times,
         representation: Representation,
-        permit: Option<Permit>,
+        fill: Fill,
     ) -> Response<CacheBody<B>>
     where
         B: Body<Data = Bytes> + Unpin + Send + 'static,
@@ -416,7 +425,7 @@ impl Exchange<'_> {
                 self.state.passes.admitted(self.primary);
                 admission
             }
-            Err(reason) => return self.not_stored(reason, parts, body, permit).await,
+            Err(reason) => return self.not_stored(reason, parts, body, fill.permit).await,
         };
         let mut status = Status::forward(self.forward);
         status.forward_status = Some(parts.status.as_u16());
@@ -427,7 +436,7 @@ impl Exchange<'_> {
             request_headers: client_headers.clone(),
             variants: self.variants.cloned(),
             new_variant: self.stale.is_none(),
-            permit,
+            fill,
         };
         let tee = Tee::new(self.state.max_entry_size, Box::new(storing));
         if matches!(representation, Representation::Complete)
@@ -495,13 +504,8 @@ impl Exchange<'_> {
     }
 
     /// Stores `entry` as this exchange's response to a request with `request_headers`, and
-    /// finishes `permit` with it; whether it was stored.
-    fn store(
-        &self,
-        entry: &CachedEntry,
-        request_headers: &HeaderMap,
-        permit: Option<Permit>,
-    ) -> bool {
+    /// finishes the fill's permit with it; whether it was stored.
+    fn store(&self, entry: &CachedEntry, request_headers: &HeaderMap, fill: Fill) -> bool {
         let placement = Placement {
             primary: self.primary,
             request_headers,
@@ -509,11 +513,17 @@ impl Exchange<'_> {
             new_variant: self.stale.is_none(),
             max_variants: self.state.max_variants,
         };
-        let stored = entries::store(&self.state.cache, placement, entry, permit);
-        if stored.is_none() {
-            admit::refused(self.state, self.primary, NotStored::Variants);
+        let stored = entries::store(
+            &self.state.cache,
+            placement,
+            entry,
+            fill.permit,
+            fill.ticket,
+        );
+        if let Err(reason) = stored {
+            admit::refused(self.state, self.primary, reason);
         }
-        stored.is_some()
+        stored.is_ok()
     }
 
     /// Drops the entry being validated; a Redis failure is already counted and logged.
@@ -532,6 +542,13 @@ fn unshared(permit: Option<Permit>) {
     }
 }
 
+/// What a fill stores with: the ticket it took before asking the origin, and the permit that
+/// shares its entry with the requests waiting for it.
+pub(crate) struct Fill {
+    pub(crate) ticket: Ticket,
+    pub(crate) permit: Option<Permit>,
+}
+
 /// A response on its way to a client, to be stored once its body has passed whole.
 pub(crate) struct Storing {
     pub(crate) admission: Admission,
@@ -540,7 +557,7 @@ pub(crate) struct Storing {
     pub(crate) variants: Option<Variants>,
     /// Whether no entry was stored for this request's variant before.
     pub(crate) new_variant: bool,
-    pub(crate) permit: Option<Permit>,
+    pub(crate) fill: Fill,
 }
 
 impl Completion for Storing {
@@ -551,12 +568,12 @@ impl Completion for Storing {
             request_headers,
             variants,
             new_variant,
-            permit,
+            fill,
         } = *self;
         let entry = match admission.entry(body) {
             Ok(entry) => entry,
             Err(_) => {
-                unshared(permit);
+                unshared(fill.permit);
                 return false;
             }
         };
@@ -568,11 +585,13 @@ impl Completion for Storing {
             new_variant,
             max_variants: state.max_variants,
         };
-        let stored = entries::store(&state.cache, placement, &entry, permit).is_some();
-        if !stored {
-            admission.refused(NotStored::Variants);
+        match entries::store(&state.cache, placement, &entry, fill.permit, fill.ticket) {
+            Ok(_) => true,
+            Err(reason) => {
+                admission.refused(reason);
+                false
+            }
         }
-        stored
     }
 }
 

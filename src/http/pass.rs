@@ -89,7 +89,8 @@ fn marks(reason: NotStored) -> bool {
         | NotStored::Framing
         | NotStored::Incomplete
         | NotStored::PartMismatch
-        | NotStored::Variants => false,
+        | NotStored::Variants
+        | NotStored::Outdated => false,
     }
 }
 

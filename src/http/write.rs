@@ -15,7 +15,7 @@ use tower::Service;
 
 use super::admit::{self, Representation};
 use super::cache_status::{Forward, Status};
-use super::exchange::{kept, Storing};
+use super::exchange::{kept, Fill, Storing};
 use super::routes::Rule;
 use super::state::{State, Times};
 use super::{key, response, write_behind};
@@ -64,6 +64,9 @@ where
         status.detail = Some("invalidation-pending");
     }
     let content_location = changed.content_location;
+    // Taken after the write's own invalidations: the entry it stores is newer than they are
+    // (its own `Cache-Invalidate` tags included), and any invalidation after this outdates it.
+    let ticket = state.cache.ticket();
 
     // Write-through: the response is the new representation of the target.
     let writes_through =
@@ -76,6 +79,7 @@ where
         primary,
         request_headers,
         times,
+        ticket,
     };
     Ok(write_through(&state, &rule, written, parts, body, status))
 }
@@ -85,6 +89,7 @@ struct Written {
     primary: String,
     request_headers: HeaderMap,
     times: Times,
+    ticket: crate::store::Ticket,
 }
 
 /// Passes the response on, and stores it as the new GET representation of the target once
@@ -124,7 +129,10 @@ where
         request_headers: written.request_headers,
         variants: None,
         new_variant: true,
-        permit: None,
+        fill: Fill {
+            ticket: written.ticket,
+            permit: None,
+        },
     };
     let tee = Tee::new(state.max_entry_size, Box::new(storing));
     let (body, stored) = kept(body, tee);

@@ -175,11 +175,13 @@ where
     // Failures are counted and logged; the write goes ahead either way.
     let _ = state.cache.invalidate(&primary).await;
     // Stored before the job is queued: a replay refused at once must find what to retract.
+    // The ticket is taken after the write's own invalidation, which it follows.
     let ttl = rule.ttl.unwrap_or(state.default_ttl);
     if parts.method != Method::DELETE && !ttl.is_zero() {
+        let ticket = state.cache.ticket();
         state
             .cache
-            .store(&primary, &representation(&parts, body, ttl))
+            .store(&primary, &representation(&parts, body, ttl), ticket)
             .await;
     }
     if let Err(refused) = queue.enqueue(job.clone()).await {

@@ -45,6 +45,8 @@ pub(crate) enum Place<'a> {
     Tag(&'a str),
     Lock(&'a str),
     Events,
+    /// The counter that orders invalidations between instances.
+    Generation,
 }
 
 /// Told of every (re)connection of a shard: it answers again.
@@ -65,11 +67,6 @@ pub(crate) trait Backend: Send + Sync {
     /// Every shard, for operations that touch them all (prefix invalidation, flush).
     fn shards(&self) -> Vec<Shard> {
         vec![Shard::default()]
-    }
-
-    /// Whether the backend can remove entries by key prefix (Memcached cannot list keys).
-    fn lists_keys(&self) -> bool {
-        true
     }
 
     /// Refuses a value of `len` bytes under `key` that the store would not take.
@@ -96,7 +93,14 @@ pub(crate) trait Backend: Send + Sync {
     /// The invalidation stamps of `tags` (of one shard), in order; 0 for never invalidated.
     fn tag_stamps<'a>(&'a self, tags: &'a [&'a str]) -> Answer<'a, Vec<u64>>;
 
-    /// Records `stamp` for every tag of `tags` (of one shard), kept for `ttl`.
+    /// Hands out the next invalidation generation (one counter for every instance).
+    fn next_generation(&self) -> Answer<'_, u64>;
+
+    /// The last generation handed out; 0 before the first.
+    fn generation(&self) -> Answer<'_, u64>;
+
+    /// Records `stamp` for every tag of `tags` (of one shard) whose stamp is older, kept for
+    /// `ttl`: a stamp never goes back.
     fn stamp_tags<'a>(&'a self, tags: &'a [&'a str], stamp: u64, ttl: Duration) -> Answer<'a, ()>;
 
     /// Takes the lock of `key` for `ttl` with `token`; false if someone holds it.

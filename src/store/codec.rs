@@ -24,11 +24,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::entry::{CachedEntry, EntryMeta};
+use super::entry::{CachedEntry, EntryMeta, Version};
 use crate::config::CacheConfig;
 
 /// Bumped on any change to the layout or the metadata fields.
-pub(crate) const FORMAT_VERSION: u8 = 3;
+pub(crate) const FORMAT_VERSION: u8 = 4;
 const FLAG_BROTLI: u8 = 0b0000_0001;
 const KNOWN_FLAGS: u8 = FLAG_BROTLI;
 
@@ -106,6 +106,8 @@ struct WireMeta {
     trailers: Vec<(String, Vec<u8>)>,
     stored_at_ms: u64,
     inserted_at_ms: u64,
+    /// The shared-tier generation the entry was filled under (format 4 on).
+    generation: u64,
     ttl_ms: u64,
     stale_ttl_ms: u64,
     tags: Vec<String>,
@@ -283,6 +285,7 @@ impl Codec {
             trailers: fields_to_wire(&meta.trailers),
             stored_at_ms: meta.stored_at_ms,
             inserted_at_ms: meta.inserted_at_ms,
+            generation: entry.version().shared,
             ttl_ms: meta.ttl_ms,
             stale_ttl_ms: meta.stale_ttl_ms,
             tags: meta.tags.clone(),
@@ -412,7 +415,11 @@ impl Codec {
             load_ms: wire.load_ms,
             encoded,
         };
-        Ok(CachedEntry::from_parts(meta, body))
+        let version = Version {
+            local: 0,
+            shared: wire.generation,
+        };
+        Ok(CachedEntry::from_parts(meta, body).with_version(version))
     }
 
     /// Whether encoding `entry` compresses a body of [`BLOCKING_SIZE`] or more.

@@ -34,7 +34,25 @@ use http::{HeaderMap, StatusCode};
 pub struct CachedEntry {
     meta: Arc<EntryMeta>,
     body: Bytes,
+    version: Version,
 }
+
+/// Under which versions an entry was obtained ([`Versions`](super::versions::Versions)): the
+/// local sequence number, and the shared-tier generation it carries there. Bookkeeping, not
+/// content: two entries that differ only here are equal.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Version {
+    pub(crate) local: u64,
+    pub(crate) shared: u64,
+}
+
+impl PartialEq for Version {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Version {}
 
 /// Everything but the body; shared between clones.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,7 +103,19 @@ impl CachedEntry {
         Self {
             meta: Arc::new(meta),
             body,
+            version: Version::default(),
         }
+    }
+
+    /// The versions it was obtained under.
+    pub(crate) fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Marks it as obtained under `version` (as the fill that stores it took its ticket).
+    pub(crate) fn with_version(mut self, version: Version) -> Self {
+        self.version = version;
+        self
     }
 
     /// Whether the body is the shared tier's brotli bytes, sent as they are (see
@@ -152,10 +182,6 @@ impl CachedEntry {
     pub(crate) fn with_inserted_at(mut self, time: SystemTime) -> Self {
         Arc::make_mut(&mut self.meta).inserted_at_ms = unix_ms(time);
         self
-    }
-
-    pub(crate) fn inserted_at_ms(&self) -> u64 {
-        self.meta.inserted_at_ms
     }
 
     /// When the value was obtained (or its load started).

@@ -10,12 +10,13 @@ pub enum Invalidation {
     Key(String),
     /// Every key starting with the prefix.
     Prefix(String),
-    /// Every entry with one of the tags, obtained before `stamp_ms` (Unix milliseconds).
+    /// Every entry with one of the tags, filled before the shared tier handed out
+    /// `generation` (its counter of invalidations, the same for every instance).
     Tags {
         /// The tags.
         tags: Vec<String>,
-        /// When they were invalidated.
-        stamp_ms: u64,
+        /// The invalidation's generation: shared entries filled under an older one are gone.
+        generation: u64,
     },
     /// Everything.
     Flush,
@@ -34,8 +35,8 @@ impl Invalidation {
         match self {
             Self::Key(key) => format!("{instance}\nk\n{key}"),
             Self::Prefix(prefix) => format!("{instance}\np\n{prefix}"),
-            Self::Tags { tags, stamp_ms } => {
-                format!("{instance}\nt\n{stamp_ms}\n{}", tags.join("\n"))
+            Self::Tags { tags, generation } => {
+                format!("{instance}\nt\n{generation}\n{}", tags.join("\n"))
             }
             Self::Flush | Self::Resubscribed => format!("{instance}\nf\n"),
         }
@@ -50,12 +51,12 @@ impl Invalidation {
             "p" => Self::Prefix(payload.to_owned()),
             "t" => {
                 let mut lines = payload.split('\n');
-                let stamp_ms = lines.next()?.parse().ok()?;
+                let generation = lines.next()?.parse().ok()?;
                 let tags = lines
                     .filter(|tag| !tag.is_empty())
                     .map(str::to_owned)
                     .collect();
-                Self::Tags { tags, stamp_ms }
+                Self::Tags { tags, generation }
             }
             "f" => Self::Flush,
             _ => return None,
@@ -79,7 +80,7 @@ mod tests {
             Invalidation::Prefix("http://h/".into()),
             Invalidation::Tags {
                 tags: vec!["a".into(), "b c".into()],
-                stamp_ms: 42,
+                generation: 42,
             },
             Invalidation::Flush,
         ] {

@@ -118,11 +118,6 @@ impl Backend for MemcachedBackend {
         Source::Memcached
     }
 
-    /// Memcached cannot list keys: no prefix invalidation or flush.
-    fn lists_keys(&self) -> bool {
-        false
-    }
-
     fn check_size(&self, key: &str, len: usize) -> Result<(), TierError> {
         let size = self.item_size(key, len);
         if size > self.max_item_size {
@@ -236,19 +231,64 @@ impl Backend for MemcachedBackend {
         })
     }
 
-    /// One pipelined multi-set, so many tags still cost one round trip.
+    /// A multi-get, then one pipelined multi-set of the stamps that are older. Memcached
+    /// cannot compare on the server: two invalidations of one tag racing between the read and
+    /// the write may leave the older generation, which outdates fewer entries than it should
+    /// until the tag is invalidated again (Redis compares in a script).
     fn stamp_tags<'a>(&'a self, tags: &'a [&'a str], stamp: u64, ttl: Duration) -> Answer<'a, ()> {
         Box::pin(async move {
-            let stamp = stamp.to_string();
+            let known = self.tag_stamps(tags).await?;
+            let value = stamp.to_string();
             let writes: Vec<(String, &str)> = tags
                 .iter()
-                .map(|tag| (self.key("t", tag), stamp.as_str()))
+                .zip(known)
+                .filter(|(_, old)| *old < stamp)
+                .map(|(tag, _)| (self.key("t", tag), value.as_str()))
                 .collect();
+            if writes.is_empty() {
+                return Ok(());
+            }
             self.call(async |client| {
                 let results = client.set_multi(&writes, Some(expiry(ttl)), None).await?;
                 results.into_values().collect::<Result<(), McError>>()
             })
             .await
+        })
+    }
+
+    /// `add` of 0 (kept until evicted), then `incr`: the counter starts at the first use.
+    fn next_generation(&self) -> Answer<'_, u64> {
+        Box::pin(async move {
+            let key = self.key("g", "generation");
+            self.call(async |client| {
+                match client.add(&key, "0", None, None).await {
+                    Ok(()) | Err(McError::Protocol(Status::NotStored | Status::Exists)) => {}
+                    Err(err) => return Err(err),
+                }
+                client.increment(&key, 1).await
+            })
+            .await
+        })
+    }
+
+    fn generation(&self) -> Answer<'_, u64> {
+        Box::pin(async move {
+            let key = self.key("g", "generation");
+            let value = self
+                .call(async |client| match client.get(&key).await {
+                    Ok(value) => Ok(value),
+                    Err(McError::Protocol(Status::NotFound)) => Ok(None),
+                    Err(err) => Err(err),
+                })
+                .await?;
+            Ok(value
+                .and_then(|value| {
+                    std::str::from_utf8(value.data.as_deref()?)
+                        .ok()?
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or_default())
         })
     }
 

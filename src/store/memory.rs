@@ -166,15 +166,6 @@ impl Tier for MemoryTier {
     ) -> impl Future<Output = Result<Option<CachedEntry>, TierError>> + Send {
         ready(Ok(self.read(key)))
     }
-
-    fn set(
-        &self,
-        key: &str,
-        entry: &CachedEntry,
-    ) -> impl Future<Output = Result<(), TierError>> + Send {
-        self.write(key, entry);
-        ready(Ok(()))
-    }
 }
 
 #[cfg(test)]

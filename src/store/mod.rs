@@ -26,14 +26,17 @@ mod tags;
 mod tier;
 mod tiered;
 mod typed;
+mod versions;
 mod writes;
 
 pub use entry::CachedEntry;
 pub use events::Invalidation;
 pub(crate) use fill::{Fill, FillOptions, FillPermit};
 use shared::SharedTier;
+pub(crate) use tiered::Kept;
 pub use tiered::{Lookup, Purged, Source, TieredCache};
 pub use typed::{ValueError, ValueOptions};
+pub(crate) use versions::Ticket;
 
 /// 64 random bits as hex, for identifiers that must differ between processes and restarts.
 pub(crate) fn random_id() -> String {

@@ -1,16 +1,16 @@
 //! Invalidations that could not reach the shared tier yet, kept until they do.
 //!
 //! An invalidation that the shared tier did not take (its delete, tag stamp, or the event that
-//! tells the other instances) is recorded here with the time it was made, and retried in the
-//! background by [`SharedTier`](super::shared::SharedTier) until it succeeds. Until then an entry
-//! read from the shared tier that it covers and that was obtained before it is treated as gone:
-//! the pending invalidation works like a tag stamp, for keys, prefixes and flushes too.
+//! tells the other instances) is recorded here while it is tried, and retried in the
+//! background by [`SharedTier`](super::shared::SharedTier) until it succeeds. Until then an
+//! entry read from the shared tier that it names is treated as gone: the shared tier may still
+//! hold what the invalidation removes. No time is compared: a pending invalidation hides every
+//! shared entry it names, older or newer, until it is applied.
 //!
 //! The outbox holds at most `l2.outbox_capacity` invalidations (one per key, prefix or tag; a
-//! newer invalidation of the same one replaces the older). When it is full and the backend can
-//! list keys (Redis), everything pending collapses into one pending flush: nothing is lost, at
-//! the price of emptying the shared tier once it answers. Memcached cannot flush: there the new
-//! invalidation is dropped and logged as an error.
+//! newer invalidation of the same one replaces the older). When it is full, a new invalidation
+//! is still tried once but not kept: if that attempt fails, the caller gets the error and it
+//! is logged; the outbox never turns into a flush of the whole shared tier.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -22,8 +22,11 @@ use super::CachedEntry;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Work {
     pub(crate) change: Change,
-    /// When it was made, Unix milliseconds: entries obtained until then are covered.
-    pub(crate) stamp_ms: u64,
+    /// Its place in this instance's order of invalidations ([`Versions`]'s sequence): of two
+    /// pending invalidations of the same target, the later one stays when the earlier is done.
+    ///
+    /// [`Versions`]: super::versions::Versions
+    pub(crate) order: u64,
 }
 
 /// What an invalidation does in the shared tier, and the event it sends.
@@ -34,21 +37,22 @@ pub(crate) enum Change {
     Key { key: String, delete: bool },
     /// Deletes every key with the prefix, then sends [`Invalidation::Prefix`].
     Prefix(String),
-    /// Stamps the tags with `stamp_ms`, then sends [`Invalidation::Tags`].
+    /// Stamps the tags with a new generation, then sends [`Invalidation::Tags`] with it.
     Tags(Vec<String>),
     /// Deletes everything, then sends [`Invalidation::Flush`].
     Flush,
 }
 
 impl Work {
-    /// The event that tells the other instances.
-    pub(crate) fn event(&self) -> Invalidation {
+    /// The event that tells the other instances; `generation` is the one the tags were
+    /// stamped with.
+    pub(crate) fn event(&self, generation: u64) -> Invalidation {
         match &self.change {
             Change::Key { key, .. } => Invalidation::Key(key.clone()),
             Change::Prefix(prefix) => Invalidation::Prefix(prefix.clone()),
             Change::Tags(tags) => Invalidation::Tags {
                 tags: tags.clone(),
-                stamp_ms: self.stamp_ms,
+                generation,
             },
             Change::Flush => Invalidation::Flush,
         }
@@ -65,10 +69,10 @@ impl Work {
     }
 }
 
-/// A pending key invalidation: when, and whether it deletes the key or only announces it.
+/// A pending key invalidation: its order, and whether it deletes the key or only announces it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct KeyMark {
-    stamp_ms: u64,
+    order: u64,
     delete: bool,
 }
 
@@ -77,9 +81,7 @@ struct KeyMark {
 pub(crate) enum Kept {
     /// Pending.
     Pending,
-    /// The outbox was full: everything pending (this many) became one flush.
-    Collapsed(usize),
-    /// The outbox was full and the backend cannot flush: dropped.
+    /// The outbox was full: tried once, not kept.
     Dropped,
 }
 
@@ -110,7 +112,7 @@ impl Pending {
     }
 
     fn insert(&mut self, work: Work) {
-        let newest = |old: Option<u64>| old.map_or(work.stamp_ms, |old| old.max(work.stamp_ms));
+        let newest = |old: Option<u64>| old.map_or(work.order, |old| old.max(work.order));
         match work.change {
             Change::Key { key, delete } => {
                 let old = self.keys.get(&key).copied();
@@ -119,26 +121,26 @@ impl Pending {
                     return;
                 }
                 let mark = KeyMark {
-                    stamp_ms: newest(old.map(|mark| mark.stamp_ms)),
+                    order: newest(old.map(|mark| mark.order)),
                     delete: delete || old.is_some_and(|mark| mark.delete),
                 };
                 self.keys.insert(key, mark);
             }
             Change::Prefix(prefix) => {
-                let stamp = newest(self.prefixes.get(&prefix).copied());
-                self.prefixes.insert(prefix, stamp);
+                let order = newest(self.prefixes.get(&prefix).copied());
+                self.prefixes.insert(prefix, order);
             }
             Change::Tags(tags) => {
                 for tag in tags {
-                    let stamp = newest(self.tags.get(&tag).copied());
-                    self.tags.insert(tag, stamp);
+                    let order = newest(self.tags.get(&tag).copied());
+                    self.tags.insert(tag, order);
                 }
             }
             Change::Flush => self.flush = Some(newest(self.flush)),
         }
     }
 
-    /// Everything pending, tags with the same stamp in one piece of work.
+    /// Everything pending, tags of the same order in one piece of work.
     fn work(&self) -> Vec<Work> {
         let mut work: Vec<Work> = self
             .keys
@@ -148,80 +150,72 @@ impl Pending {
                     key: key.clone(),
                     delete: mark.delete,
                 },
-                stamp_ms: mark.stamp_ms,
+                order: mark.order,
             })
             .collect();
-        work.extend(self.prefixes.iter().map(|(prefix, &stamp_ms)| Work {
+        work.extend(self.prefixes.iter().map(|(prefix, &order)| Work {
             change: Change::Prefix(prefix.clone()),
-            stamp_ms,
+            order,
         }));
-        let mut by_stamp: HashMap<u64, Vec<String>> = HashMap::new();
-        for (tag, &stamp) in &self.tags {
-            by_stamp.entry(stamp).or_default().push(tag.clone());
+        let mut by_order: HashMap<u64, Vec<String>> = HashMap::new();
+        for (tag, &order) in &self.tags {
+            by_order.entry(order).or_default().push(tag.clone());
         }
-        work.extend(by_stamp.into_iter().map(|(stamp_ms, tags)| Work {
+        work.extend(by_order.into_iter().map(|(order, tags)| Work {
             change: Change::Tags(tags),
-            stamp_ms,
+            order,
         }));
-        work.extend(self.flush.map(|stamp_ms| Work {
+        work.extend(self.flush.map(|order| Work {
             change: Change::Flush,
-            stamp_ms,
+            order,
         }));
         work
     }
 
     /// Forgets what `work` brought to the tier, unless a newer invalidation of it came meanwhile.
     fn done(&mut self, work: &Work) {
-        let stamp = work.stamp_ms;
+        let order = work.order;
         match &work.change {
             Change::Key { key, delete } => {
                 // An announcement done leaves a pending delete of the key to do.
-                let covered = |mark: &KeyMark| mark.stamp_ms <= stamp && (*delete || !mark.delete);
+                let covered = |mark: &KeyMark| mark.order <= order && (*delete || !mark.delete);
                 if self.keys.get(key).is_some_and(covered) {
                     self.keys.remove(key);
                 }
             }
             Change::Prefix(prefix) => {
-                if self.prefixes.get(prefix).is_some_and(|&old| old <= stamp) {
+                if self.prefixes.get(prefix).is_some_and(|&old| old <= order) {
                     self.prefixes.remove(prefix);
                 }
             }
             Change::Tags(tags) => {
                 for tag in tags {
-                    if self.tags.get(tag).is_some_and(|&old| old <= stamp) {
+                    if self.tags.get(tag).is_some_and(|&old| old <= order) {
                         self.tags.remove(tag);
                     }
                 }
             }
             Change::Flush => {
                 // A flush removed everything older, and told every instance to drop its memory.
-                if self.flush.is_some_and(|old| old <= stamp) {
+                if self.flush.is_some_and(|old| old <= order) {
                     self.flush = None;
                 }
-                self.keys.retain(|_, mark| mark.stamp_ms > stamp);
-                self.prefixes.retain(|_, old| *old > stamp);
-                self.tags.retain(|_, old| *old > stamp);
+                self.keys.retain(|_, mark| mark.order > order);
+                self.prefixes.retain(|_, old| *old > order);
+                self.tags.retain(|_, old| *old > order);
             }
         }
     }
 
-    /// Whether a pending invalidation covers `entry`, read from the shared tier under `key`.
+    /// Whether a pending invalidation names `entry`, read from the shared tier under `key`.
     fn covers(&self, key: &str, entry: &CachedEntry) -> bool {
-        let obtained = entry.inserted_at_ms();
-        let covers = |stamp: u64| stamp >= obtained;
-        self.flush.is_some_and(covers)
-            || self
-                .keys
-                .get(key)
-                .is_some_and(|mark| mark.delete && covers(mark.stamp_ms))
+        self.flush.is_some()
+            || self.keys.get(key).is_some_and(|mark| mark.delete)
             || self
                 .prefixes
-                .iter()
-                .any(|(prefix, &stamp)| key.starts_with(prefix.as_str()) && covers(stamp))
-            || entry
-                .tags()
-                .iter()
-                .any(|tag| self.tags.get(tag).is_some_and(|&stamp| covers(stamp)))
+                .keys()
+                .any(|prefix| key.starts_with(prefix.as_str()))
+            || entry.tags().iter().any(|tag| self.tags.contains_key(tag))
     }
 }
 
@@ -229,8 +223,6 @@ impl Pending {
 #[derive(Debug)]
 pub(crate) struct Outbox {
     capacity: usize,
-    /// Whether full means collapsing into a flush (the backend can list keys).
-    can_flush: bool,
     state: Mutex<State>,
 }
 
@@ -242,10 +234,9 @@ struct State {
 }
 
 impl Outbox {
-    pub(crate) fn new(capacity: usize, can_flush: bool) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
-            can_flush,
             state: Mutex::new(State::default()),
         }
     }
@@ -260,14 +251,6 @@ impl Outbox {
         if state.pending.len() + state.pending.growth(&work) <= self.capacity {
             state.pending.insert(work);
             Kept::Pending
-        } else if self.can_flush {
-            let collapsed = state.pending.len() + 1;
-            state.pending = Pending::default();
-            state.pending.insert(Work {
-                change: Change::Flush,
-                stamp_ms: work.stamp_ms,
-            });
-            Kept::Collapsed(collapsed)
         } else {
             Kept::Dropped
         }
@@ -312,68 +295,62 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::Duration;
 
     use super::*;
 
-    fn key(key: &str, stamp_ms: u64) -> Work {
+    fn key(key: &str, order: u64) -> Work {
         Work {
             change: Change::Key {
                 key: key.to_owned(),
                 delete: true,
             },
-            stamp_ms,
+            order,
         }
     }
 
-    fn obtained_at(ms: u64) -> CachedEntry {
+    fn entry() -> CachedEntry {
         CachedEntry::new("v", Duration::from_secs(60))
-            .with_inserted_at(UNIX_EPOCH + Duration::from_millis(ms))
     }
 
     #[test]
-    fn a_pending_invalidation_covers_entries_obtained_before_it() {
-        let outbox = Outbox::new(10, true);
+    fn a_pending_invalidation_hides_the_shared_entries_it_names() {
+        let outbox = Outbox::new(10);
         assert_eq!(outbox.keep(key("k", 100)), Kept::Pending);
-        assert!(outbox.covers("k", &obtained_at(99)));
-        assert!(outbox.covers("k", &obtained_at(100)));
-        assert!(
-            !outbox.covers("k", &obtained_at(101)),
-            "newer: a later write"
-        );
-        assert!(!outbox.covers("other", &obtained_at(99)));
+        assert!(outbox.covers("k", &entry()));
+        assert!(!outbox.covers("other", &entry()));
 
         outbox.keep(Work {
             change: Change::Prefix("p/".to_owned()),
-            stamp_ms: 100,
+            order: 100,
         });
-        assert!(outbox.covers("p/x", &obtained_at(50)));
+        assert!(outbox.covers("p/x", &entry()));
         outbox.keep(Work {
             change: Change::Tags(vec!["t".to_owned()]),
-            stamp_ms: 100,
+            order: 100,
         });
-        assert!(outbox.covers("x", &obtained_at(50).with_tags(["t"])));
+        assert!(outbox.covers("x", &entry().with_tags(["t"])));
         outbox.keep(Work {
             change: Change::Key {
                 key: "w".to_owned(),
                 delete: false,
             },
-            stamp_ms: 100,
+            order: 100,
         });
         assert!(
-            !outbox.covers("w", &obtained_at(50)),
+            !outbox.covers("w", &entry()),
             "an announcement deletes nothing"
         );
     }
 
     #[test]
     fn done_work_is_forgotten_unless_a_newer_invalidation_came() {
-        let outbox = Outbox::new(10, true);
+        let outbox = Outbox::new(10);
         outbox.keep(key("k", 100));
         let work = outbox.work().unwrap();
         outbox.keep(key("k", 200));
         outbox.done(&work[0]);
-        assert!(outbox.covers("k", &obtained_at(150)), "the newer one stays");
+        assert!(outbox.covers("k", &entry()), "the newer one stays");
         outbox.done(&outbox.work().unwrap()[0]);
         assert!(outbox.start_retrying(), "started");
         assert!(!outbox.start_retrying(), "already running");
@@ -384,55 +361,41 @@ mod tests {
 
     #[test]
     fn an_announcement_does_not_take_a_pending_delete_with_it() {
-        let announce = |stamp_ms| Work {
+        let announce = |order| Work {
             change: Change::Key {
                 key: "k".to_owned(),
                 delete: false,
             },
-            stamp_ms,
+            order,
         };
-        let outbox = Outbox::new(10, true);
+        let outbox = Outbox::new(10);
         outbox.keep(key("k", 100));
         outbox.keep(announce(200));
         outbox.done(&announce(200));
-        assert!(
-            outbox.covers("k", &obtained_at(100)),
-            "the delete is pending"
-        );
-        assert!(!outbox.covers("k", &obtained_at(150)), "with its own stamp");
+        assert!(outbox.covers("k", &entry()), "the delete is pending");
         outbox.done(&key("k", 100));
         assert_eq!(outbox.len(), 0);
     }
 
     #[test]
-    fn a_full_outbox_collapses_into_a_flush_or_drops_without_one() {
-        let outbox = Outbox::new(2, true);
+    fn a_full_outbox_refuses_new_invalidations_and_keeps_the_pending_ones() {
+        let outbox = Outbox::new(2);
         outbox.keep(key("a", 1));
         outbox.keep(key("b", 2));
         assert_eq!(outbox.keep(key("a", 3)), Kept::Pending, "replaces a");
-        assert_eq!(outbox.keep(key("c", 4)), Kept::Collapsed(3));
-        assert_eq!(
-            outbox.work().unwrap(),
-            [Work {
-                change: Change::Flush,
-                stamp_ms: 4
-            }]
-        );
-        assert!(outbox.covers("anything", &obtained_at(4)));
-
-        let memcached = Outbox::new(1, false);
-        memcached.keep(key("a", 1));
-        assert_eq!(memcached.keep(key("b", 2)), Kept::Dropped);
-        assert!(!memcached.covers("b", &obtained_at(1)));
+        assert_eq!(outbox.keep(key("c", 4)), Kept::Dropped);
+        assert_eq!(outbox.len(), 2);
+        assert!(!outbox.covers("c", &entry()));
+        assert!(outbox.covers("a", &entry()));
     }
 
     #[test]
     fn a_flush_done_clears_what_it_covers() {
-        let outbox = Outbox::new(10, true);
+        let outbox = Outbox::new(10);
         outbox.keep(key("old", 90));
         outbox.keep(Work {
             change: Change::Flush,
-            stamp_ms: 100,
+            order: 100,
         });
         outbox.keep(key("new", 110));
         let flush = outbox

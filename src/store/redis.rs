@@ -52,8 +52,13 @@ const SCAN_PAGE: u32 = 1000;
 /// while it runs one.
 const SLOT_BATCH: usize = 1024;
 /// Writes the stamp `ARGV[1]` under every key of `KEYS`, expiring in `ARGV[2]` ms.
-const STAMP_SCRIPT: &str =
-    "for _, key in ipairs(KEYS) do redis.call('SET', key, ARGV[1], 'PX', ARGV[2]) end return 0";
+/// Stamps `KEYS` with the generation `ARGV[1]` unless one holds a newer one (two invalidations
+/// may reach Redis in the other order than they took their generations), for `ARGV[2]` ms.
+const STAMP_SCRIPT: &str = "local new = tonumber(ARGV[1]) \
+    for _, key in ipairs(KEYS) do \
+    if (tonumber(redis.call('GET', key)) or 0) < new then \
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2]) \
+    else redis.call('PEXPIRE', key, ARGV[2]) end end return 0";
 /// Deletes the lock `KEYS[1]` if `ARGV[1]` holds it.
 const RELEASE_SCRIPT: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
@@ -249,7 +254,13 @@ impl RedisBackend {
             Place::Tag(tag) => self.tag_key(tag),
             Place::Lock(key) => self.lock_key(key),
             Place::Events => self.channel.clone(),
+            Place::Generation => self.generation_key(),
         }
+    }
+
+    /// `{prefix}:gen`: the counter every instance takes invalidation generations from.
+    fn generation_key(&self) -> String {
+        format!("{}:gen", self.prefix)
     }
 
     fn is_cluster(&self) -> bool {
@@ -464,6 +475,31 @@ impl Backend for RedisBackend {
             })
             .await
             .map(drop)
+        })
+    }
+
+    /// INCR: atomic, and one key, so one slot on a cluster.
+    fn next_generation(&self) -> Answer<'_, u64> {
+        Box::pin(async move {
+            let redis_key = self.generation_key();
+            let node = self.node(&redis_key)?;
+            self.client(&node)
+                .incr::<u64, _>(redis_key)
+                .await
+                .map_err(|err| self.error(err))
+        })
+    }
+
+    fn generation(&self) -> Answer<'_, u64> {
+        Box::pin(async move {
+            let redis_key = self.generation_key();
+            let node = self.node(&redis_key)?;
+            let generation: Option<u64> = self
+                .client(&node)
+                .get(redis_key)
+                .await
+                .map_err(|err| self.error(err))?;
+            Ok(generation.unwrap_or_default())
         })
     }
 

@@ -22,7 +22,9 @@ use super::breaker::Breakers;
 use super::codec::{Codec, DecodeError, Reading};
 use super::events::EventSink;
 use super::outbox::{Change, Kept, Outbox, Work};
+use super::tags::TagStamps;
 use super::tier::TierError;
+use super::versions::Versions;
 use super::{CachedEntry, Source};
 use crate::config::{CacheConfig, ConfigError, L2Backend};
 use crate::Error;
@@ -51,6 +53,12 @@ struct Core {
     breakers: Arc<Breakers>,
     outbox: Outbox,
     stamp_ttl: Duration,
+    /// Learns every generation the shared tier hands out or reports.
+    versions: Arc<Versions>,
+    /// The tag stamps known here, updated with every stamp this instance writes.
+    stamps: Arc<TagStamps>,
+    /// Whether the shared generation was read since the start (see `keep_generation_known`).
+    generation_known: tokio::sync::watch::Sender<bool>,
     /// This core, for the retry task it starts.
     me: Weak<Core>,
 }
@@ -62,6 +70,7 @@ impl SharedTier {
         config: &CacheConfig,
         codec: Codec,
         events: EventSink,
+        record: (Arc<Versions>, Arc<TagStamps>),
     ) -> Result<Self, Error> {
         let breakers = Arc::new(Breakers::new(
             config.l2.breaker_threshold,
@@ -88,7 +97,7 @@ impl SharedTier {
                 .into())
             }
         };
-        Ok(Self::over(backend, breakers, codec, config))
+        Ok(Self::over(backend, breakers, codec, config, record))
     }
 
     fn over(
@@ -96,30 +105,77 @@ impl SharedTier {
         breakers: Arc<Breakers>,
         codec: Codec,
         config: &CacheConfig,
+        (versions, stamps): (Arc<Versions>, Arc<TagStamps>),
     ) -> Self {
-        let outbox = Outbox::new(config.l2.outbox_capacity, backend.lists_keys());
+        let outbox = Outbox::new(config.l2.outbox_capacity);
         let core = Arc::new_cyclic(|me| Core {
             backend,
             codec,
             breakers,
             outbox,
             stamp_ttl: config.tags.stamp_ttl,
+            versions,
+            stamps,
+            generation_known: tokio::sync::watch::Sender::new(false),
             me: me.clone(),
         });
         Self { core }
+    }
+
+    /// Keeps this instance's shared generation known: read from the shared tier once it
+    /// answers, and again after every change of `relearn` (a reconnection, after which events
+    /// may have been missed), so that the entries this instance fills carry a version no older
+    /// than the tag stamps written before (else every instance would take them for outdated).
+    /// Retried with backoff while the tier does not answer; ends with the tier or the sender.
+    pub(crate) fn keep_generation_known(&self, mut relearn: tokio::sync::watch::Receiver<u64>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let core = Arc::downgrade(&self.core);
+        runtime.spawn(async move {
+            loop {
+                let mut pause = RETRY_FIRST;
+                loop {
+                    let Some(current) = core.upgrade() else {
+                        return;
+                    };
+                    let read = current.backend.generation();
+                    match current.guard(Place::Generation, read).await {
+                        Ok(generation) => {
+                            current.versions.saw_shared(generation);
+                            current.generation_known.send_replace(true);
+                            break;
+                        }
+                        Err(err) => tracing::debug!(error = %err, "shared generation not read yet"),
+                    }
+                    drop(current);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+                if relearn.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     pub(crate) fn source(&self) -> Source {
         self.core.backend.source()
     }
 
-    /// Until every shard is connected, or `timeout`; connected, every breaker closes.
+    /// Until every shard is connected and the shared generation was read, or `timeout`;
+    /// connected, every breaker closes.
     pub(crate) async fn wait_connected(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
         let connected = self.core.backend.wait_connected(timeout).await;
-        if connected {
-            self.core.breakers.all_connected();
+        if !connected {
+            return false;
         }
-        connected
+        self.core.breakers.all_connected();
+        let mut known = self.core.generation_known.subscribe();
+        tokio::time::timeout_at(deadline, known.wait_for(|known| *known))
+            .await
+            .is_ok_and(|known| known.is_ok())
     }
 
     pub(crate) fn circuit_open(&self) -> bool {
@@ -205,6 +261,9 @@ impl SharedTier {
                 stamps[position] = stamp;
             }
         }
+        if let Some(&newest) = stamps.iter().max() {
+            core.versions.saw_shared(newest);
+        }
         Ok(stamps)
     }
 
@@ -225,15 +284,11 @@ impl SharedTier {
             .await
     }
 
-    /// Brings `change`, made at `stamp_ms`, to the shared tier and tells the other instances;
-    /// returns the entries removed. What does not get through now is kept and retried until it
-    /// does; so is what a caller that goes away leaves half done.
-    pub(crate) async fn invalidate(
-        &self,
-        change: Change,
-        stamp_ms: u64,
-    ) -> Result<u64, NotApplied> {
-        let work = Work { change, stamp_ms };
+    /// Brings `change` (this instance's invalidation number `order`) to the shared tier and
+    /// tells the other instances; returns the entries removed. What does not get through now
+    /// is kept and retried until it does; so is what a caller that goes away leaves half done.
+    pub(crate) async fn invalidate(&self, change: Change, order: u64) -> Result<u64, NotApplied> {
+        let work = Work { change, order };
         let held = self.core.hold(&work);
         match self.core.apply(&work).await {
             Ok(removed) => {
@@ -313,8 +368,10 @@ impl Core {
         groups
     }
 
-    /// `work` in the shared tier, then its event; how many entries it removed.
+    /// `work` in the shared tier, then its event; how many entries it removed. Tags are
+    /// stamped with a new generation, which the event carries.
     async fn apply(&self, work: &Work) -> Result<u64, TierError> {
+        let mut generation = 0;
         let removed = match &work.change {
             Change::Key { key, delete: true } => {
                 self.guard(Place::Entry(key), self.backend.delete(key))
@@ -325,11 +382,18 @@ impl Core {
             Change::Prefix(prefix) => self.delete_prefix(prefix).await?,
             Change::Flush => self.delete_prefix("").await?,
             Change::Tags(tags) => {
-                self.stamp_tags(tags, work.stamp_ms).await?;
+                generation = self
+                    .guard(Place::Generation, self.backend.next_generation())
+                    .await?;
+                self.versions.saw_shared(generation);
+                self.stamp_tags(tags, generation).await?;
+                for tag in tags {
+                    self.stamps.record(tag, generation);
+                }
                 0
             }
         };
-        let event = work.event();
+        let event = work.event(generation);
         self.guard(Place::Events, self.backend.publish(&event))
             .await?;
         Ok(removed)
@@ -349,13 +413,13 @@ impl Core {
     }
 
     /// One batched write per shard, together.
-    async fn stamp_tags(&self, tags: &[String], stamp_ms: u64) -> Result<(), TierError> {
+    async fn stamp_tags(&self, tags: &[String], generation: u64) -> Result<(), TierError> {
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
         let groups = self.by_shard(&tags);
         let writes = groups.iter().map(|(shard, positions)| {
             let group: Vec<&str> = positions.iter().map(|&position| tags[position]).collect();
             async move {
-                let write = self.backend.stamp_tags(&group, stamp_ms, self.stamp_ttl);
+                let write = self.backend.stamp_tags(&group, generation, self.stamp_ttl);
                 self.guard_shard(shard, write).await
             }
         });
@@ -369,13 +433,6 @@ impl Core {
     /// fails or is dropped half way.
     fn hold<'a>(&'a self, work: &'a Work) -> Held<'a> {
         let kept = self.outbox.keep(work.clone());
-        if let Kept::Collapsed(pending) = kept {
-            tracing::error!(
-                invalidation = %work.describe(),
-                pending,
-                "l2.outbox_capacity reached: every pending invalidation became one pending flush of the shared tier"
-            );
-        }
         Held {
             core: self,
             work,
@@ -408,14 +465,10 @@ struct Held<'a> {
 }
 
 impl Held<'_> {
-    /// It got through (or can never): no longer pending. A collapsed outbox still has its flush
-    /// to do.
+    /// It got through (or can never): no longer pending.
     fn done(mut self) {
         self.settled = true;
         self.core.outbox.done(self.work);
-        if matches!(self.kept, Kept::Collapsed(_)) {
-            self.core.retry_pending();
-        }
     }
 
     /// It did not get through: pending, retried in the background.
@@ -426,7 +479,7 @@ impl Held<'_> {
             tracing::error!(
                 invalidation = %what,
                 error = %err,
-                "l2.outbox_capacity reached and this backend cannot flush: invalidation dropped; the shared tier may serve the old entry until it expires"
+                "l2.outbox_capacity reached: this invalidation was tried once and is not retried; the shared tier may serve what it names until it expires"
             );
             return NotApplied::Refused(err);
         }
@@ -494,7 +547,6 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::store::entry::unix_ms;
     use crate::store::events::Invalidation;
 
     /// A backend in memory that fails every operation while `down`, fails deletes while
@@ -577,6 +629,12 @@ mod tests {
         fn stamp_tags<'a>(&'a self, _: &'a [&'a str], _: u64, _: Duration) -> Answer<'a, ()> {
             self.answer(|| ())
         }
+        fn next_generation(&self) -> Answer<'_, u64> {
+            self.answer(|| 1)
+        }
+        fn generation(&self) -> Answer<'_, u64> {
+            self.answer(|| 0)
+        }
         fn try_lock<'a>(&'a self, _: &'a str, _: &'a str, _: Duration) -> Answer<'a, bool> {
             self.answer(|| true)
         }
@@ -602,6 +660,10 @@ mod tests {
             breakers,
             Codec::new(&config),
             &config,
+            (
+                Arc::new(Versions::new(Duration::from_secs(60))),
+                Arc::new(TagStamps::new(Duration::from_secs(60))),
+            ),
         )
     }
 
@@ -634,8 +696,7 @@ mod tests {
     async fn an_invalidation_that_fails_is_kept_and_retried_until_it_succeeds() {
         let fake = Arc::new(Fake::default());
         let shared = tier(&fake, 1);
-        let old = entry("old").with_inserted_at(SystemTime::now() - Duration::from_secs(1));
-        shared.set("k", &old).await.unwrap();
+        shared.set("k", &entry("old")).await.unwrap();
 
         fake.down.store(true, Ordering::SeqCst);
         let pending = shared
@@ -644,7 +705,7 @@ mod tests {
                     key: "k".to_owned(),
                     delete: true,
                 },
-                unix_ms(SystemTime::now()),
+                1,
             )
             .await;
         assert!(
@@ -654,7 +715,7 @@ mod tests {
         assert_eq!(shared.pending(), 1);
 
         fake.down.store(false, Ordering::SeqCst);
-        // The value is still in the backend, but older than the pending invalidation.
+        // The value is still in the backend, hidden by the pending invalidation.
         assert!(fake.values.lock().unwrap().contains_key("k"));
         // The breaker opened on the failure; a new connection closes it and wakes the retry.
         shared.core.breakers.connected(&Shard::default());
@@ -683,7 +744,7 @@ mod tests {
             key: "k".to_owned(),
             delete: true,
         };
-        let invalidation = shared.invalidate(change, unix_ms(SystemTime::now()));
+        let invalidation = shared.invalidate(change, 1);
         let gone = tokio::time::timeout(Duration::from_millis(10), invalidation).await;
         assert!(gone.is_err(), "the caller went away mid-way");
         assert_eq!(shared.pending(), 1, "kept, not lost");
@@ -702,11 +763,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pending_invalidation_hides_older_shared_entries() {
+    async fn a_pending_invalidation_hides_the_shared_entries_it_names() {
         let fake = Arc::new(Fake::default());
         let shared = tier(&fake, 100);
-        let old = entry("old").with_inserted_at(SystemTime::now() - Duration::from_secs(1));
-        shared.set("k", &old).await.unwrap();
+        shared.set("k", &entry("old")).await.unwrap();
         fake.refuse_deletes.store(true, Ordering::SeqCst);
         let pending = shared
             .invalidate(
@@ -714,7 +774,7 @@ mod tests {
                     key: "k".to_owned(),
                     delete: true,
                 },
-                unix_ms(SystemTime::now()),
+                1,
             )
             .await;
         assert!(
@@ -727,17 +787,11 @@ mod tests {
             None,
             "treated as gone"
         );
-        let newer = entry("new").with_inserted_at(SystemTime::now() + Duration::from_secs(1));
-        shared.set("k", &newer).await.unwrap();
+        shared.set("k", &entry("new")).await.unwrap();
         assert_eq!(
-            shared
-                .get("k", Reading::Decoded)
-                .await
-                .unwrap()
-                .unwrap()
-                .body(),
-            "new",
-            "a later write is served"
+            shared.get("k", Reading::Decoded).await.unwrap(),
+            None,
+            "the pending delete will remove a later write too: hidden until it is applied"
         );
     }
 }

@@ -1,13 +1,17 @@
-//! Tag invalidation stamps known to this instance.
+//! Tag invalidation stamps of the shared tier known to this instance, and the rules for tags.
 //!
-//! Invalidating a tag records the time (a stamp) under `{prefix}:tag:{tag}` in Redis and here;
-//! an entry is dead when one of its tags has a stamp at or after the time its value was obtained.
-//! Invalidation is therefore O(tags), works the same on Redis Cluster, and costs untagged
-//! entries nothing. Stamps are cached here for `l1.max_ttl` (and updated by invalidation events
-//! from other instances), so an L2 hit stays one round trip.
+//! Invalidating a tag takes a new generation from the shared tier's one counter (Redis `INCR`)
+//! and records it (a stamp) under `{prefix}:tag:{tag}`; an entry in the shared tier carries the
+//! generation it was filled under, and is dead when one of its tags has a newer stamp. No
+//! instance's clock takes part, so instances whose clocks differ agree. Invalidation is O(tags),
+//! works the same on Redis Cluster, and costs untagged entries nothing. Stamps are cached here
+//! for `l1.max_ttl` (and updated by invalidation events from other instances), so a shared-tier
+//! hit stays one round trip. Memory entries and fills in progress are judged by this
+//! instance's own record instead ([`Versions`](super::versions::Versions)).
 
 use std::cell::RefCell;
 use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use mini_moka::sync::Cache;
@@ -45,8 +49,11 @@ pub(crate) fn soft_of(tag: &str) -> Option<&str> {
 }
 
 pub(crate) struct TagStamps {
-    /// Tag → stamp in Unix ms; 0 when the tag was never invalidated (as far as Redis knew).
+    /// Tag → stamp (a generation); 0 when the tag was never invalidated (as far as the shared
+    /// tier knew).
     known: Cache<String, u64>,
+    /// Held while a stamp is recorded, so that two records cannot leave the older one.
+    recording: Mutex<()>,
 }
 
 impl TagStamps {
@@ -56,6 +63,7 @@ impl TagStamps {
                 .max_capacity(MAX_KNOWN_TAGS)
                 .time_to_live(max_ttl)
                 .build(),
+            recording: Mutex::new(()),
         }
     }
 
@@ -82,6 +90,10 @@ impl TagStamps {
 
     /// Records a stamp, keeping the newer of two.
     pub(crate) fn record(&self, tag: &str, stamp: u64) {
+        let _recording = self
+            .recording
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let tag = tag.to_owned();
         let newest = self.known.get(&tag).map_or(stamp, |known| known.max(stamp));
         self.known.insert(tag, newest);

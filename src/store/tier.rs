@@ -7,15 +7,10 @@ use super::CachedEntry;
 
 /// How the read paths reach the memory tier (the shared tier is its own type, whose operations
 /// go through breakers and can be pending); `get` returns entries that are fresh or stale but
-/// still kept.
+/// still kept. Writes go through [`Versions::admit`](super::versions::Versions::admit) only.
 pub(crate) trait Tier: Send + Sync {
     fn get(&self, key: &str)
         -> impl Future<Output = Result<Option<CachedEntry>, TierError>> + Send;
-    fn set(
-        &self,
-        key: &str,
-        entry: &CachedEntry,
-    ) -> impl Future<Output = Result<(), TierError>> + Send;
 }
 
 /// A failed operation on a tier.

@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 use super::coalesce::Coalescer;
 use super::codec::{Codec, Reading};
 use super::early::EarlyRefresh;
-use super::entry::unix_ms;
+use super::entry::{unix_ms, Version};
 use super::events::{EventSink, Invalidation};
 use super::fill::{Fill, FillOptions, FillPermit, SharedLock};
 use super::memory::MemoryTier;
@@ -18,6 +18,7 @@ use super::outbox::Change;
 use super::shared::NotApplied;
 use super::tags::{self, Bounded, TagLimits, TagStamps};
 use super::tier::{Tier, TierError};
+use super::versions::{Currency, Ticket, Versions};
 use super::writes::BackgroundWrites;
 use super::{CachedEntry, SharedTier};
 use crate::config::CacheConfig;
@@ -75,6 +76,9 @@ struct Inner {
     /// `l2.lock`: (lock lifetime, longest wait) when misses are coalesced across instances.
     lock: Option<(Duration, Duration)>,
     memory: Arc<MemoryTier>,
+    /// What "current" means: every store path asks it ([`Versions`]).
+    versions: Arc<Versions>,
+    /// The shared tier's tag stamps known here, for entries read from it.
     stamps: Arc<TagStamps>,
     shared: Option<SharedTier>,
     /// Invalidations received from other instances, after they were applied.
@@ -93,6 +97,9 @@ struct Inner {
     soft_keep: Duration,
     /// `l2.connect_wait`.
     connect_wait: Duration,
+    /// How far this instance's clock is set ahead of the system's, for tests of instances
+    /// whose clocks differ ([`TieredCache::skew_clock`]).
+    clock_skew_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for TieredCache {
@@ -116,13 +123,27 @@ impl TieredCache {
         let codec = Codec::new(&config);
         let memory = Arc::new(MemoryTier::new(&config.l1));
         let stamps = Arc::new(TagStamps::new(config.l1.max_ttl));
+        // A fill that outlasts the memory tier's longest lifetime or the origin timeout cannot
+        // prove itself current (see `Versions`): it is not stored.
+        let horizon = config.l1.max_ttl.max(config.http.origin_timeout);
+        let versions = Arc::new(Versions::new(horizon));
         let (events, _) = broadcast::channel(1024);
+        let (relearn, learner) = tokio::sync::watch::channel(0);
         let sink: EventSink = {
-            let (memory, stamps, events) = (memory.clone(), stamps.clone(), events.clone());
-            Arc::new(move |event| apply_remote(&memory, &stamps, &events, event))
+            let record = Record {
+                memory: memory.clone(),
+                versions: versions.clone(),
+                stamps: stamps.clone(),
+                relearn,
+            };
+            let events = events.clone();
+            Arc::new(move |event| record.apply_remote(&events, event))
         };
         let shared = if config.l2.enabled() {
-            Some(SharedTier::connect(&config, codec, sink)?)
+            let record = (versions.clone(), stamps.clone());
+            let shared = SharedTier::connect(&config, codec, sink, record)?;
+            shared.keep_generation_known(learner);
+            Some(shared)
         } else {
             None
         };
@@ -133,6 +154,7 @@ impl TieredCache {
                     .lock
                     .then_some((config.l2.lock_ttl, config.l2.lock_wait)),
                 memory,
+                versions,
                 stamps,
                 shared,
                 events,
@@ -141,11 +163,12 @@ impl TieredCache {
                 max_entry_size: config.http.max_entry_size,
                 tag_limits: TagLimits::new(&config.tags),
                 l2_warnings: LogThrottle::new(Duration::from_secs(10)),
-                writes: Arc::new(BackgroundWrites::new(config.l1.max_ttl)),
+                writes: Arc::new(BackgroundWrites::default()),
                 early: EarlyRefresh::new(config.early_refresh.beta),
                 soft_keep: config.http.keep_stale,
                 tag_warnings: LogThrottle::new(Duration::from_secs(10)),
                 connect_wait: config.l2.connect_wait,
+                clock_skew_ms: AtomicU64::new(0),
             }),
         })
     }
@@ -198,6 +221,21 @@ impl TieredCache {
         self.wait_for_l2(timeout).await
     }
 
+    /// Sets this instance's clock `ahead` of the system's, as a machine whose clock runs
+    /// ahead would have it: the times this instance records for what it loads follow it. For
+    /// tests that show that no decision between instances depends on their clocks.
+    #[doc(hidden)]
+    pub fn skew_clock(&self, ahead: Duration) {
+        let ms = u64::try_from(ahead.as_millis()).unwrap_or(u64::MAX);
+        self.inner.clock_skew_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Now, by this instance's clock (see [`skew_clock`](Self::skew_clock)).
+    fn now(&self) -> SystemTime {
+        let skew = self.inner.clock_skew_ms.load(Ordering::Relaxed);
+        SystemTime::now() + Duration::from_millis(skew)
+    }
+
     /// Where entries found in the shared tier come from.
     pub(crate) fn shared_source(&self) -> Source {
         self.inner
@@ -232,7 +270,8 @@ impl TieredCache {
     /// [`Stats::tags_dropped`] and logged with the key, so an invalidation of a dropped tag does
     /// not reach the entry.
     pub async fn set(&self, key: &str, entry: CachedEntry) {
-        self.store(key, &entry).await;
+        let ticket = self.ticket();
+        self.store(key, &entry, ticket).await;
     }
 
     /// Cache-aside: the fresh entry under `key`, or the loader's entry, stored in both tiers.
@@ -261,7 +300,7 @@ impl TieredCache {
         Fut: Future<Output = Result<CachedEntry, E>>,
         E: Send + Sync + 'static,
     {
-        let now = SystemTime::now();
+        let now = self.now();
         let owned = key.to_owned();
         if let Some(entry) = self.fresh_in_memory(&owned, now) {
             self.inner.counters.incr(Counter::MemoryHits);
@@ -337,14 +376,22 @@ impl TieredCache {
         E: Send + Sync + 'static,
     {
         self.inner.counters.incr(Counter::LoaderCalls);
-        let load_started = SystemTime::now();
+        // Taken before the loader reads anything: an invalidation while it runs outdates it.
+        let ticket = self.ticket();
+        let load_started = self.now();
         let started = tokio::time::Instant::now();
         let result = match loader().await {
             Ok(entry) => {
                 let entry = entry
                     .with_inserted_at(load_started)
                     .with_load_time(started.elapsed());
-                self.store(key, &entry).await;
+                if self.store(key, &entry, ticket).await == Kept::Outdated {
+                    // What it loaded may predate the invalidation: not for the callers waiting
+                    // (they load again, one of them leading), only for this one, which asked
+                    // before the invalidation.
+                    drop(permit);
+                    return Ok(entry);
+                }
                 Ok(entry)
             }
             Err(error) => {
@@ -381,18 +428,37 @@ impl TieredCache {
     /// # }
     /// ```
     pub async fn expire(&self, key: &str) -> Result<(), Error> {
+        // Fills that began before the purge may hold what it expires: marked, they store nothing.
+        self.supersede(key).await;
+        let ticket = self.ticket();
         let Some(found) = self.find(key).await else {
             return Ok(());
         };
+        let version = Version {
+            local: ticket.seq(),
+            shared: found.entry.version().shared,
+        };
         let expired = found
             .entry
-            .expired_at(SystemTime::now(), self.inner.soft_keep);
-        self.inner.memory.write(key, &expired);
+            .expired_at(SystemTime::now(), self.inner.soft_keep)
+            .with_version(version);
+        let admitted = self
+            .inner
+            .versions
+            .admit(ticket, &[(key, expired.tags())], || {
+                self.inner.memory.write(key, &expired);
+            });
+        if admitted.is_none() {
+            return Ok(());
+        }
         if let Some(shared) = &self.inner.shared {
-            shared
-                .set(key, &expired)
-                .await
-                .map_err(|err| self.l2_failed("expire", err))?;
+            let _in_flight = self.inner.writes.start(vec![key.to_owned()]);
+            if self.inner.versions.is_current(ticket, key, expired.tags()) {
+                shared
+                    .set(key, &expired)
+                    .await
+                    .map_err(|err| self.l2_failed("expire", err))?;
+            }
         }
         self.announce(key).await
     }
@@ -479,8 +545,19 @@ impl TieredCache {
     /// other instances to drop their copies of `key`. Failures are counted and logged (an event
     /// that does not get through is retried): the write itself stands.
     pub(crate) async fn store_written(&self, key: &str, entry: &CachedEntry) {
-        self.store(key, entry).await;
+        self.supersede(key).await;
+        let ticket = self.ticket();
+        self.store(key, entry, ticket).await;
         let _ = self.announce(key).await;
+    }
+
+    /// Marks `key` as changed by a write or a soft purge, so that no fill begun before stores
+    /// over it, and waits for its shared-tier writes in flight (each went out before, or will
+    /// not go out).
+    async fn supersede(&self, key: &str) -> u64 {
+        let order = self.inner.versions.invalidate_key(key);
+        self.inner.writes.settled(key).await;
+        order
     }
 
     /// Removes `key` from memory, then from the shared tier, and tells the other instances to
@@ -491,13 +568,13 @@ impl TieredCache {
     /// until it gets through, and until then this instance treats shared entries for `key`
     /// obtained before it as gone. Other instances may serve their copies until then.
     pub async fn invalidate(&self, key: &str) -> Result<(), Error> {
-        self.inner.writes.invalidating(key).await;
+        let order = self.supersede(key).await;
         self.inner.memory.delete(key);
         let change = Change::Key {
             key: key.to_owned(),
             delete: true,
         };
-        self.invalidate_shared("invalidate", change, None)
+        self.invalidate_shared("invalidate", change, order)
             .await
             .map(drop)
     }
@@ -507,11 +584,12 @@ impl TieredCache {
     /// instances. Pending when the shared tier does not take it now, as for
     /// [`invalidate`](Self::invalidate); Memcached cannot do it ([`Error::Unsupported`]).
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<Purged, Error> {
+        let order = self.inner.versions.invalidate_prefix(prefix);
         self.inner.writes.idle().await;
         let memory = self.inner.memory.delete_prefix(prefix);
         let change = Change::Prefix(prefix.to_owned());
         let redis = self
-            .invalidate_shared("invalidate_prefix", change, None)
+            .invalidate_shared("invalidate_prefix", change, order)
             .await?;
         Ok(Purged { memory, redis })
     }
@@ -544,11 +622,11 @@ impl TieredCache {
         if tags.is_empty() {
             return Ok(());
         }
-        let stamp_ms = unix_ms(SystemTime::now());
-        for tag in &tags {
-            self.inner.stamps.record(tag, stamp_ms);
-        }
-        self.invalidate_shared("invalidate_tags", Change::Tags(tags), Some(stamp_ms))
+        let order = self
+            .inner
+            .versions
+            .invalidate_tags(tags.iter().map(String::as_str));
+        self.invalidate_shared("invalidate_tags", Change::Tags(tags), order)
             .await
             .map(drop)
     }
@@ -557,9 +635,12 @@ impl TieredCache {
     /// tier does not take it now, as for [`invalidate`](Self::invalidate); Memcached cannot do
     /// it ([`Error::Unsupported`]).
     pub async fn flush(&self) -> Result<Purged, Error> {
+        let order = self.inner.versions.invalidate_all();
         self.inner.writes.idle().await;
         self.inner.memory.clear();
-        let redis = self.invalidate_shared("flush", Change::Flush, None).await?;
+        let redis = self
+            .invalidate_shared("flush", Change::Flush, order)
+            .await?;
         Ok(Purged { memory: 0, redis })
     }
 
@@ -569,20 +650,20 @@ impl TieredCache {
         self.inner.events.subscribe()
     }
 
-    /// `change` in the shared tier and on the other instances (made at `stamp_ms`, or now); how
-    /// many shared entries it removed. What does not get through now is pending.
+    /// `change` (this instance's invalidation number `order`) in the shared tier and on the
+    /// other instances; how many shared entries it removed. What does not get through now is
+    /// pending.
     async fn invalidate_shared(
         &self,
         operation: &'static str,
         change: Change,
-        stamp_ms: Option<u64>,
+        order: u64,
     ) -> Result<u64, Error> {
         let Some(shared) = &self.inner.shared else {
             return Ok(0);
         };
-        let stamp_ms = stamp_ms.unwrap_or_else(|| unix_ms(SystemTime::now()));
         shared
-            .invalidate(change, stamp_ms)
+            .invalidate(change, order)
             .await
             .map_err(|not_applied| match not_applied {
                 NotApplied::Pending(source) => {
@@ -603,7 +684,8 @@ impl TieredCache {
             key: key.to_owned(),
             delete: false,
         };
-        self.invalidate_shared("publish", change, None)
+        let order = self.ticket().seq();
+        self.invalidate_shared("publish", change, order)
             .await
             .map(drop)
     }
@@ -634,52 +716,38 @@ impl TieredCache {
         }
     }
 
-    /// The entry in memory under `key` if it is fresh and no tag of it was invalidated, read
-    /// without waiting; `None` also when a tag's stamp is not known here (the full lookup
-    /// reads it from L2).
+    /// The ticket of a fill that begins now: take it before the loader (the origin, a
+    /// database) is asked, and store what it returns with it ([`Versions`]).
+    pub(crate) fn ticket(&self) -> Ticket {
+        self.inner.versions.ticket()
+    }
+
+    /// The entry in memory under `key` if it is fresh and current, read without waiting.
     #[allow(clippy::ptr_arg)] // the memory map is keyed by `String`
     pub(crate) fn fresh_in_memory(&self, key: &String, now: SystemTime) -> Option<CachedEntry> {
         let entry = self.inner.memory.read_at(key, now)?;
-        let current = matches!(self.known_stamps(&entry), Stamps::Current);
+        let current = self.memory_currency(&entry) == Currency::Current;
         (current && entry.is_fresh_at(now)).then_some(entry)
     }
 
     /// The entry in memory under `key` if a soft purge (of the key, or of one of its tags)
-    /// expired it and it is still kept; `None` when memory alone cannot tell.
+    /// expired it and it is still kept.
     #[allow(clippy::ptr_arg)] // the memory map is keyed by `String`
     fn expired_in_memory(&self, key: &String, now: SystemTime) -> Option<CachedEntry> {
         let entry = self.inner.memory.read_at(key, now)?;
-        let entry = match self.known_stamps(&entry) {
-            Stamps::Current => entry,
-            Stamps::Expired(at) => entry.expired_at(at, self.inner.soft_keep),
-            Stamps::Invalidated | Stamps::Unknown { .. } => return None,
+        let entry = match self.memory_currency(&entry) {
+            Currency::Current => entry,
+            Currency::Expired(at) => entry.expired_at(at, self.inner.soft_keep),
+            Currency::Outdated => return None,
         };
         entry.expired_early_at().is_some().then_some(entry)
     }
 
-    /// What the tag stamps known here say of `entry`: its tags' invalidation stamps, and their
-    /// soft-purge stamps ([`expire_tags`](Self::expire_tags)).
-    fn known_stamps(&self, entry: &CachedEntry) -> Stamps {
-        let obtained = entry.inserted_at_ms();
-        let mut unknown = Vec::new();
-        let mut expired = None;
-        for tag in entry.tags() {
-            match self.inner.stamps.get(tag) {
-                Some(stamp) if stamp >= obtained => return Stamps::Invalidated,
-                Some(_) => {}
-                None => unknown.push(tag.clone()),
-            }
-            match self.inner.stamps.get_soft(tag) {
-                Some(stamp) if stamp >= obtained => expired = expired.max(Some(stamp)),
-                Some(_) => {}
-                None => unknown.push(tags::soft(tag)),
-            }
-        }
-        match (unknown.is_empty(), expired) {
-            (true, None) => Stamps::Current,
-            (true, Some(stamp)) => Stamps::Expired(ms_time(stamp)),
-            (false, _) => Stamps::Unknown { unknown, expired },
-        }
+    /// What this instance's record says of a memory entry (see [`Versions::of_entry`]).
+    fn memory_currency(&self, entry: &CachedEntry) -> Currency {
+        self.inner
+            .versions
+            .of_entry(entry.version().local, entry.tags())
     }
 
     async fn read_memory(&self, key: &str) -> Option<CachedEntry> {
@@ -699,7 +767,11 @@ impl TieredCache {
     /// hit is a shared-tier hit), a compressed body is not decompressed but sent as it is
     /// ([`CachedEntry::is_encoded`]). With the memory tier on, a shared-tier hit is decoded once
     /// and promoted, and later hits are memory hits.
+    ///
+    /// A promotion is a fill from the shared tier: stored in memory only if nothing
+    /// invalidated the key (or one of its tags) since the read began.
     pub(crate) async fn find_for(&self, key: &str, reading: Reading) -> Option<Lookup> {
+        let ticket = self.ticket();
         let memory = self.read_memory(key).await;
         let memory = self.unless_invalidated(key, memory, Source::Memory).await;
         if memory.as_ref().is_some_and(CachedEntry::is_fresh) {
@@ -716,9 +788,19 @@ impl TieredCache {
         let shared = self.read_shared(key, reading).await;
         let shared = self
             .unless_invalidated(key, shared, self.shared_source())
-            .await;
+            .await
+            .map(|entry| {
+                let version = Version {
+                    local: ticket.seq(),
+                    shared: entry.version().shared,
+                };
+                entry.with_version(version)
+            });
         if let Some(entry) = shared.as_ref().filter(|entry| !entry.is_encoded()) {
-            self.inner.memory.set(key, entry).await.ok();
+            let subjects = [(key, entry.tags())];
+            self.inner.versions.admit(ticket, &subjects, || {
+                self.inner.memory.write(key, entry);
+            });
         }
         let now = SystemTime::now();
         let fresh_until = |entry: &CachedEntry| entry.stored_at() + entry.ttl();
@@ -742,8 +824,8 @@ impl TieredCache {
         }
     }
 
-    /// `entry`, unless one of its tags was invalidated after it was obtained; then it is deleted
-    /// from the tier it came from.
+    /// `entry`, unless an invalidation outdated it; then it is deleted from the tier it came
+    /// from. A soft purge after it leaves it expired.
     async fn unless_invalidated(
         &self,
         key: &str,
@@ -751,10 +833,14 @@ impl TieredCache {
         source: Source,
     ) -> Option<CachedEntry> {
         let entry = entry?;
-        match self.currency(&entry).await {
+        let currency = match source {
+            Source::Memory => self.memory_currency(&entry),
+            Source::Redis | Source::Memcached => self.shared_currency(&entry).await,
+        };
+        match currency {
             Currency::Current => return Some(entry),
             Currency::Expired(at) => return Some(entry.expired_at(at, self.inner.soft_keep)),
-            Currency::Invalidated => {}
+            Currency::Outdated => {}
         }
         match source {
             Source::Memory => {
@@ -771,44 +857,54 @@ impl TieredCache {
         None
     }
 
-    /// Whether a tag of `entry` was invalidated, or soft-purged, since it was obtained. Stamps
-    /// this instance does not know are read from the shared tier in one guarded round trip (see
-    /// [`SharedTier::tag_stamps`]); if it cannot answer, the entry counts as current (its memory
-    /// copy lives at most `l1.max_ttl`).
-    async fn currency(&self, entry: &CachedEntry) -> Currency {
-        let (unknown, expired) = match self.known_stamps(entry) {
-            Stamps::Invalidated => return Currency::Invalidated,
-            Stamps::Current => return Currency::Current,
-            Stamps::Expired(at) => return Currency::Expired(at),
-            Stamps::Unknown { unknown, expired } => (unknown, expired),
-        };
-        let obtained = entry.inserted_at_ms();
-        let stamps = match &self.inner.shared {
-            None => vec![0; unknown.len()],
-            Some(shared) => {
-                let names: Vec<&str> = unknown.iter().map(String::as_str).collect();
-                match shared.tag_stamps(&names).await {
-                    Ok(stamps) => stamps,
-                    Err(err) => {
-                        self.l2_failed("tag_stamps", err);
-                        return Currency::Current;
-                    }
-                }
+    /// What the shared tier's tag stamps say of an entry read from it: outdated when one of
+    /// its tags was invalidated under a newer generation than the one it was filled under,
+    /// expired when one was soft-purged so. Stamps this instance does not know are read in one
+    /// guarded round trip (see [`SharedTier::tag_stamps`]); if it cannot answer, the entry
+    /// counts as current (its memory copy lives at most `l1.max_ttl`).
+    async fn shared_currency(&self, entry: &CachedEntry) -> Currency {
+        let filled = entry.version().shared;
+        let stamps = &self.inner.stamps;
+        let mut unknown = Vec::new();
+        let mut expired = false;
+        for tag in entry.tags() {
+            match stamps.get(tag) {
+                Some(stamp) if stamp > filled => return Currency::Outdated,
+                Some(_) => {}
+                None => unknown.push(tag.clone()),
             }
-        };
-        let mut expired = expired;
-        for (tag, stamp) in unknown.iter().zip(&stamps) {
-            self.inner.stamps.record(tag, *stamp);
-            if *stamp >= obtained {
-                if !tags::is_soft(tag) {
-                    return Currency::Invalidated;
-                }
-                expired = expired.max(Some(*stamp));
+            match stamps.get_soft(tag) {
+                Some(stamp) => expired |= stamp > filled,
+                None => unknown.push(tags::soft(tag)),
             }
         }
-        match expired {
-            Some(stamp) => Currency::Expired(ms_time(stamp)),
-            None => Currency::Current,
+        if !unknown.is_empty() {
+            let Some(shared) = &self.inner.shared else {
+                return Currency::Current;
+            };
+            let names: Vec<&str> = unknown.iter().map(String::as_str).collect();
+            let read = match shared.tag_stamps(&names).await {
+                Ok(read) => read,
+                Err(err) => {
+                    self.l2_failed("tag_stamps", err);
+                    return Currency::Current;
+                }
+            };
+            for (tag, stamp) in unknown.iter().zip(read) {
+                stamps.record(tag, stamp);
+                if stamp > filled {
+                    if !tags::is_soft(tag) {
+                        return Currency::Outdated;
+                    }
+                    expired = true;
+                }
+            }
+        }
+        if expired {
+            // The shared tier keeps no time for a soft purge: stale from when it is seen here.
+            Currency::Expired(SystemTime::now())
+        } else {
+            Currency::Current
         }
     }
 
@@ -835,45 +931,64 @@ impl TieredCache {
         self.inner.counters.incr(counter);
     }
 
-    /// Where every new entry goes in (library, HTTP, gRPC, write-behind), so the size, lifetime
-    /// and tag bounds hold for all of them; entries read back from L2 meet the tag bound in the
-    /// codec.
-    /// Stores each of `writes` in memory now; returns them as stored (bounded tags), without
-    /// those too large or past their lifetime, for [`store_shared_later`](Self::store_shared_later).
+    /// Stores each of `writes` (filled under `ticket`) in memory now, all or none: none when
+    /// an invalidation overtook the fill ([`Kept::Outdated`]). Returns them as stored (bounded
+    /// tags), without those too large or past their lifetime, for
+    /// [`store_shared_later`](Self::store_shared_later).
     pub(crate) fn store_in_memory_now(
         &self,
         writes: Vec<(String, CachedEntry)>,
-    ) -> Vec<(String, CachedEntry)> {
-        writes
+        ticket: Ticket,
+    ) -> Result<Vec<(String, CachedEntry)>, Kept> {
+        let prepared: Vec<(String, CachedEntry)> = writes
             .into_iter()
             .filter_map(|(key, entry)| {
-                let stored = self.store_in_memory(&key, &entry)?;
-                Some((key, stored))
+                let prepared = self.prepare(&key, &entry, ticket)?;
+                Some((key, prepared))
             })
-            .collect()
+            .collect();
+        let subjects: Vec<(&str, &[String])> = prepared
+            .iter()
+            .map(|(key, entry)| (key.as_str(), entry.tags()))
+            .collect();
+        let admitted = self.inner.versions.admit(ticket, &subjects, || {
+            for (key, entry) in &prepared {
+                self.inner.memory.write(key, entry);
+            }
+        });
+        if admitted.is_none() {
+            self.inner.counters.incr(Counter::Outdated);
+            return Err(Kept::Outdated);
+        }
+        self.inner
+            .counters
+            .add(Counter::Stores, prepared.len() as u64);
+        Ok(prepared)
     }
 
     /// Writes `writes` (as [`store_in_memory_now`](Self::store_in_memory_now) returned them) to
-    /// the shared tier in the background, then releases `lock`: the way the HTTP layer stores
-    /// what it just passed to a client, so the shared tier's round trip (and brotli) never
-    /// delays a response. [`wait_for_writes`](Self::wait_for_writes) waits for them.
+    /// the shared tier in the background, each only if it is still current, then releases
+    /// `lock`: the way the HTTP layer stores what it just passed to a client, so the shared
+    /// tier's round trip (and brotli) never delays a response.
+    /// [`wait_for_writes`](Self::wait_for_writes) waits for them.
     pub(crate) fn store_shared_later(
         &self,
         writes: Vec<(String, CachedEntry)>,
         lock: Option<SharedLock>,
+        ticket: Ticket,
     ) {
         if self.inner.shared.is_none() || writes.is_empty() {
             return;
         }
         let cache = self.clone();
-        let keys = writes.iter().map(|(key, _)| key.clone()).collect();
-        let in_flight = self.inner.writes.start(keys);
+        // Registered before the checks: an invalidation of one of the keys waits for this.
+        let in_flight = self
+            .inner
+            .writes
+            .start(writes.iter().map(|(key, _)| key.clone()).collect());
         tokio::spawn(async move {
             for (key, entry) in &writes {
-                // Not after an invalidation of the key: that would bring the old entry back.
-                if cache.inner.writes.is_current(key, entry) {
-                    cache.store_shared(key, entry).await;
-                }
+                cache.write_shared(key, entry, ticket).await;
             }
             if let Some(lock) = lock {
                 lock.release().await;
@@ -882,23 +997,36 @@ impl TieredCache {
         });
     }
 
-    /// Waits until every shared-tier write started in the background has finished
-    /// ([`CacheLayer`](crate::CacheLayer) stores what it passed to a client that way): for a
-    /// graceful shutdown, or a test that reads through another instance.
+    /// Waits until every shared-tier write started in the background before this call has
+    /// finished ([`CacheLayer`](crate::CacheLayer) stores what it passed to a client that way):
+    /// for a graceful shutdown, or a test that reads through another instance.
     pub async fn wait_for_writes(&self) {
         self.inner.writes.idle().await;
     }
 
-    /// Stores `entry` in memory and in the shared tier, for its remaining lifetime.
-    pub(crate) async fn store(&self, key: &str, entry: &CachedEntry) {
-        if let Some(stored) = self.store_in_memory(key, entry) {
-            self.store_shared(key, &stored).await;
+    /// Stores `entry`, filled under `ticket`, in memory and in the shared tier, for its
+    /// remaining lifetime — unless an invalidation overtook the fill.
+    pub(crate) async fn store(&self, key: &str, entry: &CachedEntry, ticket: Ticket) -> Kept {
+        let Some(prepared) = self.prepare(key, entry, ticket) else {
+            return Kept::Unstorable;
+        };
+        let Ok(mut stored) = self.store_in_memory_now(vec![(key.to_owned(), prepared)], ticket)
+        else {
+            return Kept::Outdated;
+        };
+        let Some((_, stored)) = stored.pop() else {
+            return Kept::Unstorable;
+        };
+        if self.inner.shared.is_some() {
+            let _in_flight = self.inner.writes.start(vec![key.to_owned()]);
+            self.write_shared(key, &stored, ticket).await;
         }
+        Kept::Stored
     }
 
-    /// Stores `entry` in memory, with at most `tags.max_per_entry` tags, and returns it as
-    /// stored; `None` (counted) when it is too large or past its lifetime.
-    fn store_in_memory(&self, key: &str, entry: &CachedEntry) -> Option<CachedEntry> {
+    /// `entry` as it is stored under `key`: its version is `ticket`'s, with at most
+    /// `tags.max_per_entry` tags; `None` (counted) when it is too large or past its lifetime.
+    fn prepare(&self, key: &str, entry: &CachedEntry, ticket: Ticket) -> Option<CachedEntry> {
         let too_large = entry.body().len() as u64 > self.inner.max_entry_size;
         // A body sent as the shared tier's brotli bytes is a response, not an entry.
         let unstorable = too_large || entry.is_encoded();
@@ -913,16 +1041,21 @@ impl TieredCache {
                 entry.clone().with_tags(tags)
             }
         };
-        self.inner.memory.write(key, &entry);
-        self.inner.counters.incr(Counter::Stores);
-        Some(entry)
+        Some(entry.with_version(ticket.version()))
     }
 
-    async fn store_shared(&self, key: &str, entry: &CachedEntry) {
-        if let Some(shared) = &self.inner.shared {
-            if let Err(err) = shared.set(key, entry).await {
-                self.l2_failed("set", err);
-            }
+    /// Writes `entry` to the shared tier if it is still current; the caller registered the
+    /// write in flight first.
+    async fn write_shared(&self, key: &str, entry: &CachedEntry, ticket: Ticket) {
+        let Some(shared) = &self.inner.shared else {
+            return;
+        };
+        if !self.inner.versions.is_current(ticket, key, entry.tags()) {
+            self.inner.counters.incr(Counter::Outdated);
+            return;
+        }
+        if let Err(err) = shared.set(key, entry).await {
+            self.l2_failed("set", err);
         }
     }
 
@@ -971,62 +1104,66 @@ impl TieredCache {
     }
 }
 
-/// Applies another instance's invalidation (or a reconnection, after which events may have been
-/// missed) to this instance's memory tier and stamps, then passes it on to observers.
-fn apply_remote(
-    memory: &MemoryTier,
-    stamps: &TagStamps,
-    events: &broadcast::Sender<Invalidation>,
-    invalidation: Invalidation,
-) {
-    match &invalidation {
-        Invalidation::Key(key) => {
-            memory.delete(key);
-        }
-        Invalidation::Prefix(prefix) => {
-            memory.delete_prefix(prefix);
-        }
-        Invalidation::Tags { tags, stamp_ms } => {
-            for tag in tags {
-                stamps.record(tag, *stamp_ms);
+/// What [`TieredCache::store`] did with an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kept {
+    Stored,
+    /// Too large, or past its lifetime (counted as a store skip).
+    Unstorable,
+    /// An invalidation came after its fill began: not stored anywhere.
+    Outdated,
+}
+
+/// This instance's record of invalidations, as events from other instances update it.
+struct Record {
+    memory: Arc<MemoryTier>,
+    versions: Arc<Versions>,
+    stamps: Arc<TagStamps>,
+    /// Changed on a reconnection: the shared generation is read again.
+    relearn: tokio::sync::watch::Sender<u64>,
+}
+
+impl Record {
+    /// Applies another instance's invalidation (or a reconnection, after which events may
+    /// have been missed) to the record and the memory tier, then passes it on to observers.
+    /// Marked before memory is touched, so that no fill in progress here stores over it.
+    fn apply_remote(&self, events: &broadcast::Sender<Invalidation>, invalidation: Invalidation) {
+        let Self {
+            memory,
+            versions,
+            stamps,
+            relearn,
+        } = self;
+        match &invalidation {
+            Invalidation::Key(key) => {
+                versions.invalidate_key(key);
+                memory.delete(key);
+            }
+            Invalidation::Prefix(prefix) => {
+                versions.invalidate_prefix(prefix);
+                memory.delete_prefix(prefix);
+            }
+            Invalidation::Tags { tags, generation } => {
+                versions.invalidate_tags(tags.iter().map(String::as_str));
+                versions.saw_shared(*generation);
+                for tag in tags {
+                    stamps.record(tag, *generation);
+                }
+            }
+            Invalidation::Flush => {
+                versions.invalidate_all();
+                memory.clear();
+            }
+            Invalidation::Resubscribed => {
+                versions.invalidate_all();
+                memory.clear();
+                stamps.clear();
+                relearn.send_modify(|count| *count += 1);
             }
         }
-        Invalidation::Flush => memory.clear(),
-        Invalidation::Resubscribed => {
-            memory.clear();
-            stamps.clear();
-        }
+        // Nobody listening is fine.
+        let _ = events.send(invalidation);
     }
-    // Nobody listening is fine.
-    let _ = events.send(invalidation);
-}
-
-/// What the tag stamps known to this instance say of an entry.
-enum Stamps {
-    /// A tag of it was invalidated after it was obtained.
-    Invalidated,
-    /// Every stamp is known: none newer than the entry.
-    Current,
-    /// Every stamp is known: a tag of it was soft-purged after it was obtained, at this time.
-    Expired(SystemTime),
-    /// These stamps are not known here (and none of the known ones invalidates it); `expired`
-    /// is the newest soft-purge stamp of those known.
-    Unknown {
-        unknown: Vec<String>,
-        expired: Option<u64>,
-    },
-}
-
-/// What the tag stamps say of an entry, once the unknown ones were read.
-enum Currency {
-    Current,
-    /// Soft-purged at this time: stale since then, served while it is refreshed.
-    Expired(SystemTime),
-    Invalidated,
-}
-
-fn ms_time(ms: u64) -> SystemTime {
-    std::time::UNIX_EPOCH + Duration::from_millis(ms)
 }
 
 /// Lets one event through per interval.

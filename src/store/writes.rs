@@ -1,99 +1,82 @@
-//! Shared-tier writes running in the background, and what keeps them from undoing an
-//! invalidation.
+//! Shared-tier writes in flight, so that an invalidation can wait for the ones it must follow.
 //!
-//! The HTTP layer stores what it passed to a client in memory at once and in the shared tier in
-//! the background. A write still on its way must not land after the key was invalidated, or the
-//! old representation would come back from the shared tier. So an invalidation of a key records
-//! when it happened and waits for that key's writes in flight; a write checks, before it goes
-//! out, that its entry was obtained after the key's last invalidation.
+//! A write checks, just before it goes out, that its entry is still current
+//! ([`Versions`](super::versions::Versions)); it registers here before that check. An
+//! invalidation marks its key first and then waits for that key's registered writes: each one
+//! either went out before the invalidation reaches the shared tier (which then removes it) or
+//! checks after the mark (and does not go out). Prefix invalidations and flushes wait for every
+//! write registered before them, never for the ones that start meanwhile, so steady misses
+//! cannot keep them waiting.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
 
-use mini_moka::sync::Cache;
 use tokio::sync::Notify;
 
-use super::entry::unix_ms;
-use super::CachedEntry;
-
-/// Most invalidations remembered; older ones are forgotten first.
-const MAX_REMEMBERED: u64 = 100_000;
-
-pub(crate) struct BackgroundWrites {
+#[derive(Default)]
+struct Registry {
     /// Keys with writes in flight, and how many.
-    in_flight: Mutex<HashMap<String, usize>>,
-    running: AtomicU64,
+    keys: HashMap<String, usize>,
+    /// The numbers of the writes in flight.
+    running: BTreeSet<u64>,
+    /// The number of the next write.
+    next: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct BackgroundWrites {
+    registry: Mutex<Registry>,
     done: Notify,
-    /// Key → when it was last invalidated here (Unix ms).
-    invalidated: Cache<String, u64>,
 }
 
 impl BackgroundWrites {
-    /// Invalidations are remembered for `remember`: longer than any write waits to go out.
-    pub(crate) fn new(remember: Duration) -> Self {
-        Self {
-            in_flight: Mutex::new(HashMap::new()),
-            running: AtomicU64::new(0),
-            done: Notify::new(),
-            invalidated: Cache::builder()
-                .max_capacity(MAX_REMEMBERED)
-                .time_to_live(remember)
-                .build(),
-        }
-    }
-
     /// Registers a write of `keys` until the returned guard is dropped (however it ends).
     pub(crate) fn start(self: &Arc<Self>, keys: Vec<String>) -> InFlight {
-        self.running.fetch_add(1, Ordering::AcqRel);
-        let mut in_flight = self.lock();
+        let mut registry = self.lock();
+        let number = registry.next;
+        registry.next += 1;
+        registry.running.insert(number);
         for key in &keys {
-            *in_flight.entry(key.clone()).or_default() += 1;
+            *registry.keys.entry(key.clone()).or_default() += 1;
         }
         InFlight {
             writes: Arc::clone(self),
             keys,
+            number,
         }
     }
 
-    /// Whether `entry`, to be written under `key`, was obtained after `key` was last
-    /// invalidated here.
-    pub(crate) fn is_current(&self, key: &str, entry: &CachedEntry) -> bool {
-        self.invalidated
-            .get(&key.to_owned())
-            .is_none_or(|invalidated| invalidated < entry.inserted_at_ms())
+    /// Waits until none of `key`'s writes is in flight: call it after marking the key
+    /// invalidated, and none can land after.
+    pub(crate) async fn settled(&self, key: &str) {
+        self.wait_until(|registry| !registry.keys.contains_key(key))
+            .await;
     }
 
-    /// Records that `key` is being invalidated now and waits until none of its writes is in
-    /// flight: after this, none can land.
-    pub(crate) async fn invalidating(&self, key: &str) {
-        self.invalidated
-            .insert(key.to_owned(), unix_ms(SystemTime::now()));
-        loop {
-            let done = self.done.notified();
-            if !self.lock().contains_key(key) {
-                return;
-            }
-            done.await;
-        }
-    }
-
-    /// Waits until no write is in flight.
+    /// Waits until every write registered before this call has finished.
     pub(crate) async fn idle(&self) {
+        let before = self.lock().next;
+        self.wait_until(|registry| {
+            registry
+                .running
+                .first()
+                .is_none_or(|&first| first >= before)
+        })
+        .await;
+    }
+
+    async fn wait_until(&self, done: impl Fn(&Registry) -> bool) {
         loop {
-            let done = self.done.notified();
-            if self.running.load(Ordering::Acquire) == 0 {
+            let finished = self.done.notified();
+            if done(&self.lock()) {
                 return;
             }
-            done.await;
+            finished.await;
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -101,21 +84,22 @@ impl BackgroundWrites {
 pub(crate) struct InFlight {
     writes: Arc<BackgroundWrites>,
     keys: Vec<String>,
+    number: u64,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut in_flight = self.writes.lock();
+        let mut registry = self.writes.lock();
         for key in &self.keys {
-            if let Some(count) = in_flight.get_mut(key) {
+            if let Some(count) = registry.keys.get_mut(key) {
                 *count -= 1;
                 if *count == 0 {
-                    in_flight.remove(key);
+                    registry.keys.remove(key);
                 }
             }
         }
-        drop(in_flight);
-        self.writes.running.fetch_sub(1, Ordering::AcqRel);
+        registry.running.remove(&self.number);
+        drop(registry);
         self.writes.done.notify_waiters();
     }
 }
@@ -125,21 +109,27 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn an_invalidation_waits_for_the_writes_of_its_key_and_outdates_older_entries() {
-        let writes = Arc::new(BackgroundWrites::new(Duration::from_secs(60)));
-        let old = CachedEntry::new("old", Duration::from_secs(60))
-            .with_inserted_at(SystemTime::now() - Duration::from_secs(1));
+    async fn an_invalidation_waits_for_the_writes_of_its_key_only() {
+        let writes = Arc::new(BackgroundWrites::default());
         let write = writes.start(vec!["k".to_owned()]);
-        let invalidation = writes.invalidating("k");
-        let (_, ()) = tokio::join!(invalidation, async {
+        let _other = writes.start(vec!["other".to_owned()]);
+        let settled = writes.settled("k");
+        let (_, ()) = tokio::join!(settled, async {
             tokio::task::yield_now().await;
-            assert!(!writes.is_current("k", &old), "stamped before it waits");
             drop(write);
         });
-        assert!(writes.is_current("other", &old));
-        let newer = CachedEntry::new("new", Duration::from_secs(60))
-            .with_inserted_at(SystemTime::now() + Duration::from_millis(5));
-        assert!(writes.is_current("k", &newer));
-        writes.idle().await;
+    }
+
+    #[tokio::test]
+    async fn idle_waits_for_earlier_writes_not_for_later_ones() {
+        let writes = Arc::new(BackgroundWrites::default());
+        let earlier = writes.start(vec!["a".to_owned()]);
+        let idle = writes.idle();
+        let (_, _later) = tokio::join!(idle, async {
+            tokio::task::yield_now().await;
+            let later = writes.start(vec!["b".to_owned()]);
+            drop(earlier);
+            later
+        });
     }
 }
