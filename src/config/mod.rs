@@ -18,7 +18,7 @@
 //! | `l2.lock_ttl` | | `5s` | lifetime of that lock (a crashed holder frees it by then) |
 //! | `l2.lock_wait` | | `2s` | longest wait for another instance's load |
 //! | `l2.max_item_size` | | `1MiB` | Memcached's item size limit (`memcached -I`); larger entries stay out of L2 |
-//! | `l2.outbox_capacity` | | `10000` | invalidations kept for retry while L2 does not take them; when full, they become one pending flush (Redis) or the new one is dropped (Memcached) |
+//! | `l2.outbox_capacity` | | `10000` | invalidations kept for retry while L2 does not take them; when full, a new one is tried once and not kept (its error is returned and logged) |
 //! | `l2.connect_wait` | | `2s` | start-up: how long `TieredCache::wait_for_l2_at_start` waits, and how long failures before the first connection do not count towards the breaker |
 //! | `compression.enabled` | `CACHE_COMPRESSION` | `true` | brotli for bodies stored in Redis |
 //! | `compression.min_size` | | `4KiB` | smallest body worth compressing |
@@ -534,8 +534,8 @@ pub struct L2Config {
     #[serde(deserialize_with = "de::size")]
     pub max_item_size: u64,
     /// Invalidations (keys, prefixes, tags) kept, and retried in the background, while the
-    /// shared tier does not take them. When full, everything pending becomes one pending flush
-    /// on Redis; on Memcached, which cannot flush, a new invalidation is dropped (logged).
+    /// shared tier does not take them. When full, a new invalidation is tried once and not
+    /// kept: if that fails, its error is returned and logged.
     #[serde(deserialize_with = "de::count")]
     pub outbox_capacity: usize,
     /// The start-up bound: how long [`TieredCache::wait_for_l2_at_start`](crate::TieredCache::wait_for_l2_at_start)

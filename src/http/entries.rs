@@ -76,9 +76,11 @@ pub(crate) async fn resolve_for(
     let key = variants.key_for(primary, request_headers);
     let variant = cache.find_for(&key, reading).await.map(|mut lookup| {
         // A soft purge of the resource expired its variant list, and with it every variant
-        // obtained before.
-        if let Some(at) = primary_hit.entry.expired_early_at() {
-            if lookup.entry.inserted_at() < at {
+        // filled under an older shared-tier generation than the one the purge took (no clock
+        // is compared: instances' clocks differ).
+        let list = &primary_hit.entry;
+        if let Some(at) = list.expired_early_at() {
+            if lookup.entry.version().shared < list.version().shared {
                 lookup.entry = lookup.entry.expired_at(at, cache.soft_keep());
             }
         }
@@ -164,7 +166,8 @@ mod tests {
             &response("gz"),
             None,
             cache.ticket(),
-        );
+        )
+        .unwrap();
         let known = resolve(&cache, "p", &request("br")).await;
         assert!(known.found.is_none());
         store(
@@ -173,7 +176,8 @@ mod tests {
             &response("br"),
             None,
             cache.ticket(),
-        );
+        )
+        .unwrap();
 
         let gzip = resolve(&cache, "p", &request("gzip")).await.found.unwrap();
         let brotli = resolve(&cache, "p", &request("br")).await.found.unwrap();
@@ -190,7 +194,8 @@ mod tests {
             &response("gz"),
             None,
             cache.ticket(),
-        );
+        )
+        .unwrap();
         cache.invalidate("p").await.unwrap();
         assert!(resolve(&cache, "p", &request("gzip")).await.found.is_none());
 
@@ -201,7 +206,8 @@ mod tests {
             &response("br"),
             None,
             cache.ticket(),
-        );
+        )
+        .unwrap();
         assert!(resolve(&cache, "p", &request("gzip")).await.found.is_none());
     }
 

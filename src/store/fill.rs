@@ -59,20 +59,14 @@ impl<V: Clone + Send + Sync + 'static, E: Send + Sync + 'static> FillPermit<V, E
         let Some((ttl, _)) = cache.lock_options() else {
             return Some(self);
         };
-        let token = super::random_id();
-        match cache.try_lock(key, &token, ttl).await {
-            Some(false) => None,
-            Some(true) => {
-                self.lock = Some(SharedLock {
-                    cache: cache.clone(),
-                    key: key.to_owned(),
-                    token,
-                    released: false,
-                });
+        match acquire(cache, key, super::random_id(), ttl).await {
+            Acquired::Taken => None,
+            Acquired::Held(lock) => {
+                self.lock = Some(lock);
                 Some(self)
             }
             // The shared tier cannot say: refresh without the lock.
-            None => Some(self),
+            Acquired::Unknown => Some(self),
         }
     }
 
@@ -97,11 +91,50 @@ pub(crate) struct SharedLock {
 }
 
 impl SharedLock {
-    /// Releases the lock now.
+    /// Releases the lock now. Marked released only once the unlock has been answered: a
+    /// release cancelled half way is finished by `Drop`, in the background (a second unlock
+    /// of the same token does nothing).
     pub(crate) async fn release(mut self) {
-        self.released = true;
         self.cache.unlock(&self.key, &self.token).await;
+        self.released = true;
     }
+}
+
+/// What taking a key's shared lock gave.
+enum Acquired {
+    Held(SharedLock),
+    /// Another instance holds it.
+    Taken,
+    /// The shared tier did not answer.
+    Unknown,
+}
+
+/// Takes `key`'s lock for `ttl` with `token`, cancel-safe: the `SET NX` is sent from a task of
+/// its own, which always reads the answer, so a caller that goes away between the command and
+/// the guard cannot leave the lock held until it expires — the guard is made (and, nobody
+/// taking it, dropped, which releases the lock) in that task. A lock whose answer timed out may
+/// have been taken after all: it is released by its token at once.
+async fn acquire(cache: &TieredCache, key: &str, token: String, ttl: Duration) -> Acquired {
+    let (sender, answer) = tokio::sync::oneshot::channel();
+    let (cache, key) = (cache.clone(), key.to_owned());
+    tokio::spawn(async move {
+        let acquired = match cache.try_lock(&key, &token, ttl).await {
+            Some(true) => Acquired::Held(SharedLock {
+                cache,
+                key,
+                token,
+                released: false,
+            }),
+            Some(false) => Acquired::Taken,
+            None => {
+                cache.unlock(&key, &token).await;
+                Acquired::Unknown
+            }
+        };
+        // A caller that went away drops `acquired` here: the guard releases the lock.
+        let _ = sender.send(acquired);
+    });
+    answer.await.unwrap_or(Acquired::Unknown)
 }
 
 impl Drop for SharedLock {
@@ -220,14 +253,8 @@ impl TieredCache {
         let deadline = tokio::time::Instant::now() + wait;
         let mut pause = Duration::from_millis(10);
         loop {
-            match self.try_lock(key, &token, ttl).await {
-                Some(true) => {
-                    let lock = SharedLock {
-                        cache: self.clone(),
-                        key: key.to_owned(),
-                        token,
-                        released: false,
-                    };
+            match acquire(self, key, token.clone(), ttl).await {
+                Acquired::Held(lock) => {
                     // The previous holder may have stored it just before letting go.
                     if let Some(value) = stored().await {
                         lock.release().await;
@@ -236,8 +263,8 @@ impl TieredCache {
                     }
                     return Locked::Held(lock);
                 }
-                Some(false) => {}
-                None => return Locked::Skipped,
+                Acquired::Taken => {}
+                Acquired::Unknown => return Locked::Skipped,
             }
             if let Some(value) = stored().await {
                 self.count(Counter::LockWaitsFilled);

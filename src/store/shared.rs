@@ -240,6 +240,16 @@ impl SharedTier {
             .await
     }
 
+    /// A new generation from the shared tier's counter (learned here too).
+    pub(crate) async fn next_generation(&self) -> Result<u64, TierError> {
+        let core = &self.core;
+        let generation = core
+            .guard(Place::Generation, core.backend.next_generation())
+            .await?;
+        core.versions.saw_shared(generation);
+        Ok(generation)
+    }
+
     /// The invalidation stamps of `tags`, in order (0 for never invalidated): one multi-get per
     /// shard (on Redis Cluster one per hash slot), all together.
     pub(crate) async fn tag_stamps(&self, tags: &[&str]) -> Result<Vec<u64>, TierError> {
@@ -661,7 +671,7 @@ mod tests {
             Codec::new(&config),
             &config,
             (
-                Arc::new(Versions::new(Duration::from_secs(60))),
+                Arc::new(Versions::new(Duration::from_secs(60), false)),
                 Arc::new(TagStamps::new(Duration::from_secs(60))),
             ),
         )

@@ -126,7 +126,7 @@ impl TieredCache {
         // A fill that outlasts the memory tier's longest lifetime or the origin timeout cannot
         // prove itself current (see `Versions`): it is not stored.
         let horizon = config.l1.max_ttl.max(config.http.origin_timeout);
-        let versions = Arc::new(Versions::new(horizon));
+        let versions = Arc::new(Versions::new(horizon, !config.l2.enabled()));
         let (events, _) = broadcast::channel(1024);
         let (relearn, learner) = tokio::sync::watch::channel(0);
         let sink: EventSink = {
@@ -434,9 +434,19 @@ impl TieredCache {
         let Some(found) = self.find(key).await else {
             return Ok(());
         };
+        // An HTTP variant list expired so expires every variant filled under an older
+        // generation (`http::entries::resolve`): this one is new, so that is every variant
+        // filled before now, on any instance.
+        let generation = match &self.inner.shared {
+            Some(shared) => shared
+                .next_generation()
+                .await
+                .map_err(|err| self.l2_failed("expire", err))?,
+            None => ticket.version().shared,
+        };
         let version = Version {
             local: ticket.seq(),
-            shared: found.entry.version().shared,
+            shared: generation,
         };
         let expired = found
             .entry

@@ -93,25 +93,35 @@ pub(crate) struct Versions {
     shared: AtomicU64,
     book: RwLock<Book>,
     horizon: Duration,
+    /// Without a shared tier this instance is alone: its sequence is the generation too.
+    alone: bool,
 }
 
 impl Versions {
-    /// A record whose tickets store nothing once older than `horizon`.
-    pub(crate) fn new(horizon: Duration) -> Self {
+    /// A record whose tickets store nothing once older than `horizon`; `alone` when there is
+    /// no shared tier (then the local sequence serves as the generation).
+    pub(crate) fn new(horizon: Duration, alone: bool) -> Self {
         Self {
             seq: AtomicU64::new(0),
             floor: AtomicU64::new(0),
             shared: AtomicU64::new(0),
             book: RwLock::new(Book::default()),
             horizon,
+            alone,
         }
     }
 
     /// The ticket of a fill that begins now.
     pub(crate) fn ticket(&self) -> Ticket {
+        let seq = self.seq.load(Ordering::Acquire);
+        let shared = if self.alone {
+            seq
+        } else {
+            self.shared.load(Ordering::Acquire)
+        };
         Ticket {
-            seq: self.seq.load(Ordering::Acquire),
-            shared: self.shared.load(Ordering::Acquire),
+            seq,
+            shared,
             taken: Instant::now(),
         }
     }
@@ -263,7 +273,7 @@ mod tests {
     use super::*;
 
     fn versions() -> Versions {
-        Versions::new(Duration::from_secs(60))
+        Versions::new(Duration::from_secs(60), false)
     }
 
     fn tags(names: &[&str]) -> Vec<String> {
@@ -323,7 +333,7 @@ mod tests {
 
     #[test]
     fn a_ticket_past_the_horizon_stores_nothing() {
-        let versions = Versions::new(Duration::ZERO);
+        let versions = Versions::new(Duration::ZERO, false);
         let ticket = versions.ticket();
         std::thread::sleep(Duration::from_millis(2));
         assert!(!versions.is_current(ticket, "k", &[]));
