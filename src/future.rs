@@ -16,9 +16,9 @@ use crate::http::state::State;
 type CachedFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
 
 pin_project! {
-    /// The response future of [`CacheService`](crate::CacheService): the inner service's future
-    /// for requests that bypass the cache, a ready response for fresh memory hits (neither
-    /// allocates), a boxed future for the rest.
+    /// The response future of [`CacheService`](crate::CacheService): the inner service's call
+    /// (its readiness, then the call) for requests that bypass the cache, a ready response for
+    /// fresh memory hits (neither allocates), a boxed future for the rest.
     pub struct ResponseFuture<F, B, E> {
         #[pin]
         kind: Kind<F, B, E>,

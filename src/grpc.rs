@@ -47,13 +47,14 @@ use http::header::{HeaderName, AUTHORIZATION, CONTENT_TYPE, COOKIE};
 use http::{HeaderMap, Method, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Empty, Full};
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 
 use crate::body::{BoxError, CacheBody};
 use crate::config::CacheConfig;
 use crate::http::buffer::{read_body, Unread};
 use crate::http::cache_status::{Forward, Status};
 use crate::http::policy;
+use crate::origin::Origin;
 use crate::store::coalesce::Coalescer;
 use crate::store::{CachedEntry, Fill, FillOptions, FillPermit, Kept, TieredCache};
 
@@ -172,21 +173,22 @@ where
     type Error = S::Error;
     type Future = GrpcFuture<ResBody, S::Error>;
 
+    /// Always ready, as [`CacheService`](crate::CacheService) is: the inner service's readiness
+    /// is acquired by the calls that forward, when they do.
     #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let fresh = self.inner.clone();
-        let mut origin = std::mem::replace(&mut self.inner, fresh);
+        let origin = self.inner.clone();
         if !self.state.caches(&request) {
-            return forward(origin.call(request), None);
+            return forward(origin.oneshot(request), None);
         }
         if self.state.is_private(request.headers()) {
-            return forward(origin.call(request), Some(self.state.clone()));
+            return forward(origin.oneshot(request), Some(self.state.clone()));
         }
-        Box::pin(serve(self.state.clone(), origin, request))
+        Box::pin(serve(self.state.clone(), Origin::new(origin), request))
     }
 }
 

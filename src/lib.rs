@@ -155,6 +155,7 @@ pub mod grpc;
 mod http;
 mod layer;
 mod metrics;
+mod origin;
 mod service;
 #[cfg(feature = "sqlx")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]

@@ -9,7 +9,8 @@ use http::header::UPGRADE;
 use http::request::Parts;
 use http::{Method, Request, Response};
 use http_body::Body;
-use tower::Service;
+use tower::util::Oneshot;
+use tower::{Service, ServiceExt};
 
 use crate::body::{BoxError, CacheBody};
 use crate::future::ResponseFuture;
@@ -19,6 +20,7 @@ use crate::http::policy::{self, Reuse};
 use crate::http::routes::Rule;
 use crate::http::state::State;
 use crate::http::{entries, key, purge, range, read, response, target, write};
+use crate::origin::Origin;
 use crate::stats::Counter;
 use crate::store::TieredCache;
 
@@ -28,6 +30,10 @@ use crate::store::TieredCache;
 /// fresh; misses and revalidations go to the inner service, one request per key at a time, and
 /// storable responses are stored. Every other request passes straight through. Every response
 /// carries a `Cache-Status` member (RFC 9211) naming what happened.
+///
+/// The service is always ready: the inner service's readiness (a `ConcurrencyLimit` permit, a
+/// `Buffer` slot) is acquired only by a request that calls it, when it does, so hits never
+/// wait for the origin's capacity and requests waiting for another's fill hold none of it.
 #[derive(Clone, Debug)]
 pub struct CacheService<S> {
     inner: S,
@@ -73,11 +79,12 @@ where
 {
     type Response = Response<CacheBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+    type Future = ResponseFuture<Oneshot<S, Request<ReqBody>>, ResBody, S::Error>;
 
+    /// Always ready: the cache itself has no capacity limit (see [`CacheService`]).
     #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
@@ -105,13 +112,13 @@ where
             }
             Path::Bypass(detail) => {
                 self.state.cache.count(Counter::Bypasses);
-                let future = self.take_ready_origin().call(request);
+                let future = self.inner.clone().oneshot(request);
                 let mut status = Status::forward(Forward::Bypass);
                 status.detail = detail;
                 ResponseFuture::bypass(future, self.state.clone(), status)
             }
             Path::Mutate => {
-                let origin = self.take_ready_origin();
+                let origin = self.origin();
                 let future = write::mutate(self.state.clone(), origin, request, rule);
                 ResponseFuture::cached(Box::pin(Timed::new(future, span, started)))
             }
@@ -122,12 +129,12 @@ where
                 if let Some((response, due)) = fresh_in_memory(&self.state, &parts, &primary) {
                     record_memory_hit(&span, &primary, started);
                     if due {
-                        let origin = self.take_ready_origin();
+                        let origin = self.origin();
                         read::refresh_ahead(&self.state, origin, parts, body, primary, rule);
                     }
                     return ResponseFuture::ready(response);
                 }
-                let origin = self.take_ready_origin();
+                let origin = self.origin();
                 let state = self.state.clone();
                 if read::is_pass(&state, &parts, &primary) {
                     let future = read::pass(state, origin, parts, body, primary, rule);
@@ -141,11 +148,9 @@ where
 }
 
 impl<S: Clone> CacheService<S> {
-    /// The inner service driven to readiness by `poll_ready`, for a request that calls it; a
-    /// clone takes its place. Requests the cache answers itself leave the ready one in place.
-    fn take_ready_origin(&mut self) -> S {
-        let fresh = self.inner.clone();
-        std::mem::replace(&mut self.inner, fresh)
+    /// The inner service for a path that may call it: made ready by each call, not before.
+    fn origin(&self) -> Origin<S> {
+        Origin::new(self.inner.clone())
     }
 }
 

@@ -1,10 +1,18 @@
-//! Mutating requests: invalidation (RFC 9111 §4.4), write-through, tags and `Cache-Invalidate`.
+//! Mutating requests: invalidation (RFC 9111 §4.4), write-through, tags and `Cache-Invalidate`,
+//! `http.origin_timeout`.
 
 mod common;
 
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
 use common::origin::{cached, get, request, send};
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::{Layer, ServiceExt};
 use tower_tiered_cache::config::{RouteConfig, WriteMode};
-use tower_tiered_cache::CacheConfig;
+use tower_tiered_cache::{CacheConfig, CacheLayer};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -263,5 +271,31 @@ async fn clients_cannot_invalidate_with_request_headers() {
     assert_eq!(
         send(&service, get("/safe", &[])).await.cache_status(),
         "tiered-cache; hit; detail=memory"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_the_origin_does_not_answer_within_the_origin_timeout_gets_504() {
+    let config = CacheConfig::builder()
+        .origin_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let silent = tower::service_fn(|_: Request<Full<Bytes>>| {
+        std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()
+    });
+    let service = CacheLayer::new(config).layer(silent);
+    let put = Request::put("http://h/items/1")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+
+    // Paused time runs ahead to the next timer: the origin timeout, or else this deadlock guard.
+    let answered = tokio::time::timeout(Duration::from_secs(3600), service.oneshot(put)).await;
+    let response = answered
+        .expect("answered once the origin timeout passed")
+        .expect("the cache answers");
+    assert_eq!(response.status(), 504);
+    assert_eq!(
+        response.headers()["cache-status"],
+        "tiered-cache; fwd=method"
     );
 }

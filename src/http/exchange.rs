@@ -23,6 +23,7 @@ use tower::Service;
 
 use super::admit::{self, Admission, NotStored, Representation};
 use super::cache_status::{Forward, Status};
+use super::deadline;
 use super::entries::{self, Permit, Unshared};
 use super::policy::{self, StorePlan};
 use super::range::Held;
@@ -172,13 +173,8 @@ impl Exchange<'_> {
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     {
-        let call = origin.call(request);
-        let result = match self.state.origin_timeout {
-            Some(limit) => tokio::time::timeout(limit, call)
-                .await
-                .map_err(|_| OriginFailure::Timeout)?,
-            None => call.await,
-        };
+        let call = deadline::within(self.state.origin_timeout, origin.call(request));
+        let result = call.await.map_err(|_| OriginFailure::Timeout)?;
         let mut response = result.map_err(OriginFailure::Error)?;
         framing::settle(response.headers_mut()).map_err(|_| OriginFailure::Framing)?;
         Ok(response)
@@ -695,11 +691,6 @@ where
         }
         let _ = tee.finish();
     };
-    match limit {
-        Some(limit) => {
-            // Past the limit the fill is abandoned: the tee goes unfinished.
-            let _ = tokio::time::timeout(limit, read).await;
-        }
-        None => read.await,
-    }
+    // Past the limit the fill is abandoned: the tee goes unfinished.
+    let _ = deadline::within(limit, read).await;
 }

@@ -14,6 +14,8 @@
 
 use http::{HeaderMap, HeaderName};
 
+use super::key::push_value;
+
 pub(crate) use crate::config::ForwardedHeaders;
 
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
@@ -93,28 +95,29 @@ fn append_forwarded(key: &mut String, headers: &HeaderMap, separator: char) {
     key.push_str("forwarded=");
     let mut first_element = true;
     for line in lines {
-        let line = String::from_utf8_lossy(line.as_bytes());
-        for element in line.split(',') {
+        for element in line.as_bytes().split(|byte| *byte == b',') {
             if !first_element {
                 key.push(',');
             }
             first_element = false;
             let mut first_pair = true;
-            for pair in element.split(';') {
-                let Some((name, value)) = pair.split_once('=') else {
+            for pair in element.split(|byte| *byte == b';') {
+                let Some(equals) = pair.iter().position(|byte| *byte == b'=') else {
                     continue;
                 };
-                let name = name.trim();
-                if !(name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("proto")) {
-                    continue;
-                }
+                let name = match pair[..equals].trim_ascii() {
+                    name if name.eq_ignore_ascii_case(b"host") => "host",
+                    name if name.eq_ignore_ascii_case(b"proto") => "proto",
+                    _ => continue,
+                };
                 if !first_pair {
                     key.push(';');
                 }
                 first_pair = false;
-                key.push_str(&name.to_ascii_lowercase());
+                key.push_str(name);
                 key.push('=');
-                key.push_str(value.trim());
+                // By its bytes: forged values that differ only in non-UTF-8 bytes stay apart.
+                push_value(key, pair[equals + 1..].trim_ascii());
             }
         }
     }
@@ -154,6 +157,26 @@ mod tests {
         assert!(a.contains("host=evil.example;proto=https"), "{a}");
         assert_ne!(a, key_of(&[("forwarded", "for=1.2.3.4")]));
         assert_ne!(key_of(&[]), key_of(&[("forwarded", "for=1.2.3.4")]));
+    }
+
+    #[test]
+    fn forwarded_hosts_differing_only_in_bytes_that_are_not_utf8_get_different_keys() {
+        let key_of_bytes = |value: &[u8]| {
+            let mut headers = HeaderMap::new();
+            let value = HeaderValue::from_bytes(value).expect("obs-text is a valid header value");
+            headers.insert(FORWARDED.clone(), value);
+            let mut key = String::new();
+            append_to_key(&mut key, &headers, '\u{1f}', |_, _, _| {});
+            key
+        };
+        let ff = key_of_bytes(b"host=evil\xff.example");
+        assert_ne!(ff, key_of_bytes(b"host=evil\xfe.example"));
+        assert_ne!(ff, key_of_bytes("host=evil\u{fffd}.example".as_bytes()));
+        assert_eq!(
+            ff,
+            key_of_bytes(b"for=1.2.3.4; HOST = evil\xff.example"),
+            "still keyed by host and proto only"
+        );
     }
 
     #[test]

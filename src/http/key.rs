@@ -6,15 +6,24 @@
 //! `/a;.css` stay distinct), followed by any configured key headers and the URL-overriding
 //! headers the request carries ([`forwarding`](super::forwarding)). It is readable, so prefix
 //! invalidation works on URLs.
+//!
+//! Header values are keyed by their bytes: text as it is, and a value that is not UTF-8 (obs-text
+//! bytes) percent-encoded after a marker ([`push_value`]), so that values differing only in such
+//! bytes never share a key. List members are trimmed of the whitespace HTTP allows around them
+//! (spaces and tabs), nothing else.
 
-use http::header::HOST;
+use http::header::{GetAll, HOST};
 use http::request::Parts;
-use http::{HeaderMap, HeaderName, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 use super::forwarding;
 
 /// Separates the parts of a key; cannot occur in a URI or a header value.
 pub(crate) const SEPARATOR: char = '\u{1f}';
+
+/// Begins a value keyed by its bytes ([`push_value`]); cannot occur in a header value, so no
+/// value keyed as text begins with it.
+const BYTES: char = '\u{7f}';
 
 /// The primary key of a request. HEAD and GET share it: HEAD is answered from GET entries.
 pub(crate) fn primary_key(parts: &Parts, key_headers: &[HeaderName]) -> String {
@@ -55,7 +64,8 @@ pub(crate) fn target_uri(uri: &Uri, headers: &HeaderMap) -> String {
     target.push_str("://");
     match std::str::from_utf8(host) {
         Ok(host) => target.extend(host.chars().map(|c| c.to_ascii_lowercase())),
-        Err(_) => target.push_str(&String::from_utf8_lossy(host).to_ascii_lowercase()),
+        // Unreachable after target validation, which admits only ASCII hosts.
+        Err(_) => push_value(&mut target, &host.to_ascii_lowercase()),
     }
     target.push_str(path);
     target
@@ -100,37 +110,83 @@ fn has_weighted_members(name: &str) -> bool {
 fn append_field(key: &mut String, name: &str, headers: &HeaderMap) {
     key.push(SEPARATOR);
     key.push_str(name);
-    let mut lines = headers.get_all(name).iter().peekable();
-    if lines.peek().is_none() {
+    let lines = headers.get_all(name);
+    if lines.iter().next().is_none() {
         return;
     }
     key.push('=');
-    if has_weighted_members(name) {
-        let mut lines = lines.map(|line| String::from_utf8_lossy(line.as_bytes()));
-        let first = lines.next().unwrap_or_default();
-        match lines.next() {
-            None => append_weighted_members(key, &first),
-            Some(second) => {
-                let mut combined = format!("{first},{second}");
-                for line in lines {
-                    combined.push(',');
-                    combined.push_str(&line);
-                }
-                append_weighted_members(key, &combined);
-            }
-        }
+    // A weighted list is folded by meaning only when it is text; one with other bytes is keyed
+    // member by member as it came.
+    if has_weighted_members(name) && lines.iter().all(|line| text(line).is_some()) {
+        append_weighted_lines(key, lines.iter().filter_map(text));
         return;
     }
+    append_members(key, lines);
+}
+
+fn text(line: &HeaderValue) -> Option<&str> {
+    std::str::from_utf8(line.as_bytes()).ok()
+}
+
+/// Appends every comma-separated member of every line, trimmed, each by [`push_value`].
+fn append_members(key: &mut String, lines: GetAll<'_, HeaderValue>) {
     let mut first = true;
     for line in lines {
-        for value in String::from_utf8_lossy(line.as_bytes()).split(',') {
+        for value in line.as_bytes().split(|byte| *byte == b',') {
             if !first {
                 key.push(',');
             }
             first = false;
-            key.push_str(value.trim());
+            push_value(key, value.trim_ascii());
         }
     }
+}
+
+/// Appends a piece of a header value so that different bytes never give the same text: as it is
+/// when it is UTF-8, else as [`BYTES`] and then its bytes with `%` and every byte outside visible
+/// ASCII percent-encoded.
+pub(crate) fn push_value(key: &mut String, value: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(value) {
+        key.push_str(text);
+        return;
+    }
+    key.push(BYTES);
+    for &byte in value {
+        if byte == b'%' || !(0x20..0x7f).contains(&byte) {
+            key.push('%');
+            key.push(hex_digit(byte >> 4));
+            key.push(hex_digit(byte & 0xf));
+        } else {
+            key.push(char::from(byte));
+        }
+    }
+}
+
+fn hex_digit(nibble: u8) -> char {
+    char::from_digit(u32::from(nibble), 16).map_or('0', |digit| digit.to_ascii_uppercase())
+}
+
+/// The lines of a weighted field, combined as one list and appended by
+/// [`append_weighted_members`]; one line (what clients send) without a copy.
+fn append_weighted_lines<'a>(key: &mut String, mut lines: impl Iterator<Item = &'a str>) {
+    let first = lines.next().unwrap_or_default();
+    match lines.next() {
+        None => append_weighted_members(key, first),
+        Some(second) => {
+            let mut combined = format!("{first},{second}");
+            for line in lines {
+                combined.push(',');
+                combined.push_str(line);
+            }
+            append_weighted_members(key, &combined);
+        }
+    }
+}
+
+/// `text` without the whitespace HTTP allows around list members and parameters (RFC 9110
+/// §5.6.1): spaces and tabs, not every Unicode space.
+fn trim_ows(text: &str) -> &str {
+    text.trim_matches([' ', '\t'])
 }
 
 /// Appends the members of a weighted list lower-cased, without whitespace around `;`, with
@@ -175,8 +231,8 @@ fn append_weighted_members(key: &mut String, list: &str) {
 /// One member of a weighted list with its `weight`, folded as [`append_weighted_members`] says.
 fn append_member(key: &mut String, member: &str, weight: Option<u16>) {
     let mut parts = member.split(';');
-    push_lowercase(key, parts.next().unwrap_or_default().trim());
-    for parameter in parts.map(str::trim) {
+    push_lowercase(key, trim_ows(parts.next().unwrap_or_default()));
+    for parameter in parts.map(trim_ows) {
         if weight.is_some() && is_weight(parameter) {
             continue;
         }
@@ -223,7 +279,7 @@ fn member_weight(member: &str) -> Option<u16> {
     let Some(q) = member
         .split(';')
         .skip(1)
-        .map(str::trim)
+        .map(trim_ows)
         .find(|p| is_weight(p))
     else {
         return Some(1000);
@@ -304,6 +360,63 @@ mod tests {
         let one = primary_key(&parts("/a", &[("x-tenant", "1")]), &tenant);
         assert_ne!(absent, empty);
         assert_ne!(empty, one);
+    }
+
+    /// `parts` with `name: value` added as raw bytes (obs-text, not UTF-8).
+    fn with_bytes(mut parts: Parts, name: &'static str, value: &[u8]) -> Parts {
+        let value = HeaderValue::from_bytes(value).expect("obs-text is a valid header value");
+        parts.headers.append(name, value);
+        parts
+    }
+
+    #[test]
+    fn values_differing_only_in_bytes_that_are_not_utf8_get_different_keys() {
+        let tenant = [HeaderName::from_static("x-tenant")];
+        let key =
+            |value: &[u8]| primary_key(&with_bytes(parts("/a", &[]), "x-tenant", value), &tenant);
+        let keys = [
+            key(b"a\xff"),
+            key(b"a\xfe"),
+            key(b"a\xff\xff"),
+            key("a\u{fffd}".as_bytes()),
+            key(b"a%FF"),
+            key(b"a"),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(key(b"a\xff"), "http:///a\u{1f}x-tenant=\u{7f}a%FF");
+        assert_eq!(
+            key("caf\u{e9}".as_bytes()),
+            "http:///a\u{1f}x-tenant=caf\u{e9}"
+        );
+    }
+
+    #[test]
+    fn weighted_lists_with_bytes_that_are_not_utf8_get_different_keys() {
+        let vary = vec!["accept-language".to_owned()];
+        let key = |value: &[u8]| {
+            let parts = with_bytes(parts("/", &[]), "accept-language", value);
+            variant_key("k", "1", &vary, &parts.headers)
+        };
+        assert_ne!(key(b"en, \xff"), key(b"en, \xfe"));
+        assert_ne!(key(b"en, \xff"), key("en, \u{fffd}".as_bytes()));
+        assert_eq!(key(b"en ,\xff"), key(b"en, \xff"), "still trimmed");
+    }
+
+    #[test]
+    fn only_spaces_and_tabs_are_trimmed_from_members() {
+        let tenant = [HeaderName::from_static("x-tenant")];
+        let key = |value: &str| primary_key(&parts("/a", &[("x-tenant", value)]), &tenant);
+        assert_eq!(key(" a ,\tb"), key("a,b"));
+        assert_ne!(
+            key("a\u{a0}"),
+            key("a"),
+            "a no-break space is part of the value"
+        );
+        assert_ne!(language_key("en\u{a0}"), language_key("en"));
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub(crate) mod buffer;
 pub(crate) mod cache_control;
 pub(crate) mod cache_status;
 pub(crate) mod coding;
+pub(crate) mod deadline;
 pub(crate) mod entries;
 pub(crate) mod exchange;
 pub(crate) mod forwarding;

@@ -28,6 +28,7 @@ use tower::Service;
 use super::cache_control::CacheControl;
 use super::cache_status::{Forward, Status};
 use super::coding;
+use super::deadline;
 use super::entries::{self, Fetched, Permit, Unshared};
 use super::exchange::Exchange;
 use super::policy::{self, Reuse};
@@ -404,15 +405,7 @@ fn spawn_bounded(
     state: &State,
     revalidation: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let limit = state.origin_timeout;
-    tokio::spawn(async move {
-        match limit {
-            Some(limit) => {
-                let _ = tokio::time::timeout(limit, revalidation).await;
-            }
-            None => revalidation.await,
-        }
-    });
+    tokio::spawn(deadline::within(state.origin_timeout, revalidation));
 }
 
 /// One revalidation of a stored entry, in the background.

@@ -18,7 +18,7 @@ use super::cache_status::{Forward, Status};
 use super::exchange::{kept, Fill, Storing};
 use super::routes::Rule;
 use super::state::{State, Times};
-use super::{key, response, write_behind};
+use super::{deadline, key, response, write_behind};
 use crate::body::{BoxError, CacheBody};
 use crate::config::WriteMode;
 use crate::tee::Tee;
@@ -45,7 +45,14 @@ where
     let primary = key::key_for(&target, request.headers(), &rule.key_headers);
     let request_headers = request.headers().clone();
     let request_time = SystemTime::now();
-    let (mut parts, body) = origin.call(request).await?.into_parts();
+    let call = deadline::within(state.origin_timeout, origin.call(request));
+    let Ok(answer) = call.await else {
+        return Ok(response::gateway_timeout(
+            Status::forward(Forward::Method),
+            &state.cache_name,
+        ));
+    };
+    let (mut parts, body) = answer?.into_parts();
     let times = Times {
         request: request_time,
         response: SystemTime::now(),

@@ -9,10 +9,14 @@
 //!
 //! Until its shard first connected, and at most until `l2.connect_wait` after start, failures do
 //! not count: requests sent while the connection is being made are misses that do not open it.
+//!
+//! Each change of state starts a new generation, and an operation's result counts only in the
+//! generation it was admitted in: a slow success admitted before the breaker opened does not close
+//! it, and a slow failure admitted before a probe closed it does not open it again.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -22,16 +26,35 @@ use tokio::time::Instant;
 use super::backend::Shard;
 use super::tier::TierError;
 
-const CLOSED: u8 = 0;
-const OPEN: u8 = 1;
-const HALF_OPEN: u8 = 2;
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+const STATE_BITS: u32 = 2;
+
+/// A breaker's state and its generation, in one word so that both are read and changed at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Phase(u64);
+
+impl Phase {
+    fn state(self) -> u64 {
+        self.0 & ((1 << STATE_BITS) - 1)
+    }
+
+    /// The phase a change from this one to `state` starts.
+    fn next(self, state: u64) -> Self {
+        let generation = (self.0 >> STATE_BITS).wrapping_add(1);
+        Self((generation << STATE_BITS) | state)
+    }
+}
 
 /// The breaker of one shard.
 #[derive(Debug)]
 pub(crate) struct Breaker {
     threshold: u32,
     cooldown: Duration,
-    state: AtomicU8,
+    /// A [`Phase`].
+    phase: AtomicU64,
+    /// Consecutive failures in the current phase.
     failures: AtomicU32,
     /// The clock's origin: `opened_at` is counted from it, so it fits in an atomic.
     epoch: Instant,
@@ -68,7 +91,7 @@ impl Breaker {
         Self {
             threshold: threshold.max(1),
             cooldown,
-            state: AtomicU8::new(CLOSED),
+            phase: AtomicU64::new(CLOSED),
             failures: AtomicU32::new(0),
             epoch,
             opened_at_ms: AtomicU64::new(0),
@@ -80,6 +103,23 @@ impl Breaker {
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn phase(&self) -> Phase {
+        Phase(self.phase.load(Ordering::Acquire))
+    }
+
+    /// Moves from `from` to `state`, starting a new generation; `false` when the breaker has left
+    /// `from` already (another result or a connection changed it first).
+    fn change(&self, from: Phase, state: u64) -> bool {
+        self.phase
+            .compare_exchange(
+                from.0,
+                from.next(state).0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
     }
 
     /// Runs `operation` unless the circuit is open (then fails at once), and feeds the outcome
@@ -98,71 +138,106 @@ impl Breaker {
     /// Admission for one operation; `None` while open. After the cooldown exactly one caller is
     /// admitted as the probe.
     fn admit(&self) -> Option<Admission<'_>> {
-        let probe = match self.state.load(Ordering::Acquire) {
-            CLOSED => false,
-            OPEN => {
-                let opened = self.opened_at_ms.load(Ordering::Acquire);
-                let cooled = self.now_ms().saturating_sub(opened)
-                    >= u64::try_from(self.cooldown.as_millis()).unwrap_or(u64::MAX);
-                if !cooled
-                    || self
-                        .state
-                        .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
-                        .is_err()
-                {
-                    return None;
-                }
-                true
-            }
+        let phase = self.phase();
+        let admitted = match phase.state() {
+            CLOSED => phase,
+            OPEN if self.cooled() && self.change(phase, HALF_OPEN) => phase.next(HALF_OPEN),
             _ => return None,
         };
         Some(Admission {
             breaker: self,
-            probe,
+            phase: admitted,
             settled: false,
         })
     }
 
-    /// The shard answered (an operation, or a new connection): closed, counting from zero.
-    pub(crate) fn succeeded(&self) {
-        self.armed.store(true, Ordering::Release);
-        self.failures.store(0, Ordering::Release);
-        if self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
-            tracing::info!("shared tier answers again; circuit closed");
-            self.recovered.notify_one();
-        }
+    fn cooled(&self) -> bool {
+        let opened = self.opened_at_ms.load(Ordering::Acquire);
+        self.now_ms().saturating_sub(opened)
+            >= u64::try_from(self.cooldown.as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn failed(&self) {
-        let starting = !self.armed.load(Ordering::Acquire) && Instant::now() < self.grace_until;
-        let state = self.state.load(Ordering::Acquire);
-        if starting && state != HALF_OPEN {
-            return;
-        }
-        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if state == HALF_OPEN || (state == CLOSED && failures >= self.threshold) {
-            self.open();
-            if state == CLOSED {
-                tracing::warn!(failures, "shared tier failing; circuit open, skipping it");
+    /// A new connection to the shard: closed, counting from zero, whatever was in flight.
+    fn connected(&self) {
+        self.armed.store(true, Ordering::Release);
+        loop {
+            let phase = self.phase();
+            if phase.state() == CLOSED {
+                self.failures.store(0, Ordering::Release);
+                return;
+            }
+            if self.close(phase) {
+                return;
             }
         }
     }
 
-    fn open(&self) {
+    /// An operation admitted in `admitted` answered: closed, counting from zero, unless the
+    /// breaker changed since (its answer is older than that change).
+    fn answered(&self, admitted: Phase) {
+        self.armed.store(true, Ordering::Release);
+        if self.phase() != admitted {
+            return;
+        }
+        match admitted.state() {
+            HALF_OPEN => {
+                self.close(admitted);
+            }
+            _ => self.failures.store(0, Ordering::Release),
+        }
+    }
+
+    /// Closes the breaker if it is still in `from`.
+    fn close(&self, from: Phase) -> bool {
+        if !self.change(from, CLOSED) {
+            return false;
+        }
+        self.failures.store(0, Ordering::Release);
+        tracing::info!("shared tier answers again; circuit closed");
+        self.recovered.notify_one();
+        true
+    }
+
+    /// An operation admitted in `admitted` failed: counted, unless the breaker changed since.
+    fn failed(&self, admitted: Phase) {
+        let starting = !self.armed.load(Ordering::Acquire) && Instant::now() < self.grace_until;
+        if (starting && admitted.state() != HALF_OPEN) || self.phase() != admitted {
+            return;
+        }
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        match admitted.state() {
+            HALF_OPEN => {
+                self.open(admitted);
+            }
+            _ if failures >= self.threshold && self.open(admitted) => {
+                tracing::warn!(failures, "shared tier failing; circuit open, skipping it");
+            }
+            _ => {}
+        }
+    }
+
+    /// Opens the breaker for a cooldown from now if it is still in `from`.
+    fn open(&self, from: Phase) -> bool {
+        // Written before the change, so that whoever sees it open sees when it opened. Should the
+        // change fail, the breaker changed an instant ago: the time is as good as its own.
         self.opened_at_ms.store(self.now_ms(), Ordering::Release);
-        self.state.store(OPEN, Ordering::Release);
+        if !self.change(from, OPEN) {
+            return false;
+        }
+        self.failures.store(0, Ordering::Release);
+        true
     }
 
     pub(crate) fn is_open(&self) -> bool {
-        self.state.load(Ordering::Acquire) != CLOSED
+        self.phase().state() != CLOSED
     }
 }
 
-/// One operation let through; settled with its outcome, or, dropped unsettled while it was the
-/// probe, opening the breaker again.
+/// One operation let through in a phase of the breaker; settled with its outcome, or, dropped
+/// unsettled while it was the probe, opening the breaker again.
 struct Admission<'a> {
     breaker: &'a Breaker,
-    probe: bool,
+    phase: Phase,
     settled: bool,
 }
 
@@ -170,19 +245,19 @@ impl Admission<'_> {
     fn settle(mut self, answered: bool) {
         self.settled = true;
         if answered {
-            self.breaker.succeeded();
+            self.breaker.answered(self.phase);
         } else {
-            self.breaker.failed();
+            self.breaker.failed(self.phase);
         }
     }
 }
 
 impl Drop for Admission<'_> {
     fn drop(&mut self) {
-        if self.probe && !self.settled {
+        if self.phase.state() == HALF_OPEN && !self.settled {
             // Cancelled mid-probe: nobody else may probe while half-open, so without this the
             // circuit would stay half-open (closed to everyone) until a reconnection.
-            self.breaker.open();
+            self.breaker.open(self.phase);
         }
     }
 }
@@ -227,7 +302,7 @@ impl Breakers {
 
     /// A (re)connection to `shard`: it answers again, no need to wait for a probe.
     pub(crate) fn connected(&self, shard: &Shard) {
-        self.of(shard).succeeded();
+        self.of(shard).connected();
         self.recovered.notify_one();
     }
 
@@ -241,7 +316,7 @@ impl Breakers {
             .cloned()
             .collect();
         for breaker in shards {
-            breaker.succeeded();
+            breaker.connected();
         }
         self.recovered.notify_one();
     }
@@ -348,6 +423,60 @@ mod tests {
         ));
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(succeed(&breaker).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_late_success_does_not_close_a_breaker_that_opened_since() {
+        let breaker = breaker(1, Duration::from_secs(3600));
+        let slow = breaker.admit().expect("closed");
+        fail(&breaker).await;
+        assert!(breaker.is_open());
+        slow.settle(true);
+        assert!(
+            breaker.is_open(),
+            "admitted before it opened: not the probe"
+        );
+        assert!(matches!(
+            succeed(&breaker).await,
+            Err(TierError::CircuitOpen)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_late_failure_does_not_reopen_a_breaker_that_a_probe_closed() {
+        let breaker = breaker(1, Duration::ZERO);
+        let slow = breaker.admit().expect("closed");
+        fail(&breaker).await;
+        assert!(succeed(&breaker).await.is_ok(), "the probe closes it");
+        slow.settle(false);
+        assert!(!breaker.is_open(), "admitted before it opened: not counted");
+        fail(&breaker).await;
+        assert!(breaker.is_open(), "a failure of its own phase counts");
+    }
+
+    #[tokio::test]
+    async fn a_late_failure_does_not_end_the_probe() {
+        let breaker = breaker(1, Duration::ZERO);
+        let slow = breaker.admit().expect("closed");
+        fail(&breaker).await;
+        let probe = breaker.admit().expect("the probe");
+        slow.settle(false);
+        assert!(breaker.admit().is_none(), "still one probe at a time");
+        probe.settle(true);
+        assert!(!breaker.is_open());
+    }
+
+    #[tokio::test]
+    async fn a_probe_dropped_after_a_reconnection_leaves_the_breaker_closed() {
+        let breaker = breaker(1, Duration::ZERO);
+        fail(&breaker).await;
+        let probe = breaker.admit().expect("the probe");
+        breaker.connected();
+        drop(probe);
+        assert!(
+            !breaker.is_open(),
+            "the reconnection closed it; the probe is moot"
+        );
     }
 
     #[tokio::test(start_paused = true)]
