@@ -255,8 +255,12 @@ mod on_redis {
             purger.skew_clock(Duration::from_secs(purger_ahead));
             let mut events = filler.invalidation_events();
 
+            // What a loader on a machine whose clock runs ahead produces.
+            let stored_at = std::time::SystemTime::now() + Duration::from_secs(filler_ahead);
             filler
-                .get_or_set("user:1", || async { Ok::<_, Infallible>(user("V1")) })
+                .get_or_set("user:1", || async move {
+                    Ok::<_, Infallible>(user("V1").with_stored_at(stored_at))
+                })
                 .await
                 .unwrap();
             filler.wait_for_writes().await;

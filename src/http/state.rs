@@ -298,7 +298,6 @@ impl State {
             .with_tags(tags)
             .with_stale_ttl(plan.keep_stale)
             .with_stored_at(generated)
-            .with_inserted_at(times.request)
     }
 }
 

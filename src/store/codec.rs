@@ -105,7 +105,6 @@ struct WireMeta {
     headers: Vec<(String, Vec<u8>)>,
     trailers: Vec<(String, Vec<u8>)>,
     stored_at_ms: u64,
-    inserted_at_ms: u64,
     /// The shared-tier generation the entry was filled under (format 4 on).
     generation: u64,
     ttl_ms: u64,
@@ -284,7 +283,6 @@ impl Codec {
             headers: fields_to_wire(&meta.headers),
             trailers: fields_to_wire(&meta.trailers),
             stored_at_ms: meta.stored_at_ms,
-            inserted_at_ms: meta.inserted_at_ms,
             generation: entry.version().shared,
             ttl_ms: meta.ttl_ms,
             stale_ttl_ms: meta.stale_ttl_ms,
@@ -407,7 +405,6 @@ impl Codec {
             headers,
             trailers: fields_from_wire(wire.trailers)?,
             stored_at_ms: wire.stored_at_ms,
-            inserted_at_ms: wire.inserted_at_ms,
             ttl_ms: wire.ttl_ms,
             stale_ttl_ms: wire.stale_ttl_ms,
             tags: wire.tags,

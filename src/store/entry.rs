@@ -61,8 +61,6 @@ pub(crate) struct EntryMeta {
     pub(crate) headers: HeaderMap,
     pub(crate) trailers: HeaderMap,
     pub(crate) stored_at_ms: u64,
-    /// When the value was obtained (or its load started): tag invalidations after this kill it.
-    pub(crate) inserted_at_ms: u64,
     pub(crate) ttl_ms: u64,
     pub(crate) stale_ttl_ms: u64,
     pub(crate) tags: Vec<String>,
@@ -87,7 +85,6 @@ impl CachedEntry {
                 headers: HeaderMap::new(),
                 trailers: HeaderMap::new(),
                 stored_at_ms: now,
-                inserted_at_ms: now,
                 ttl_ms: duration_ms(ttl),
                 stale_ttl_ms: 0,
                 tags: Vec::new(),
@@ -174,19 +171,6 @@ impl CachedEntry {
     pub fn with_stored_at(mut self, stored_at: SystemTime) -> Self {
         Arc::make_mut(&mut self.meta).stored_at_ms = unix_ms(stored_at);
         self
-    }
-
-    /// Marks the value as obtained at `time` (when its load started), so that a tag invalidation
-    /// after that time kills it even if it is stored later.
-    #[must_use]
-    pub(crate) fn with_inserted_at(mut self, time: SystemTime) -> Self {
-        Arc::make_mut(&mut self.meta).inserted_at_ms = unix_ms(time);
-        self
-    }
-
-    /// When the value was obtained (or its load started).
-    pub(crate) fn inserted_at(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.meta.inserted_at_ms)
     }
 
     /// This entry expired at `at` without being removed (a soft purge): stale from then on,

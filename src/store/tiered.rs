@@ -222,8 +222,8 @@ impl TieredCache {
     }
 
     /// Sets this instance's clock `ahead` of the system's, as a machine whose clock runs
-    /// ahead would have it: the times this instance records for what it loads follow it. For
-    /// tests that show that no decision between instances depends on their clocks.
+    /// ahead would have it: `get_or_set` judges freshness by it. For tests that show that no
+    /// decision between instances depends on their clocks.
     #[doc(hidden)]
     pub fn skew_clock(&self, ahead: Duration) {
         let ms = u64::try_from(ahead.as_millis()).unwrap_or(u64::MAX);
@@ -378,13 +378,10 @@ impl TieredCache {
         self.inner.counters.incr(Counter::LoaderCalls);
         // Taken before the loader reads anything: an invalidation while it runs outdates it.
         let ticket = self.ticket();
-        let load_started = self.now();
         let started = tokio::time::Instant::now();
         let result = match loader().await {
             Ok(entry) => {
-                let entry = entry
-                    .with_inserted_at(load_started)
-                    .with_load_time(started.elapsed());
+                let entry = entry.with_load_time(started.elapsed());
                 if self.store(key, &entry, ticket).await == Kept::Outdated {
                     // What it loaded may predate the invalidation: not for the callers waiting
                     // (they load again, one of them leading), only for this one, which asked
