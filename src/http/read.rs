@@ -30,7 +30,7 @@ use super::cache_status::{Forward, Status};
 use super::coding;
 use super::entries::{self, Fetched, Permit, Unshared};
 use super::exchange::Exchange;
-use super::policy::{self, Reuse};
+use super::policy::{self, Precondition, Reuse};
 use super::range;
 use super::response;
 use super::routes::Rule;
@@ -240,11 +240,7 @@ async fn look_up(state: &State, parts: &Parts, primary: &str) -> LookedUp {
     }
     let unusable_part = resolved.found.as_ref().is_some_and(|found| {
         let entry = &found.lookup.entry;
-        range::is_partial(entry)
-            && !(reuse == Some(Reuse::Fresh)
-                && parts.method == Method::GET
-                && range::within_partial(&parts.headers, entry.headers(), entry.body().len())
-                    .is_some())
+        range::is_partial(entry) && !(reuse == Some(Reuse::Fresh) && part_answers(parts, entry))
     });
     let looked_up = if unusable_part {
         LookedUp {
@@ -261,6 +257,16 @@ async fn look_up(state: &State, parts: &Parts, primary: &str) -> LookedUp {
         .cache
         .count_lookup(looked_up.resolved.found.as_ref().map(|found| &found.lookup));
     looked_up
+}
+
+/// Whether a stored part answers the request: a GET of a range inside it, unless `If-Range`
+/// asks for the whole representation instead.
+fn part_answers(parts: &Parts, entry: &crate::store::CachedEntry) -> bool {
+    let headers = &parts.headers;
+    parts.method == Method::GET
+        && range::within_partial(headers, entry.headers(), entry.body().len()).is_some()
+        && policy::preconditions(headers, entry.status(), entry.headers())
+            != Precondition::Proceed { ranges: false }
 }
 
 /// How to read the shared tier for this request: a plain GET from a client that accepts `br`
