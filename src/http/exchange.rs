@@ -356,7 +356,7 @@ impl Exchange<'_> {
             }
             Err(_) => {
                 unshared(permit);
-                self.forget_stale().await;
+                self.forget_stale(client_headers).await;
                 self.served_once(stored, headers, times)
             }
         };
@@ -465,10 +465,10 @@ impl Exchange<'_> {
     {
         self.state
             .passes
-            .refused(self.primary, reason, parts.status);
+            .refused(self.primary, reason, parts.status, client_headers);
         unshared(permit);
         if !parts.status.is_server_error() && !parts.status.is_informational() {
-            self.forget_stale().await;
+            self.forget_stale(client_headers).await;
         }
         let answer = policy::preconditions(client_headers, parts.status, &parts.headers);
         let Some(mut instead) = response::instead_of(answer, &parts.headers) else {
@@ -532,8 +532,14 @@ impl Exchange<'_> {
         stored.is_some()
     }
 
-    /// Drops the entry being validated; a Redis failure is already counted and logged.
-    async fn forget_stale(&self) {
+    /// Drops the entry being validated, superseded by an answer to a request with
+    /// `client_headers` — unless that request carries credentials: the answer may be that
+    /// client's alone (a `private` page), and no client may remove what everyone else is served.
+    /// A Redis failure is already counted and logged.
+    async fn forget_stale(&self, client_headers: &HeaderMap) {
+        if policy::has_credentials(client_headers) {
+            return;
+        }
         if let Some(stale) = self.stale {
             let _ = self.state.cache.invalidate(&stale.key).await;
         }

@@ -7,7 +7,9 @@
 //!    and what that entry may do for it (RFC 9111 §4);
 //! 2. fresh: answered from the cache;
 //! 3. stale within `stale-while-revalidate`: answered from the cache while one background
-//!    request revalidates it (at most one per entry, bounded by `http.origin_timeout`);
+//!    request revalidates it (at most one per entry, bounded by `http.origin_timeout`; the
+//!    cache's own GET, never started by a request with credentials, see
+//!    [`background_request`]);
 //! 4. `only-if-cached` with nothing usable: `504`, the origin is not asked;
 //! 5. HEAD and ranges go to the origin as they are (a range answer is stored when nothing is);
 //! 6. authorized requests are fetched for that client alone;
@@ -322,7 +324,8 @@ fn may_serve_stale(state: &State, parts: &Parts, found: &Found) -> bool {
 }
 
 /// Starts one background revalidation of `found` — none when one runs already (checked
-/// before anything is spawned) — bounded by `http.origin_timeout`.
+/// before anything is spawned) or the request carries credentials ([`background_request`]) —
+/// bounded by `http.origin_timeout`.
 #[allow(clippy::too_many_arguments)]
 fn revalidate_in_background<S, ReqBody, ResBody>(
     state: &Arc<State>,
@@ -341,6 +344,9 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
+    let Some(parts) = background_request(parts) else {
+        return;
+    };
     let Some(permit) = state
         .cache
         .try_fill::<Fetched, Unshared>(&state.flights, &found.key)
@@ -359,8 +365,8 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
 
 /// Refresh-ahead (`http.refresh_ahead`): a fresh memory hit for `primary` past that fraction of
 /// its lifetime starts one background revalidation — none when one runs for the key already
-/// (checked before anything is spawned), and with `l2.lock` none when another instance runs
-/// one.
+/// (checked before anything is spawned) or the request carries credentials
+/// ([`background_request`]), and with `l2.lock` none when another instance runs one.
 pub(crate) fn refresh_ahead<S, ReqBody, ResBody>(
     state: &Arc<State>,
     origin: S,
@@ -376,6 +382,9 @@ pub(crate) fn refresh_ahead<S, ReqBody, ResBody>(
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
+    let Some(parts) = background_request(parts) else {
+        return;
+    };
     let Some(permit) = state
         .cache
         .try_fill::<Fetched, Unshared>(&state.flights, &primary)
@@ -402,6 +411,21 @@ pub(crate) fn refresh_ahead<S, ReqBody, ResBody>(
         };
         revalidation.run(origin, parts, body, permit).await;
     });
+}
+
+/// The request a background revalidation sends, made from the one that started it: the cache's
+/// own GET for the whole representation (a HEAD or `Range` hit may start a refresh-ahead; the
+/// client's preconditions are removed by the exchange, as on every fill). `None` for a request
+/// with credentials, which starts none: sent with them, the answer could be that client's page,
+/// stored for everyone; sent without, an answer like a `401` would evict the entry for
+/// everyone. The next request without credentials starts it.
+fn background_request(mut parts: Parts) -> Option<Parts> {
+    if policy::has_credentials(&parts.headers) {
+        return None;
+    }
+    parts.method = Method::GET;
+    parts.headers.remove(RANGE);
+    Some(parts)
 }
 
 /// Spawns a background revalidation, abandoned after `http.origin_timeout` (the next stale
