@@ -44,7 +44,7 @@ async fn revalidates_anonymously(server: &MockServer) {
         .and(without("cookie"))
         .and(without("authorization"))
         .respond_with(ResponseTemplate::new(304).insert_header("cache-control", "max-age=60"))
-        .mount(&server)
+        .mount(server)
         .await;
 }
 
