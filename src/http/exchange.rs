@@ -441,7 +441,7 @@ impl Exchange<'_> {
         let tee = Tee::new(self.state.max_entry_size, Box::new(storing));
         let answer = policy::preconditions(client_headers, parts.status, &parts.headers);
         if let Some(instead) = response::instead_of(answer, &parts.headers) {
-            return self.answered_early(instead, body, tee, age, status);
+            return self.answered_early(instead, parts, body, tee, age, status);
         }
         let (body, stored) = kept(body, tee);
         status.stored = stored;
@@ -482,10 +482,14 @@ impl Exchange<'_> {
 
     /// The client's preconditions answer it from a response that may be stored: `instead` (a
     /// 304 or a 412) goes out now, and the body is read for the cache, in the background when
-    /// it is not all there yet.
+    /// it is not all there yet. Past `http.max_background` nothing more is read in the
+    /// background: a 304's client gets the full response instead (a server may always send it;
+    /// it is stored as it streams, and the download stays tied to a client), and a 412's body
+    /// is left unread and not stored (the 412 is that client's answer).
     fn answered_early<B>(
         &self,
         mut instead: Response<CacheBody<B>>,
+        parts: http::response::Parts,
         mut body: B,
         mut tee: Tee,
         age: Duration,
@@ -498,10 +502,18 @@ impl Exchange<'_> {
         status.stored = match read_ready(&mut body, &mut tee) {
             Ready::Ended { stored, .. } => stored,
             Ready::Failed { .. } => false,
-            Ready::Waiting(_) => {
-                tokio::spawn(drain(body, tee, self.state.origin_timeout));
-                true
-            }
+            Ready::Waiting(prefix) => match self.state.cache.reserve_background("drain") {
+                Some(place) => {
+                    place.spawn(drain(body, tee, self.state.origin_timeout));
+                    true
+                }
+                None if instead.status() == StatusCode::NOT_MODIFIED => {
+                    status.stored = true;
+                    let body = CacheBody::filling(prefix, body, tee);
+                    return self.state.origin_response(parts, body, status);
+                }
+                None => false,
+            },
         };
         instead
             .headers_mut()

@@ -360,7 +360,11 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
         found,
         variants,
     };
-    spawn_bounded(state, revalidation.run(origin, parts, body, permit));
+    spawn_bounded(
+        state,
+        "revalidate",
+        revalidation.run(origin, parts, body, permit),
+    );
 }
 
 /// Refresh-ahead (`http.refresh_ahead`): a fresh memory hit for `primary` past that fraction of
@@ -392,7 +396,7 @@ pub(crate) fn refresh_ahead<S, ReqBody, ResBody>(
         return;
     };
     let task_state = Arc::clone(state);
-    spawn_bounded(state, async move {
+    spawn_bounded(state, "refresh_ahead", async move {
         let state = task_state;
         let resolved = entries::resolve(&state.cache, &primary, &parts.headers).await;
         let Some(found) = resolved.found.filter(|found| found.lookup.is_fresh()) else {
@@ -428,14 +432,16 @@ fn background_request(mut parts: Parts) -> Option<Parts> {
     Some(parts)
 }
 
-/// Spawns a background revalidation, abandoned after `http.origin_timeout` (the next stale
-/// hit then tries again).
+/// Spawns a background revalidation (`task` names it), abandoned after `http.origin_timeout`
+/// (the next stale hit then tries again). Past `http.max_background` it is skipped: the entry
+/// was served already, and a later hit starts it again.
 fn spawn_bounded(
     state: &State,
+    task: &'static str,
     revalidation: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let limit = state.origin_timeout;
-    tokio::spawn(async move {
+    state.cache.try_spawn(task, async move {
         match limit {
             Some(limit) => {
                 let _ = tokio::time::timeout(limit, revalidation).await;

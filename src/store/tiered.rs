@@ -93,6 +93,8 @@ struct Inner {
     soft_keep: Duration,
     /// `l2.connect_wait`.
     connect_wait: Duration,
+    /// `http.max_background`: the bound on the optional work it starts in the background.
+    background: super::Background,
 }
 
 impl std::fmt::Debug for TieredCache {
@@ -146,6 +148,7 @@ impl TieredCache {
                 soft_keep: config.http.keep_stale,
                 tag_warnings: LogThrottle::new(Duration::from_secs(10)),
                 connect_wait: config.l2.connect_wait,
+                background: super::Background::new(config.http.max_background),
             }),
         })
     }
@@ -610,6 +613,11 @@ impl TieredCache {
 
     pub(crate) fn count(&self, counter: Counter) {
         self.inner.counters.incr(counter);
+    }
+
+    /// The bound on background tasks (`http.max_background`).
+    pub(crate) fn background(&self) -> &super::Background {
+        &self.inner.background
     }
 
     /// A snapshot of the counters and the memory tier's size.
