@@ -12,6 +12,7 @@
 //! | `tiered_cache_tags_dropped_total` | counter | |
 //! | `tiered_cache_early_refreshes_total` | counter | |
 //! | `tiered_cache_not_stored_total` | counter | `reason` (`method`, `status`, `no_store`, `private`, `authorization`, `set_cookie`, `vary_star`, `credentials`, `useless`, `too_large`, `framing`, `incomplete`, `part_mismatch`, `variants`) |
+//! | `tiered_cache_background_skipped_total` | counter | `task` (`drain`, `revalidate`, `refresh_ahead`) |
 //! | `tiered_cache_bytes` | gauge | `tier` (`memory`) |
 //! | `tiered_cache_write_behind_queue` | gauge | |
 //! | `tiered_cache_request_duration_seconds` | histogram | `outcome` (`hit`, `stale`, `miss`, `bypass`) |
@@ -64,6 +65,15 @@ pub(crate) fn not_stored(reason: &'static str) {
 
 #[cfg(not(feature = "metrics"))]
 pub(crate) fn not_stored(_reason: &'static str) {}
+
+/// A background task not started, past `http.max_background`, by task.
+#[cfg(feature = "metrics")]
+pub(crate) fn background_skipped(task: &'static str) {
+    metrics::counter!("tiered_cache_background_skipped_total", "task" => task).increment(1);
+}
+
+#[cfg(not(feature = "metrics"))]
+pub(crate) fn background_skipped(_task: &'static str) {}
 
 /// The memory tier's weighted size.
 pub(crate) fn memory_bytes(_bytes: u64) {

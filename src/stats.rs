@@ -77,6 +77,11 @@ pub struct Stats {
     /// Refreshes started before expiry: refresh-ahead (`http.refresh_ahead`), early refreshes of
     /// `get_or_set` (`early_refresh.beta`), and reloads of soft-purged entries.
     pub early_refreshes: u64,
+    /// Background tasks not started because `http.max_background` ran already: a body not read
+    /// for the cache after an early `304` (its client got the full response instead) or `412`,
+    /// a background revalidation or refresh-ahead skipped. The metric
+    /// `tiered_cache_background_skipped_total` has the task as a label.
+    pub background_skipped: u64,
 }
 
 impl Stats {
@@ -133,9 +138,10 @@ pub(crate) enum Counter {
     Passes,
     Outdated,
     EarlyRefreshes,
+    BackgroundSkipped,
 }
 
-const COUNTERS: usize = Counter::EarlyRefreshes as usize + 1;
+const COUNTERS: usize = Counter::BackgroundSkipped as usize + 1;
 
 /// `(metric, labels)` of a counter published under a metric (see [`crate::metrics`]).
 type Metric = (&'static str, &'static [Label]);
@@ -180,8 +186,10 @@ impl Counter {
             Self::TagsDropped => ("tiered_cache_tags_dropped_total", &[]),
             Self::Outdated => ("tiered_cache_outdated_total", &[]),
             Self::EarlyRefreshes => ("tiered_cache_early_refreshes_total", &[]),
-            // By reason, where the reason is known (`metrics::not_stored`).
+            // By reason or task, where it is known (`metrics::not_stored`,
+            // `metrics::background_skipped`).
             Self::NotStored
+            | Self::BackgroundSkipped
             | Self::LoaderErrors
             | Self::StoreSkips
             | Self::MemoryExpirations
@@ -234,6 +242,7 @@ impl Counters {
             not_stored: self.get(Counter::NotStored),
             passes: self.get(Counter::Passes),
             early_refreshes: self.get(Counter::EarlyRefreshes),
+            background_skipped: self.get(Counter::BackgroundSkipped),
             ..Stats::default()
         }
     }

@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -86,6 +86,65 @@ async fn refresh_ahead_is_off_by_default() {
         tokio::task::yield_now().await;
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// [`aging`], recording each request's method and `Range`.
+fn recording(calls: &Arc<AtomicUsize>, seen: &Arc<Mutex<Vec<String>>>) -> Origin {
+    let (calls, seen) = (calls.clone(), seen.clone());
+    BoxCloneService::new(tower::service_fn(move |request: Request<Full<Bytes>>| {
+        let range = request
+            .headers()
+            .get("range")
+            .map(|range| range.to_str().unwrap());
+        let asked = format!("{} {}", request.method(), range.unwrap_or("whole"));
+        seen.lock().unwrap().push(asked);
+        let call = calls.fetch_add(1, Ordering::SeqCst);
+        let age = if call == 0 { "70" } else { "0" };
+        let response = Response::builder()
+            .header("cache-control", "max-age=100")
+            .header("age", age)
+            .body(Full::new(Bytes::from(format!("v{}", call + 1))))
+            .unwrap();
+        async move { Ok::<_, Infallible>(response) }
+    }))
+}
+
+#[tokio::test]
+async fn a_head_or_range_hit_refreshes_the_whole_representation_with_a_get() {
+    for (method, range) in [("HEAD", None), ("GET", Some("bytes=0-0"))] {
+        let (calls, seen) = (Arc::new(AtomicUsize::new(0)), Arc::default());
+        let config = CacheConfig::builder().refresh_ahead(0.5).build().unwrap();
+        let service = CacheLayer::new(config).layer(recording(&calls, &seen));
+        assert_eq!(get(&service).await.1, "v1");
+        let mut request = Request::builder()
+            .method(method)
+            .uri("http://ahead.example/hot");
+        if let Some(range) = range {
+            request = request.header("range", range);
+        }
+        let hit = service
+            .clone()
+            .oneshot(request.body(Full::default()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            hit.headers()["cache-status"],
+            "tiered-cache; hit; detail=memory"
+        );
+        while service.cache().stats().stores < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            get(&service).await,
+            (
+                "tiered-cache; hit; detail=memory".to_owned(),
+                "v2".to_owned()
+            ),
+            "{method} {range:?}"
+        );
+        assert_eq!(*seen.lock().unwrap(), ["GET whole", "GET whole"]);
+        assert_eq!(service.cache().stats().passes, 0);
+    }
 }
 
 #[test]

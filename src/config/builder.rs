@@ -182,6 +182,13 @@ impl CacheConfigBuilder {
         self
     }
 
+    /// `http.max_background`: most tasks the cache runs in the background at once (64 by
+    /// default); past it, that optional work is skipped.
+    pub fn max_background(mut self, tasks: u32) -> Self {
+        self.config.http.max_background = tasks;
+        self
+    }
+
     /// `early_refresh.beta`: XFetch's β for `get_or_set` (0, the default, is off; 1.0 is the
     /// paper's choice).
     pub fn early_refresh_beta(mut self, beta: f64) -> Self {

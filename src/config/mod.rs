@@ -33,6 +33,7 @@
 //! | `http.origin_timeout` | | `30s` | longest wait for the origin's headers, and for a background revalidation or a body read for the cache (`0s`: no limit) |
 //! | `http.pass_ttl` | | `30s` | how long a key whose response could not be stored (`no-store`, `private`, `Set-Cookie`, …) goes straight to the origin, without lookup or coalescing (hit-for-pass); `0s` = off |
 //! | `http.refresh_ahead` | | `0` (off) | a hit past this fraction of its freshness lifetime (e.g. `0.8`) starts one background revalidation |
+//! | `http.max_background` | | `64` | most tasks the cache runs in the background at once (bodies read for the cache after an early `304`/`412`, background revalidations, refresh-ahead); past it that work is skipped: the client of a matching conditional gets the full response, a stale or aging entry is served without revalidating it |
 //! | `early_refresh.beta` | | `0` (off) | `get_or_set` refreshes early with a probability growing as expiry nears (XFetch, Vattani et al.); `1.0` is the paper's choice |
 //! | `http.coalesce_wait` | | `5s` | longest wait for another request's fill of the same key (it streams to its own client meanwhile); then a request asks the origin itself |
 //! | `http.status_header` | | `tiered-cache` | the cache's name in `Cache-Status` |
@@ -657,6 +658,16 @@ pub struct HttpConfig {
     /// so a hot key never expires under traffic. `0` (the default) turns it off.
     #[serde(deserialize_with = "de::number")]
     pub refresh_ahead: f64,
+    /// Most tasks the cache runs in the background at once: the body read for the cache after
+    /// its client got an early `304` or `412`, background revalidations (`stale-while-revalidate`,
+    /// soft purges) and refresh-ahead. One request can start one, so a burst of requests
+    /// (cache-busting queries with a matching `If-Modified-Since`, say) would otherwise start as
+    /// many downloads. Past the bound the work is skipped (counted in
+    /// `Stats::background_skipped`): the client of a matching conditional gets the full
+    /// response as it streams instead of an early `304`, and a stale or aging entry is served
+    /// without a revalidation (the next request tries again). 1 to 65,536.
+    #[serde(deserialize_with = "de::count")]
+    pub max_background: u32,
     /// The cache's name in `Cache-Status` (RFC 9211).
     pub status_header: String,
     /// Targeted cache-control fields (RFC 9213) this cache follows, in precedence order: the
@@ -734,6 +745,7 @@ impl Default for HttpConfig {
             coalesce_wait: Duration::from_secs(5),
             pass_ttl: Duration::from_secs(30),
             refresh_ahead: 0.0,
+            max_background: 64,
             status_header: "tiered-cache".to_owned(),
             targeted_fields: None,
             key_headers: Vec::new(),
@@ -852,6 +864,10 @@ impl RouteConfig {
 /// Largest `http.max_entry_size` accepted: entry weights are 32-bit in the memory tier.
 const MAX_ENTRY_SIZE_LIMIT: u64 = 1 << 31;
 
+/// Largest `http.max_background` accepted: far more than any instance needs, and within what a
+/// Tokio semaphore can count on every platform.
+const MAX_BACKGROUND_LIMIT: u32 = 65_536;
+
 impl CacheConfig {
     /// A builder starting from the built-in defaults (no environment is read).
     pub fn builder() -> CacheConfigBuilder {
@@ -935,6 +951,15 @@ impl CacheConfig {
                 format!(
                     "a fraction of the freshness lifetime from 0 (off) up to 1, e.g. 0.8; got {}",
                     self.http.refresh_ahead
+                ),
+            ));
+        }
+        if !(1..=MAX_BACKGROUND_LIMIT).contains(&self.http.max_background) {
+            return Err(ConfigError::invalid(
+                "http.max_background",
+                format!(
+                    "must be between 1 and {MAX_BACKGROUND_LIMIT} tasks, got {}",
+                    self.http.max_background
                 ),
             ));
         }

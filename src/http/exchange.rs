@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::header::{HeaderMap, HeaderValue, AGE, IF_MODIFIED_SINCE, IF_NONE_MATCH};
+use http::header::{HeaderMap, HeaderName, HeaderValue, AGE, IF_RANGE};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
@@ -109,6 +109,9 @@ impl Exchange<'_> {
     /// range is stored, so that later requests for ranges inside it are answered from the cache
     /// (RFC 9111 §3.3), and one holding every byte as the complete response; a `200` (an origin
     /// may ignore `Range`) is stored as the complete response; anything else passes through.
+    /// The client's preconditions are answered from that response, except `If-Range`, which
+    /// goes on: only the origin can send the whole representation when it does not hold, and
+    /// either answer is stored as what it is.
     pub(crate) async fn fetch_range<S, ReqBody, ResBody>(
         &self,
         mut origin: S,
@@ -121,6 +124,7 @@ impl Exchange<'_> {
         ResBody::Error: Into<BoxError>,
     {
         let client_headers = parts.headers.clone();
+        remove_preconditions(&mut parts.headers, Some(&IF_RANGE));
         self.state.to_origin(&mut parts.headers);
         let ticket = self.state.cache.ticket();
         let request_time = SystemTime::now();
@@ -302,12 +306,13 @@ impl Exchange<'_> {
         })
     }
 
-    /// Prepares the request for the origin; the client's headers as they came. The client's
-    /// own validators are answered from the full response: the origin is asked with ours.
+    /// Prepares the request for the origin; the client's headers as they came. Its answer may
+    /// be stored for everyone, so the client's preconditions do not go out: they are answered
+    /// from the full response ([`policy::preconditions`]), and the origin is asked with our
+    /// validators only.
     fn to_origin(&self, parts: &mut Parts) -> HeaderMap {
         let client_headers = parts.headers.clone();
-        parts.headers.remove(IF_NONE_MATCH);
-        parts.headers.remove(IF_MODIFIED_SINCE);
+        remove_preconditions(&mut parts.headers, None);
         self.state.to_origin(&mut parts.headers);
         if let Some(stale) = self.stale {
             for (name, value) in policy::validators(stale.lookup.entry.headers()) {
@@ -356,7 +361,7 @@ impl Exchange<'_> {
             }
             Err(_) => {
                 unshared(fill.permit);
-                self.forget_stale().await;
+                self.forget_stale(client_headers).await;
                 self.served_once(stored, headers, times)
             }
         };
@@ -421,7 +426,11 @@ impl Exchange<'_> {
                 self.state.passes.admitted(self.primary);
                 admission
             }
-            Err(reason) => return self.not_stored(reason, parts, body, fill.permit).await,
+            Err(reason) => {
+                return self
+                    .not_stored(reason, parts, body, client_headers, fill.permit)
+                    .await
+            }
         };
         let mut status = Status::forward(self.forward);
         status.forward_status = Some(parts.status.as_u16());
@@ -435,24 +444,24 @@ impl Exchange<'_> {
             fill,
         };
         let tee = Tee::new(self.state.max_entry_size, Box::new(storing));
-        if matches!(representation, Representation::Complete)
-            && policy::not_modified(client_headers, &parts.headers)
-        {
-            return self.not_modified(&parts.headers, body, tee, age, status);
+        let answer = policy::preconditions(client_headers, parts.status, &parts.headers);
+        if let Some(instead) = response::instead_of(answer, &parts.headers) {
+            return self.answered_early(instead, parts, body, tee, age, status);
         }
         let (body, stored) = kept(body, tee);
         status.stored = stored;
         self.state.origin_response(parts, body, status)
     }
 
-    /// A response that may not be stored: passed on as it streams. A final answer supersedes
-    /// what was stored before; a 5xx does not, and neither does a 1xx, which is no final
-    /// answer at all.
+    /// A response that may not be stored: passed on as it streams, or, when the client's
+    /// preconditions answer it, a 304 or 412 without it. A final answer supersedes what was
+    /// stored before; a 5xx does not, and neither does a 1xx, which is no final answer at all.
     async fn not_stored<B>(
         &self,
         reason: NotStored,
         parts: http::response::Parts,
         body: B,
+        client_headers: &HeaderMap,
         permit: Option<Permit>,
     ) -> Response<CacheBody<B>>
     where
@@ -461,19 +470,31 @@ impl Exchange<'_> {
     {
         self.state
             .passes
-            .refused(self.primary, reason, parts.status);
+            .refused(self.primary, reason, parts.status, client_headers);
         unshared(permit);
         if !parts.status.is_server_error() && !parts.status.is_informational() {
-            self.forget_stale().await;
+            self.forget_stale(client_headers).await;
         }
-        self.streamed(parts, body)
+        let answer = policy::preconditions(client_headers, parts.status, &parts.headers);
+        let Some(mut instead) = response::instead_of(answer, &parts.headers) else {
+            return self.streamed(parts, body);
+        };
+        let mut status = Status::forward(self.forward);
+        status.forward_status = Some(parts.status.as_u16());
+        status.append_to(&self.state.cache_name, instead.headers_mut());
+        instead
     }
 
-    /// The client's own validators match the origin's full response: a 304 now, and the body
-    /// read for the cache (in the background when it is not all there yet).
-    fn not_modified<B>(
+    /// The client's preconditions answer it from a response that may be stored: `instead` (a
+    /// 304 or a 412) goes out now, and the body is read for the cache, in the background when
+    /// it is not all there yet. Past `http.max_background` nothing more is read in the
+    /// background: a 304's client gets the full response instead (a server may always send it;
+    /// it is stored as it streams, and the download stays tied to a client), and a 412's body
+    /// is left unread and not stored (the 412 is that client's answer).
+    fn answered_early<B>(
         &self,
-        headers: &HeaderMap,
+        mut instead: Response<CacheBody<B>>,
+        parts: http::response::Parts,
         mut body: B,
         mut tee: Tee,
         age: Duration,
@@ -486,17 +507,24 @@ impl Exchange<'_> {
         status.stored = match read_ready(&mut body, &mut tee) {
             Ready::Ended { stored, .. } => stored,
             Ready::Failed { .. } => false,
-            Ready::Waiting(_) => {
-                tokio::spawn(drain(body, tee, self.state.origin_timeout));
-                true
-            }
+            Ready::Waiting(prefix) => match self.state.cache.reserve_background("drain") {
+                Some(place) => {
+                    place.spawn(drain(body, tee, self.state.origin_timeout));
+                    true
+                }
+                None if instead.status() == StatusCode::NOT_MODIFIED => {
+                    status.stored = true;
+                    let body = CacheBody::filling(prefix, body, tee);
+                    return self.state.origin_response(parts, body, status);
+                }
+                None => false,
+            },
         };
-        let mut response = response::not_modified(headers);
-        response
+        instead
             .headers_mut()
             .insert(AGE, HeaderValue::from(age.as_secs()));
-        status.append_to(&self.state.cache_name, response.headers_mut());
-        response
+        status.append_to(&self.state.cache_name, instead.headers_mut());
+        instead
     }
 
     /// Stores `entry` as this exchange's response to a request with `request_headers`, and
@@ -522,10 +550,26 @@ impl Exchange<'_> {
         stored.is_ok()
     }
 
-    /// Drops the entry being validated; a Redis failure is already counted and logged.
-    async fn forget_stale(&self) {
+    /// Drops the entry being validated, superseded by an answer to a request with
+    /// `client_headers` — unless that request carries credentials: the answer may be that
+    /// client's alone (a `private` page), and no client may remove what everyone else is served.
+    /// A Redis failure is already counted and logged.
+    async fn forget_stale(&self, client_headers: &HeaderMap) {
+        if policy::has_credentials(client_headers) {
+            return;
+        }
         if let Some(stale) = self.stale {
             let _ = self.state.cache.invalidate(&stale.key).await;
+        }
+    }
+}
+
+/// Removes the client's preconditions but `kept` from a request whose answer may be stored for
+/// others: they are answered from that answer ([`policy::preconditions`]).
+fn remove_preconditions(headers: &mut HeaderMap, kept: Option<&HeaderName>) {
+    for name in &policy::PRECONDITIONS {
+        if Some(name) != kept {
+            headers.remove(name);
         }
     }
 }

@@ -8,11 +8,13 @@
 //! the origin without a lookup and without coalescing, as Varnish's hit-for-pass does. The
 //! origin's answer is still judged: a storable one is stored and clears the mark. Reasons that
 //! depend on the request (credentials, the method) or on one exchange (a body cut off, a wrong
-//! length) mark nothing.
+//! length) mark nothing, and neither does any answer to a request with `Authorization` or
+//! `Cookie`: the origin may have answered that client alone (a personal page is `private`), and
+//! a client must not be able to switch the cache off for everyone else.
 
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use mini_moka::sync::Cache;
 
 use super::admit::NotStored;
@@ -45,13 +47,21 @@ impl Passes {
             .is_some_and(|keys| keys.contains_key(key))
     }
 
-    /// Records why `key`'s response, of `status`, was not stored: marks it when the response
-    /// itself says so and is a final answer that is no server error (a 5xx or a 1xx says nothing
-    /// about the next response, and a stale entry may still answer for it).
+    /// Records why `key`'s response, of `status`, to a request with `request` header fields was
+    /// not stored: marks it when the response itself says so and is a final answer that is no
+    /// server error (a 5xx or a 1xx says nothing about the next response, and a stale entry may
+    /// still answer for it), to a request without credentials.
     #[allow(clippy::ptr_arg)] // the map is keyed by `String`: looked up without a copy
-    pub(crate) fn refused(&self, key: &String, reason: NotStored, status: StatusCode) {
+    pub(crate) fn refused(
+        &self,
+        key: &String,
+        reason: NotStored,
+        status: StatusCode,
+        request: &HeaderMap,
+    ) {
         let lasting = !status.is_server_error() && !status.is_informational();
-        let Some(keys) = self.keys.as_ref().filter(|_| lasting && marks(reason)) else {
+        let marking = lasting && marks(reason) && !policy::has_credentials(request);
+        let Some(keys) = self.keys.as_ref().filter(|_| marking) else {
             return;
         };
         // A marked key keeps its mark's time: it is not written again on every pass (a
@@ -103,22 +113,32 @@ mod tests {
         let passes = Passes::new(Duration::from_secs(60));
         let key = "k".to_owned();
         let ok = StatusCode::OK;
-        passes.refused(&key, NotStored::Policy(policy::NotStored::Credentials), ok);
+        let plain = HeaderMap::new();
+        let no_store = NotStored::Policy(policy::NotStored::NoStore);
+        passes.refused(
+            &key,
+            NotStored::Policy(policy::NotStored::Credentials),
+            ok,
+            &plain,
+        );
         assert!(!passes.is_marked(&key));
         for transient in [StatusCode::BAD_GATEWAY, StatusCode::EARLY_HINTS] {
-            passes.refused(
-                &key,
-                NotStored::Policy(policy::NotStored::Status),
-                transient,
-            );
+            let status = NotStored::Policy(policy::NotStored::Status);
+            passes.refused(&key, status, transient, &plain);
             assert!(!passes.is_marked(&key), "{transient}");
         }
-        passes.refused(&key, NotStored::Policy(policy::NotStored::NoStore), ok);
+        for credential in [http::header::AUTHORIZATION, http::header::COOKIE] {
+            let mut request = HeaderMap::new();
+            request.insert(credential.clone(), http::HeaderValue::from_static("x"));
+            passes.refused(&key, no_store, ok, &request);
+            assert!(!passes.is_marked(&key), "{credential}");
+        }
+        passes.refused(&key, no_store, ok, &plain);
         assert!(passes.is_marked(&key));
         passes.admitted(&key);
         assert!(!passes.is_marked(&key));
         let off = Passes::new(Duration::ZERO);
-        off.refused(&key, NotStored::TooLarge, ok);
+        off.refused(&key, NotStored::TooLarge, ok, &plain);
         assert!(!off.is_marked(&key));
     }
 }

@@ -7,9 +7,10 @@ mod date;
 use std::time::{Duration, SystemTime};
 
 use http::header::{
-    HeaderMap, HeaderName, AGE, AUTHORIZATION, CONNECTION, COOKIE, DATE, ETAG, EXPIRES,
-    IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, PRAGMA, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
+    HeaderMap, HeaderName, AGE, AUTHORIZATION, CONNECTION, COOKIE, DATE, ETAG, EXPIRES, IF_MATCH,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED, PRAGMA,
+    PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    VARY,
 };
 use http::{Method, StatusCode};
 
@@ -101,11 +102,11 @@ fn heuristically_cacheable(status: StatusCode) -> bool {
 }
 
 /// Statuses this cache stores as a resource's response (§3): final, not partial content (a part
-/// is judged as its complete response would be, by the caller), not 304 (only meaningful to a
-/// conditional request).
+/// is judged as its complete response would be, by the caller), not 304 or 412 (answers to one
+/// request's preconditions, not the resource: a stored 412 would fail every later request).
 fn storable_status(status: StatusCode) -> bool {
     let code = status.as_u16();
-    (200..600).contains(&code) && code != 206 && code != 304
+    (200..600).contains(&code) && !matches!(code, 206 | 304 | 412)
 }
 
 /// Statuses whose caching requirements this cache knows (RFC 9110 §15, RFC 6585, RFC 7725), for
@@ -164,7 +165,7 @@ pub(crate) fn plan_store(
     if explicit.is_none()
         && settings.ttl_override.is_none()
         && !settings.heuristic_with_credentials
-        && (request.contains_key(AUTHORIZATION) || request.contains_key(COOKIE))
+        && has_credentials(request)
     {
         return Err(NotStored::Credentials);
     }
@@ -353,7 +354,11 @@ fn response_date(response: &HeaderMap) -> Option<SystemTime> {
 
 /// An HTTP-date field value in any of the formats recipients must accept (RFC 9110 §5.6.7).
 pub(crate) fn http_date(value: &http::HeaderValue) -> Option<SystemTime> {
-    date::parse(value.to_str().ok()?, date::year_of(SystemTime::now()))
+    http_date_text(value.to_str().ok()?)
+}
+
+fn http_date_text(text: &str) -> Option<SystemTime> {
+    date::parse(text, date::year_of(SystemTime::now()))
 }
 
 /// The lowercased field names of `Vary`.
@@ -523,28 +528,129 @@ pub(crate) fn validators(stored: &HeaderMap) -> Vec<(HeaderName, http::HeaderVal
     out
 }
 
-/// Whether a client's conditional request is satisfied by a stored response, so it can be
-/// answered 304 (RFC 9110 §13.1.2, §13.1.3, §13.2.2: If-None-Match takes precedence).
-pub(crate) fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
-    let mut if_none_match = request.get_all(IF_NONE_MATCH).iter().peekable();
-    if if_none_match.peek().is_some() {
-        let Some(etag) = stored.get(ETAG).and_then(|etag| etag.to_str().ok()) else {
-            return false;
-        };
-        let weak = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
-        return if_none_match
-            .filter_map(|line| line.to_str().ok())
-            .flat_map(|line| line.split(','))
-            .any(|candidate| candidate.trim() == "*" || weak(candidate) == weak(etag));
+/// Whether `request` carries credentials (`Authorization`, `Cookie`): its answer may be that
+/// client's alone, so it says nothing about what other clients should get.
+pub(crate) fn has_credentials(request: &HeaderMap) -> bool {
+    request.contains_key(AUTHORIZATION) || request.contains_key(COOKIE)
+}
+
+/// The request fields that make a GET conditional (RFC 9110 §13.1). The cache answers them
+/// itself ([`preconditions`]); a request that may fill the cache for others goes out without
+/// them, or one client's conditions would decide what everyone gets.
+pub(crate) const PRECONDITIONS: [HeaderName; 5] = [
+    IF_MATCH,
+    IF_UNMODIFIED_SINCE,
+    IF_NONE_MATCH,
+    IF_MODIFIED_SINCE,
+    IF_RANGE,
+];
+
+/// What a request's preconditions make of a response ([`preconditions`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Precondition {
+    /// None failed: the response as it is. `ranges`: whether a `Range` may be answered (no
+    /// `If-Range`, or one that holds); otherwise the whole representation is sent (§13.1.5).
+    Proceed { ranges: bool },
+    /// `304 Not Modified`: `If-None-Match` or `If-Modified-Since` is false.
+    NotModified,
+    /// `412 Precondition Failed`: `If-Match` or `If-Unmodified-Since` is false.
+    Failed,
+}
+
+/// Evaluates the preconditions of a GET or HEAD `request` against a response (stored, or just
+/// fetched) with `status` and `response` header fields, in the order of RFC 9110 §13.2.2. They
+/// apply to a 2xx only (§13.2.1): to anything else the request proceeds, so `If-None-Match: *`
+/// on a stored 404 gets the 404.
+pub(crate) fn preconditions(
+    request: &HeaderMap,
+    status: StatusCode,
+    response: &HeaderMap,
+) -> Precondition {
+    if !status.is_success() {
+        return Precondition::Proceed { ranges: true };
     }
-    let Some(since) = request.get(IF_MODIFIED_SINCE).and_then(http_date) else {
+    let etag = response.get(ETAG).and_then(|etag| etag.to_str().ok());
+    let unmodified = if request.contains_key(IF_MATCH) {
+        if_match(request, etag)
+    } else {
+        request
+            .get(IF_UNMODIFIED_SINCE)
+            .and_then(http_date)
+            .is_none_or(|since| last_modified(response).is_none_or(|at| at <= since))
+    };
+    if !unmodified {
+        return Precondition::Failed;
+    }
+    let modified = if request.contains_key(IF_NONE_MATCH) {
+        if_none_match(request, etag)
+    } else {
+        // RFC 9111 §4.3.2: without Last-Modified, a stored response counts from its Date.
+        let at = last_modified(response).or_else(|| response.get(DATE).and_then(http_date));
+        request
+            .get(IF_MODIFIED_SINCE)
+            .and_then(http_date)
+            .is_none_or(|since| at.is_none_or(|at| at > since))
+    };
+    if !modified {
+        return Precondition::NotModified;
+    }
+    Precondition::Proceed {
+        ranges: if_range(request, etag, response),
+    }
+}
+
+/// The members of a list of entity tags in `name` (`*` is a member too).
+fn entity_tags<'a>(request: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    request
+        .get_all(name)
+        .iter()
+        .filter_map(|line| line.to_str().ok())
+        .flat_map(|line| line.split(','))
+        .map(str::trim)
+}
+
+/// §8.8.3.2 strong comparison: neither tag weak, the same opaque tag.
+fn strong_match(candidate: &str, etag: &str) -> bool {
+    let etag = etag.trim();
+    !candidate.starts_with("W/") && !etag.starts_with("W/") && candidate == etag
+}
+
+/// §8.8.3.2 weak comparison: the same opaque tag, weak or not.
+fn weak_match(candidate: &str, etag: &str) -> bool {
+    let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+    opaque(candidate) == opaque(etag)
+}
+
+/// §13.1.1: `*` holds for any current representation (the response is a 2xx); a list holds
+/// when a member matches the entity tag strongly.
+fn if_match(request: &HeaderMap, etag: Option<&str>) -> bool {
+    entity_tags(request, &IF_MATCH)
+        .any(|candidate| candidate == "*" || etag.is_some_and(|etag| strong_match(candidate, etag)))
+}
+
+/// §13.1.2: false (the response is "not modified") for `*` or a member matching weakly.
+fn if_none_match(request: &HeaderMap, etag: Option<&str>) -> bool {
+    !entity_tags(request, &IF_NONE_MATCH)
+        .any(|candidate| candidate == "*" || etag.is_some_and(|etag| weak_match(candidate, etag)))
+}
+
+/// §13.1.5: an entity tag that matches strongly, or a date that is exactly `Last-Modified`;
+/// without `If-Range`, ranges are answered as asked.
+fn if_range(request: &HeaderMap, etag: Option<&str>, response: &HeaderMap) -> bool {
+    let Some(value) = request.get(IF_RANGE) else {
+        return true;
+    };
+    let Ok(value) = value.to_str().map(str::trim) else {
         return false;
     };
-    let modified = stored
-        .get(LAST_MODIFIED)
-        .or_else(|| stored.get(DATE))
-        .and_then(http_date);
-    modified.is_some_and(|modified| modified <= since)
+    if value.starts_with('"') || value.starts_with("W/") {
+        return etag.is_some_and(|etag| strong_match(value, etag));
+    }
+    http_date_text(value).is_some_and(|date| last_modified(response) == Some(date))
+}
+
+fn last_modified(response: &HeaderMap) -> Option<SystemTime> {
+    response.get(LAST_MODIFIED).and_then(http_date)
 }
 
 /// Removes the fields that describe one connection (RFC 9110 §7.6.1: `Connection` and the
@@ -1247,26 +1353,104 @@ mod tests {
         assert_eq!(reuse(&max_stale, &strict, age, ttl), Reuse::ValidateStale);
     }
 
+    fn evaluate(request: &[(&str, &str)], status: u16, stored: &HeaderMap) -> Precondition {
+        let status = StatusCode::from_u16(status).unwrap();
+        preconditions(&headers(request), status, stored)
+    }
+
     #[test]
     fn conditional_requests_compare_weakly() {
         let stored = headers(&[("etag", "W/\"v1\""), ("last-modified", &date(0))]);
-        assert!(not_modified(
-            &headers(&[("if-none-match", "\"x\", \"v1\"")]),
-            &stored
-        ));
-        assert!(not_modified(&headers(&[("if-none-match", "*")]), &stored));
-        assert!(!not_modified(
-            &headers(&[("if-none-match", "\"v2\"")]),
-            &stored
-        ));
-        assert!(not_modified(
-            &headers(&[("if-modified-since", &date(5))]),
-            &stored
-        ));
-        assert!(!not_modified(
-            &headers(&[("if-none-match", "\"v2\""), ("if-modified-since", &date(5))]),
-            &stored
-        ));
+        let not_modified =
+            |request: &[(&str, &str)]| evaluate(request, 200, &stored) == Precondition::NotModified;
+        assert!(not_modified(&[("if-none-match", "\"x\", \"v1\"")]));
+        assert!(not_modified(&[("if-none-match", "*")]));
+        assert!(!not_modified(&[("if-none-match", "\"v2\"")]));
+        assert!(not_modified(&[("if-modified-since", &date(5))]));
+        assert!(!not_modified(&[
+            ("if-none-match", "\"v2\""),
+            ("if-modified-since", &date(5))
+        ]));
+    }
+
+    #[test]
+    fn preconditions_are_evaluated_in_rfc_9110_order_for_2xx_only() {
+        let stored = headers(&[("etag", "\"v1\""), ("last-modified", &date(10))]);
+        let proceed = Precondition::Proceed { ranges: true };
+        for (request, expected) in [
+            (&[("if-match", "\"v1\"")][..], proceed),
+            (&[("if-match", "W/\"v1\"")], Precondition::Failed),
+            (&[("if-match", "*")], proceed),
+            (&[("if-unmodified-since", &date(5))], Precondition::Failed),
+            (&[("if-unmodified-since", &date(10))], proceed),
+            (
+                &[("if-match", "\"v1\""), ("if-unmodified-since", &date(5))],
+                proceed,
+            ),
+            (
+                &[("if-match", "\"v2\""), ("if-none-match", "\"v1\"")],
+                Precondition::Failed,
+            ),
+            (
+                &[("if-unmodified-since", &date(5)), ("if-none-match", "*")],
+                Precondition::Failed,
+            ),
+            (
+                &[
+                    ("if-none-match", "\"v2\""),
+                    ("if-modified-since", &date(20)),
+                ],
+                proceed,
+            ),
+            (&[("if-modified-since", "not a date")], proceed),
+        ] {
+            assert_eq!(evaluate(request, 200, &stored), expected, "{request:?}");
+        }
+        for status in [301, 404, 500] {
+            let request = &[("if-none-match", "*"), ("if-match", "\"v2\"")];
+            assert_eq!(evaluate(request, status, &stored), proceed, "{status}");
+        }
+        let no_etag = headers(&[("date", &date(10))]);
+        assert_eq!(
+            evaluate(&[("if-none-match", "*")], 200, &no_etag),
+            Precondition::NotModified,
+            "any current representation matches *"
+        );
+        assert_eq!(
+            evaluate(&[("if-match", "\"v1\"")], 200, &no_etag),
+            Precondition::Failed
+        );
+    }
+
+    #[test]
+    fn if_range_holds_for_a_strong_tag_or_the_exact_last_modified() {
+        let stored = headers(&[("etag", "\"v1\""), ("last-modified", &date(10))]);
+        for (if_range, ranges) in [
+            ("\"v1\"", true),
+            ("W/\"v1\"", false),
+            ("\"v2\"", false),
+            (date(10).as_str(), true),
+            (date(11).as_str(), false),
+            ("garbage", false),
+        ] {
+            assert_eq!(
+                evaluate(
+                    &[("range", "bytes=0-1"), ("if-range", if_range)],
+                    200,
+                    &stored
+                ),
+                Precondition::Proceed { ranges },
+                "{if_range}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_412_is_never_stored() {
+        assert_eq!(
+            plan(412, &[("cache-control", "public, max-age=300")]),
+            Err(NotStored::Status)
+        );
     }
 
     #[test]

@@ -2,19 +2,20 @@
 //! stored partial ones (a `206` with one range, RFC 9111 §3.3) when the range lies inside.
 //!
 //! Only `bytes=first-last`, `bytes=first-` and `bytes=-suffix` with one range are served from the
-//! cache; anything else (several ranges, other units, `If-Range`) gets the whole representation,
-//! which a server may always send instead of a range.
+//! cache; anything else (several ranges, other units) gets the whole representation, which a
+//! server may always send instead of a range. `If-Range` is a precondition, evaluated with the
+//! others ([`policy::preconditions`](super::policy::preconditions)) before a range is served.
 
 use std::ops::Range;
 
-use http::header::{CONTENT_LENGTH, CONTENT_RANGE, IF_RANGE, RANGE};
+use http::header::{CONTENT_LENGTH, CONTENT_RANGE, RANGE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::store::CachedEntry;
 
 /// The byte range of a body of `length` bytes that `request` asks for and that can be served.
 pub(crate) fn requested(request: &HeaderMap, length: usize) -> Option<Range<usize>> {
-    if request.contains_key(IF_RANGE) || length == 0 {
+    if length == 0 {
         return None;
     }
     let mut values = request.get_all(RANGE).iter();

@@ -7,7 +7,9 @@
 //!    and what that entry may do for it (RFC 9111 §4);
 //! 2. fresh: answered from the cache;
 //! 3. stale within `stale-while-revalidate`: answered from the cache while one background
-//!    request revalidates it (at most one per entry, bounded by `http.origin_timeout`);
+//!    request revalidates it (at most one per entry, bounded by `http.origin_timeout`; the
+//!    cache's own GET, never started by a request with credentials, see
+//!    [`background_request`]);
 //! 4. `only-if-cached` with nothing usable: `504`, the origin is not asked;
 //! 5. HEAD and ranges go to the origin as they are (a range answer is stored when nothing is);
 //! 6. authorized requests are fetched for that client alone;
@@ -31,7 +33,7 @@ use super::coding;
 use super::deadline;
 use super::entries::{self, Fetched, Permit, Unshared};
 use super::exchange::Exchange;
-use super::policy::{self, Reuse};
+use super::policy::{self, Precondition, Reuse};
 use super::range;
 use super::response;
 use super::routes::Rule;
@@ -241,11 +243,7 @@ async fn look_up(state: &State, parts: &Parts, primary: &str) -> LookedUp {
     }
     let unusable_part = resolved.found.as_ref().is_some_and(|found| {
         let entry = &found.lookup.entry;
-        range::is_partial(entry)
-            && !(reuse == Some(Reuse::Fresh)
-                && parts.method == Method::GET
-                && range::within_partial(&parts.headers, entry.headers(), entry.body().len())
-                    .is_some())
+        range::is_partial(entry) && !(reuse == Some(Reuse::Fresh) && part_answers(parts, entry))
     });
     let looked_up = if unusable_part {
         LookedUp {
@@ -262,6 +260,16 @@ async fn look_up(state: &State, parts: &Parts, primary: &str) -> LookedUp {
         .cache
         .count_lookup(looked_up.resolved.found.as_ref().map(|found| &found.lookup));
     looked_up
+}
+
+/// Whether a stored part answers the request: a GET of a range inside it, unless `If-Range`
+/// asks for the whole representation instead.
+fn part_answers(parts: &Parts, entry: &crate::store::CachedEntry) -> bool {
+    let headers = &parts.headers;
+    parts.method == Method::GET
+        && range::within_partial(headers, entry.headers(), entry.body().len()).is_some()
+        && policy::preconditions(headers, entry.status(), entry.headers())
+            != Precondition::Proceed { ranges: false }
 }
 
 /// How to read the shared tier for this request: a plain GET from a client that accepts `br`
@@ -317,7 +325,8 @@ fn may_serve_stale(state: &State, parts: &Parts, found: &Found) -> bool {
 }
 
 /// Starts one background revalidation of `found` — none when one runs already (checked
-/// before anything is spawned) — bounded by `http.origin_timeout`.
+/// before anything is spawned) or the request carries credentials ([`background_request`]) —
+/// bounded by `http.origin_timeout`.
 #[allow(clippy::too_many_arguments)]
 fn revalidate_in_background<S, ReqBody, ResBody>(
     state: &Arc<State>,
@@ -336,6 +345,9 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
+    let Some(parts) = background_request(parts) else {
+        return;
+    };
     let Some(permit) = state
         .cache
         .try_fill::<Fetched, Unshared>(&state.flights, &found.key)
@@ -349,13 +361,17 @@ fn revalidate_in_background<S, ReqBody, ResBody>(
         found,
         variants,
     };
-    spawn_bounded(state, revalidation.run(origin, parts, body, permit));
+    spawn_bounded(
+        state,
+        "revalidate",
+        revalidation.run(origin, parts, body, permit),
+    );
 }
 
 /// Refresh-ahead (`http.refresh_ahead`): a fresh memory hit for `primary` past that fraction of
 /// its lifetime starts one background revalidation — none when one runs for the key already
-/// (checked before anything is spawned), and with `l2.lock` none when another instance runs
-/// one.
+/// (checked before anything is spawned) or the request carries credentials
+/// ([`background_request`]), and with `l2.lock` none when another instance runs one.
 pub(crate) fn refresh_ahead<S, ReqBody, ResBody>(
     state: &Arc<State>,
     origin: S,
@@ -371,6 +387,9 @@ pub(crate) fn refresh_ahead<S, ReqBody, ResBody>(
     ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
+    let Some(parts) = background_request(parts) else {
+        return;
+    };
     let Some(permit) = state
         .cache
         .try_fill::<Fetched, Unshared>(&state.flights, &primary)
@@ -378,7 +397,7 @@ pub(crate) fn refresh_ahead<S, ReqBody, ResBody>(
         return;
     };
     let task_state = Arc::clone(state);
-    spawn_bounded(state, async move {
+    spawn_bounded(state, "refresh_ahead", async move {
         let state = task_state;
         let resolved = entries::resolve(&state.cache, &primary, &parts.headers).await;
         let Some(found) = resolved.found.filter(|found| found.lookup.is_fresh()) else {
@@ -399,13 +418,34 @@ pub(crate) fn refresh_ahead<S, ReqBody, ResBody>(
     });
 }
 
-/// Spawns a background revalidation, abandoned after `http.origin_timeout` (the next stale
-/// hit then tries again).
+/// The request a background revalidation sends, made from the one that started it: the cache's
+/// own GET for the whole representation (a HEAD or `Range` hit may start a refresh-ahead; the
+/// client's preconditions are removed by the exchange, as on every fill). `None` for a request
+/// with credentials, which starts none: sent with them, the answer could be that client's page,
+/// stored for everyone; sent without, an answer like a `401` would evict the entry for
+/// everyone. The next request without credentials starts it.
+fn background_request(mut parts: Parts) -> Option<Parts> {
+    if policy::has_credentials(&parts.headers) {
+        return None;
+    }
+    parts.method = Method::GET;
+    parts.headers.remove(RANGE);
+    Some(parts)
+}
+
+/// Spawns a background revalidation (`task` names it), abandoned after `http.origin_timeout`
+/// (the next stale hit then tries again). Past `http.max_background` it is skipped: the entry
+/// was served already, and a later hit starts it again.
 fn spawn_bounded(
     state: &State,
+    task: &'static str,
     revalidation: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    tokio::spawn(deadline::within(state.origin_timeout, revalidation));
+    let bounded = deadline::within(state.origin_timeout, revalidation);
+    // Past the limit the revalidation is abandoned: its permit goes unfinished.
+    state.cache.try_spawn(task, async move {
+        let _ = bounded.await;
+    });
 }
 
 /// One revalidation of a stored entry, in the background.

@@ -8,14 +8,16 @@ use http::header::{
 use http::{HeaderMap, Method, Response, StatusCode};
 
 use super::cache_status::Status;
+use super::policy::Precondition;
 use super::target::Refusal;
 use super::{policy, range};
 use crate::body::CacheBody;
 use crate::store::CachedEntry;
 
-/// A response from a stored entry, with its current `Age`. A request whose conditionals the
-/// entry satisfies gets `304 Not Modified`; a single byte range of a complete 200, or inside a
-/// stored 206, gets `206`; a HEAD request gets no body.
+/// A response from a stored entry, with its current `Age`. The request's preconditions are
+/// evaluated against the entry ([`policy::preconditions`]): `304 Not Modified` or `412
+/// Precondition Failed` when they say so; a single byte range of a complete 200, or inside a
+/// stored 206, gets `206` (unless `If-Range` says the whole); a HEAD request gets no body.
 pub(crate) fn from_entry<B>(
     method: &Method,
     request: &HeaderMap,
@@ -36,39 +38,13 @@ pub(crate) fn from_entry_with_status<B>(
     age: Duration,
     cache_status: Option<HeaderValue>,
 ) -> Response<CacheBody<B>> {
-    let mut response = if policy::not_modified(request, entry.headers()) {
-        not_modified(entry.headers())
-    } else {
-        let mut code = entry.status();
-        let mut headers = HeaderMap::with_capacity(entry.headers().len() + 2);
-        headers.extend(
-            entry
-                .headers()
-                .iter()
-                .filter(|(name, _)| *name != policy::TARGETED)
-                .map(|(name, value)| (name.clone(), value.clone())),
-        );
-        let mut body = entry.body().clone();
-        let length = body.len();
-        if code == StatusCode::OK {
-            if let Some(range) = range::requested(request, length) {
-                range::partial(&mut code, &mut headers, &range, length);
-                body = body.slice(range);
-            }
-        } else if code == StatusCode::PARTIAL_CONTENT {
-            if let Some((wanted, held)) = range::within_partial(request, &headers, length) {
-                range::narrow(&mut headers, &mut body, &wanted, held);
-            }
+    let answer = policy::preconditions(request, entry.status(), entry.headers());
+    let mut response = match instead_of(answer, entry.headers()) {
+        Some(instead) => instead,
+        None => {
+            let ranges = answer == Precondition::Proceed { ranges: true };
+            stored(method, request, entry, ranges)
         }
-        let body = if method == Method::HEAD {
-            CacheBody::empty()
-        } else {
-            CacheBody::cached(body, entry.trailers().clone())
-        };
-        let mut response = Response::new(body);
-        *response.status_mut() = code;
-        *response.headers_mut() = headers;
-        response
     };
     response.headers_mut().insert(AGE, age_value(age.as_secs()));
     if let Some(cache_status) = cache_status {
@@ -76,6 +52,49 @@ pub(crate) fn from_entry_with_status<B>(
             .headers_mut()
             .append(super::cache_status::CACHE_STATUS.clone(), cache_status);
     }
+    response
+}
+
+/// The stored response itself, or (`ranges`) the byte range the request asks for.
+fn stored<B>(
+    method: &Method,
+    request: &HeaderMap,
+    entry: &CachedEntry,
+    ranges: bool,
+) -> Response<CacheBody<B>> {
+    let mut code = entry.status();
+    let mut headers = HeaderMap::with_capacity(entry.headers().len() + 2);
+    headers.extend(
+        entry
+            .headers()
+            .iter()
+            .filter(|(name, _)| *name != policy::TARGETED)
+            .map(|(name, value)| (name.clone(), value.clone())),
+    );
+    let mut body = entry.body().clone();
+    let length = body.len();
+    match code {
+        StatusCode::OK if ranges => {
+            if let Some(range) = range::requested(request, length) {
+                range::partial(&mut code, &mut headers, &range, length);
+                body = body.slice(range);
+            }
+        }
+        StatusCode::PARTIAL_CONTENT if ranges => {
+            if let Some((wanted, held)) = range::within_partial(request, &headers, length) {
+                range::narrow(&mut headers, &mut body, &wanted, held);
+            }
+        }
+        _ => {}
+    }
+    let body = if method == Method::HEAD {
+        CacheBody::empty()
+    } else {
+        CacheBody::cached(body, entry.trailers().clone())
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = code;
+    *response.headers_mut() = headers;
     response
 }
 
@@ -127,6 +146,27 @@ pub(crate) fn not_modified<B>(stored: &HeaderMap) -> Response<CacheBody<B>> {
             response.headers_mut().append(name.clone(), value.clone());
         }
     }
+    response
+}
+
+/// What goes out instead of a response with `headers` when the request's preconditions say so
+/// (`answer`, from [`policy::preconditions`]): a 304 or a 412; `None` when the response goes out.
+pub(crate) fn instead_of<B>(
+    answer: Precondition,
+    headers: &HeaderMap,
+) -> Option<Response<CacheBody<B>>> {
+    match answer {
+        Precondition::NotModified => Some(not_modified(headers)),
+        Precondition::Failed => Some(precondition_failed()),
+        Precondition::Proceed { .. } => None,
+    }
+}
+
+/// RFC 9110 §15.5.13: a precondition of the request is false. No content, and nothing of the
+/// representation: the client learns only that its condition failed.
+fn precondition_failed<B>() -> Response<CacheBody<B>> {
+    let mut response = Response::new(CacheBody::empty());
+    *response.status_mut() = StatusCode::PRECONDITION_FAILED;
     response
 }
 

@@ -4,6 +4,7 @@
 // names and places are read by Redis Cluster routing only.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 mod backend;
+mod background;
 #[cfg_attr(not(any(feature = "redis", feature = "memcached")), allow(dead_code))]
 mod breaker;
 pub(crate) mod coalesce;
@@ -29,6 +30,7 @@ mod typed;
 mod versions;
 mod writes;
 
+pub(crate) use background::Background;
 pub use entry::CachedEntry;
 pub use events::Invalidation;
 pub(crate) use fill::{Fill, FillOptions, FillPermit};

@@ -100,6 +100,8 @@ struct Inner {
     /// How far this instance's clock is set ahead of the system's, for tests of instances
     /// whose clocks differ ([`TieredCache::skew_clock`]).
     clock_skew_ms: AtomicU64,
+    /// `http.max_background`: the bound on the optional work it starts in the background.
+    background: super::Background,
 }
 
 impl std::fmt::Debug for TieredCache {
@@ -169,6 +171,7 @@ impl TieredCache {
                 tag_warnings: LogThrottle::new(Duration::from_secs(10)),
                 connect_wait: config.l2.connect_wait,
                 clock_skew_ms: AtomicU64::new(0),
+                background: super::Background::new(config.http.max_background),
             }),
         })
     }
@@ -701,6 +704,11 @@ impl TieredCache {
         self.inner.counters.incr(counter);
     }
 
+    /// The bound on background tasks (`http.max_background`).
+    pub(crate) fn background(&self) -> &super::Background {
+        &self.inner.background
+    }
+
     /// A snapshot of the counters and the memory tier's size.
     pub fn stats(&self) -> Stats {
         let memory = self.inner.memory.usage();
@@ -987,13 +995,19 @@ impl TieredCache {
         if self.inner.shared.is_none() || writes.is_empty() {
             return;
         }
+        // Past `http.max_background` the shared tier goes without: the entry is in memory
+        // here, and another instance fills it from the origin. The lock is released (in the
+        // background, by its guard).
+        let Some(place) = self.reserve_background("shared_write") else {
+            return;
+        };
         let cache = self.clone();
         // Registered before the checks: an invalidation of one of the keys waits for this.
         let in_flight = self
             .inner
             .writes
             .start(writes.iter().map(|(key, _)| key.clone()).collect());
-        tokio::spawn(async move {
+        place.spawn(async move {
             for (key, entry) in &writes {
                 cache.write_shared(key, entry, ticket).await;
             }
