@@ -123,8 +123,8 @@ impl CacheLayer {
     /// cache and replayed to `target` from the `[write_behind]` queue (in Redis when
     /// `write_behind.durable`). `target` is what the layer wraps (or an upstream client), without
     /// the cache in front, so replays do not loop. A write `target` refuses (`4xx`), or that is
-    /// dropped after its last retry, is retracted from the cache. Routes that demand no
-    /// credentials of writes (`write_token`, `write_requires`) are logged as a warning.
+    /// dropped after its last retry, is retracted from the cache. Routes that leave writes to the
+    /// origin alone (`write_auth = "origin"`) are logged as a warning.
     ///
     /// Without a target, `behind` routes write through synchronously instead.
     pub fn write_behind_to<T, B>(self, target: T) -> Result<Self, Error>
@@ -143,8 +143,8 @@ impl CacheLayer {
         for path in state.routes.open_write_paths() {
             tracing::warn!(
                 route = %path,
-                "write-behind route takes writes from anyone: they are served until the origin \
-                 refuses their replay; set write_token or write_requires on the route"
+                "write-behind route takes writes from anyone (write_auth = \"origin\"): they \
+                 are served until the origin refuses their replay"
             );
         }
         state.write_behind.set(queue).map_err(|_| {

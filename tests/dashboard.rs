@@ -16,7 +16,7 @@ use http_body_util::Full;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde_json::Value;
 use tower::Layer;
-use tower_tiered_cache::config::{RouteConfig, WriteMode};
+use tower_tiered_cache::config::{RouteConfig, WriteAuth, WriteMode};
 use tower_tiered_cache::{CacheLayer, CachedEntry};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -177,7 +177,8 @@ async fn feed_every_panel() {
             .route(
                 RouteConfig::new("/docs/*")
                     .ttl(Duration::from_secs(60))
-                    .write(WriteMode::Behind),
+                    .write(WriteMode::Behind)
+                    .write_auth(WriteAuth::Origin),
             )
             .build()
             .unwrap();

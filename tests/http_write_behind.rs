@@ -15,17 +15,25 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
 use tower::Layer;
-use tower_tiered_cache::config::{RouteConfig, WriteBehindConfig, WriteMode};
+use tower_tiered_cache::config::{RouteConfig, WriteAuth, WriteBehindConfig, WriteMode};
 use tower_tiered_cache::{
     CacheConfig, CacheLayer, CachedEntry, TieredCache, WriteBehind, WriteJob,
 };
 use wiremock::matchers::{body_string, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-fn config(write_behind: WriteBehindConfig) -> CacheConfig {
-    let route = RouteConfig::new("/docs/*")
+/// A write-behind route open to anyone's writes (the origin checks them on replay), serving
+/// them as Markdown.
+fn open_route() -> RouteConfig {
+    RouteConfig::new("/docs/*")
         .ttl(Duration::from_secs(60))
-        .write(WriteMode::Behind);
+        .write(WriteMode::Behind)
+        .write_auth(WriteAuth::Origin)
+        .content_type("text/markdown")
+}
+
+fn config(write_behind: WriteBehindConfig) -> CacheConfig {
+    let route = open_route();
     CacheConfig::builder()
         .route(route)
         .write_behind(write_behind)
@@ -120,11 +128,56 @@ const SCRIPT: &str = "<script>steal(document.cookie)</script>";
 
 #[test]
 fn a_write_behind_route_without_a_lifetime_is_a_configuration_error() {
-    let toml = "[[route]]\npath = \"/docs/*\"\nwrite = \"behind\"\n";
+    let toml = "[[route]]\npath = \"/docs/*\"\nwrite = \"behind\"\nwrite_auth = \"origin\"\n";
     let err = CacheConfig::from_toml_str(toml).unwrap_err();
     assert_eq!(err.key(), Some("route[0].ttl"), "{err}");
     let with_default = format!("[http]\ndefault_ttl = \"30s\"\n{toml}");
     assert!(CacheConfig::from_toml_str(&with_default).is_ok());
+}
+
+#[test]
+fn a_write_behind_route_without_credentials_is_a_configuration_error_unless_left_to_the_origin() {
+    let toml = "[[route]]\npath = \"/docs/*\"\nttl = \"60s\"\nwrite = \"behind\"\n";
+    let err = CacheConfig::from_toml_str(toml).unwrap_err();
+    assert_eq!(err.key(), Some("route[0].write_token"), "{err}");
+    for guard in [
+        "write_token = \"t0ken\"",
+        "write_requires = [\"authorization\"]",
+        "write_auth = \"origin\"",
+    ] {
+        let guarded = format!("{toml}{guard}\n");
+        assert!(CacheConfig::from_toml_str(&guarded).is_ok(), "{guard}");
+    }
+}
+
+#[tokio::test]
+async fn a_stored_write_is_served_with_the_route_content_type_not_the_writers() {
+    let server = MockServer::start().await;
+    let untyped = RouteConfig::new("/raw/*")
+        .ttl(Duration::from_secs(60))
+        .write(WriteMode::Behind)
+        .write_auth(WriteAuth::Origin);
+    let config = CacheConfig::builder()
+        .route(open_route())
+        .route(untyped)
+        .build()
+        .unwrap();
+    let layer = CacheLayer::new(config)
+        .write_behind_to(Recorder::default().service())
+        .unwrap();
+    let service: Cached = layer.layer(origin(&server));
+
+    for (uri, served_as) in [
+        ("/docs/page", "text/markdown"),
+        ("/raw/page", "application/octet-stream"),
+    ] {
+        let accepted = send(&service, put_html(uri, SCRIPT, &[])).await;
+        assert_eq!(accepted.status, 202);
+        let read = send(&service, common::origin::get(uri, &[])).await;
+        assert_eq!(read.body, SCRIPT);
+        assert_eq!(read.header("content-type"), served_as, "{uri}");
+    }
+    assert_eq!(layer.shutdown(Duration::from_secs(10)).await, 0);
 }
 
 #[tokio::test]
@@ -475,9 +528,7 @@ mod shared_redis {
     /// Two instances on one Redis; the first takes a write whose replay the origin refuses.
     async fn refused_write_is_retracted_from_every_tier(durable: bool) {
         let redis = common::RedisServer::start();
-        let route = RouteConfig::new("/docs/*")
-            .ttl(Duration::from_secs(60))
-            .write(WriteMode::Behind);
+        let route = open_route();
         let mut write_behind = WriteBehindConfig::default();
         write_behind.durable = durable;
         let config = common::config("retract")
@@ -536,11 +587,7 @@ mod shared_redis {
         write_behind.durable = true;
         let config = common::config("unavailable")
             .redis_url(redis.url())
-            .route(
-                RouteConfig::new("/docs/*")
-                    .ttl(Duration::from_secs(60))
-                    .write(WriteMode::Behind),
-            )
+            .route(open_route())
             .write_behind(write_behind)
             .build()
             .unwrap();

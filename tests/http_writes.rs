@@ -80,6 +80,27 @@ async fn a_successful_put_invalidates_the_target_and_its_location() {
 }
 
 #[tokio::test]
+async fn a_content_location_invalidates_the_uri_it_names_however_it_is_encoded() {
+    let server = MockServer::start().await;
+    mock(&server, "GET", "/a~b", cacheable("tilde"), 2).await;
+    let moved = ResponseTemplate::new(200).insert_header("content-location", "/a%7eb");
+    mock(&server, "PUT", "/items/1", moved, 1).await;
+    let service = cached(CacheConfig::default(), &server);
+    send(&service, get("/a~b", &[])).await;
+
+    assert_eq!(
+        send(&service, request("PUT", "/items/1", &[])).await.status,
+        200
+    );
+
+    assert_eq!(
+        send(&service, get("/a~b", &[])).await.cache_status(),
+        "tiered-cache; fwd=miss; fwd-status=200; stored",
+        "/a%7eb and /a~b are one URI"
+    );
+}
+
+#[tokio::test]
 async fn a_failed_write_invalidates_nothing() {
     let server = MockServer::start().await;
     mock(&server, "GET", "/x", cacheable("x"), 1).await;

@@ -61,6 +61,8 @@
 //! | `[[route]] key_headers` | | `[]` | request headers added to the key on this route |
 //! | `[[route]] write_token` | | empty | `write = "behind"` only: writes need `Authorization: Bearer <token>`, else `401` |
 //! | `[[route]] write_requires` | | `[]` | `write = "behind"` only: request headers writes need (verified by the origin on replay), else `401` |
+//! | `[[route]] write_auth` | | `cache` | `write = "behind"` only: `cache` = the route must set `write_token` or `write_requires`; `origin` = writes from anyone are accepted and served until the origin refuses their replay |
+//! | `[[route]] content_type` | | `application/octet-stream` | `write = "behind"` only: the `Content-Type` a stored write is served with (never the writer's) |
 //!
 //! Sizes take `bytesize` units: `MB` = 10⁶ bytes, `MiB` = 2²⁰ bytes, plain numbers are bytes.
 //! Durations take `humantime` units: `50ms`, `60s`, `5m`, `1h 30m`.
@@ -447,6 +449,19 @@ pub enum WriteMode {
     Behind,
 }
 
+/// Who checks a write-behind route's writes before they are served (`[[route]] write_auth`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum WriteAuth {
+    /// The cache: the route must demand credentials (`write_token` or `write_requires`).
+    #[default]
+    Cache,
+    /// Only the origin, on replay: anyone's write is served to everyone until the origin
+    /// refuses it. Must be chosen explicitly.
+    Origin,
+}
+
 /// `[l1]`: the in-process memory tier.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -790,6 +805,15 @@ pub struct RouteConfig {
     /// refuses is retracted. A write missing one is answered `401`.
     #[serde(default)]
     pub write_requires: Vec<String>,
+    /// `write = "behind"` only: `origin` accepts writes without credentials (see [`WriteAuth`]);
+    /// otherwise a route without `write_token` or `write_requires` is a configuration error.
+    #[serde(default)]
+    pub write_auth: WriteAuth,
+    /// `write = "behind"` only: the `Content-Type` stored writes are served with; the writer's
+    /// own is never stored, so a write cannot turn a resource into a page that runs script.
+    /// Empty means `application/octet-stream`.
+    #[serde(default, deserialize_with = "de::optional_string")]
+    pub content_type: Option<String>,
 }
 
 impl RouteConfig {
@@ -804,7 +828,23 @@ impl RouteConfig {
             write: WriteMode::Invalidate,
             write_token: None,
             write_requires: Vec::new(),
+            write_auth: WriteAuth::Cache,
+            content_type: None,
         }
+    }
+
+    /// Sets who checks writes on this (`write = "behind"`) route.
+    #[must_use]
+    pub fn write_auth(mut self, auth: WriteAuth) -> Self {
+        self.write_auth = auth;
+        self
+    }
+
+    /// Sets the `Content-Type` writes on this (`write = "behind"`) route are served with.
+    #[must_use]
+    pub fn content_type(mut self, content_type: impl Into<String>) -> Self {
+        self.content_type = Some(content_type.into());
+        self
     }
 
     /// Demands `Authorization: Bearer <token>` of writes on this (`write = "behind"`) route.

@@ -72,14 +72,23 @@ pub(crate) fn target_uri(uri: &Uri, headers: &HeaderMap) -> String {
 }
 
 /// `reference` (a `Location` or `Content-Location` value) resolved against `target`, when it
-/// names a resource of the same origin (RFC 9111 §4.4 only invalidates those).
+/// names a resource of the same origin (RFC 9111 §4.4 only invalidates those). Its path is
+/// normalised as a request's is ([`target::normalised_path`](super::target::normalised_path)),
+/// so it names the key its resource is stored under: `/a%7Eb` is `/a~b`. A path a request could
+/// not have (a malformed escape) names nothing stored.
 pub(crate) fn same_origin(target: &str, reference: &str) -> Option<String> {
     let base = url::Url::parse(target).ok()?;
-    let resolved = base.join(reference.trim()).ok()?;
+    let mut resolved = base.join(reference.trim()).ok()?;
     let same = resolved.scheme() == base.scheme()
         && resolved.host_str() == base.host_str()
         && resolved.port_or_known_default() == base.port_or_known_default();
-    same.then(|| resolved.to_string())
+    if !same {
+        return None;
+    }
+    if let Some(path) = super::target::normalised_path(resolved.path()).ok()? {
+        resolved.set_path(&path);
+    }
+    Some(resolved.to_string())
 }
 
 /// The key of one variant of `primary`: the request's values of the `Vary` fields, under the
@@ -436,6 +445,12 @@ mod tests {
         );
         assert_eq!(same_origin(target, "http://other.example/c"), None);
         assert_eq!(same_origin(target, "https://h.example/c"), None);
+        assert_eq!(
+            same_origin(target, "/x%7eb/%2f/../%c3").as_deref(),
+            Some("http://h.example/x~b/%C3"),
+            "normalised as a request path is"
+        );
+        assert_eq!(same_origin(target, "/bad%zz"), None);
     }
 
     #[test]

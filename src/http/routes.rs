@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 
-use crate::config::{CacheConfig, ConfigError, RouteConfig, WriteMode};
+use crate::config::{CacheConfig, ConfigError, RouteConfig, WriteAuth, WriteMode};
 
 /// What applies to one request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub(crate) struct Rule {
     pub(crate) write_token: Option<String>,
     /// Write-behind only: request headers writes must carry.
     pub(crate) write_requires: Vec<HeaderName>,
+    /// Write-behind only: the route's `Content-Type` for stored writes.
+    pub(crate) content_type: Option<HeaderValue>,
 }
 
 #[derive(Debug)]
@@ -62,10 +64,7 @@ impl Routes {
                 &route.key_headers,
             )?);
             let write_requires = write_guards(&key, route)?;
-            if route.write == WriteMode::Behind
-                && route.write_token.is_none()
-                && write_requires.is_empty()
-            {
+            if route.write == WriteMode::Behind && route.write_auth == WriteAuth::Origin {
                 open_write_paths.push(route.path.clone());
             }
             rules.push(Arc::new(Rule {
@@ -76,6 +75,7 @@ impl Routes {
                 write: route.write,
                 write_token: route.write_token.clone(),
                 write_requires,
+                content_type: write_content_type(&key, route)?,
             }));
         }
         let globs = globs
@@ -92,8 +92,8 @@ impl Routes {
         })
     }
 
-    /// Paths of the `write = "behind"` routes with neither `write_token` nor `write_requires`:
-    /// anyone's write there is served until the origin refuses its replay.
+    /// Paths of the `write = "behind"` routes with `write_auth = "origin"`: anyone's write there
+    /// is served until the origin refuses its replay.
     pub(crate) fn open_write_paths(&self) -> &[String] {
         &self.open_write_paths
     }
@@ -212,9 +212,35 @@ fn slashes_merged(path: &str) -> String {
 }
 
 /// The route's `write_requires` headers, after checking that its write guards fit the route:
-/// only write-behind answers for the origin, so only there can the cache demand credentials.
+/// only write-behind answers for the origin, so only there can the cache demand credentials;
+/// and there it must, unless the route says explicitly that the origin alone checks writes.
 fn write_guards(key: &str, route: &RouteConfig) -> Result<Vec<HeaderName>, ConfigError> {
     let not_behind = route.write != WriteMode::Behind;
+    let guarded = route.write_token.is_some() || !route.write_requires.is_empty();
+    match route.write_auth {
+        WriteAuth::Origin if not_behind => {
+            return Err(ConfigError::invalid(
+                format!("{key}.write_auth"),
+                "only write = \"behind\" routes take write_auth (the origin checks other writes)",
+            ))
+        }
+        WriteAuth::Origin if guarded => {
+            return Err(ConfigError::invalid(
+                format!("{key}.write_auth"),
+                "write_auth = \"origin\" accepts writes without credentials: drop it, or drop \
+                 write_token and write_requires",
+            ))
+        }
+        WriteAuth::Cache if !not_behind && !guarded => {
+            return Err(ConfigError::invalid(
+                format!("{key}.write_token"),
+                "write = \"behind\" serves a write before the origin sees it: set write_token \
+                 (or write_requires), or write_auth = \"origin\" to serve anyone's writes until \
+                 the origin refuses them",
+            ))
+        }
+        _ => {}
+    }
     if let Some(token) = &route.write_token {
         if not_behind {
             return Err(ConfigError::invalid(
@@ -236,6 +262,21 @@ fn write_guards(key: &str, route: &RouteConfig) -> Result<Vec<HeaderName>, Confi
         ));
     }
     header_names(&format!("{key}.write_requires"), &route.write_requires)
+}
+
+/// The `Content-Type` stored writes are served with: the route's, never the writer's.
+fn write_content_type(key: &str, route: &RouteConfig) -> Result<Option<HeaderValue>, ConfigError> {
+    let key = format!("{key}.content_type");
+    match (&route.content_type, route.write) {
+        (Some(_), mode) if mode != WriteMode::Behind => Err(ConfigError::invalid(
+            key,
+            "only write = \"behind\" routes take content_type (other writes store the origin's answer)",
+        )),
+        (Some(value), _) => HeaderValue::from_str(value)
+            .map(Some)
+            .map_err(|_| ConfigError::invalid(key, format!("invalid header value {value:?}"))),
+        (None, _) => Ok(None),
+    }
 }
 
 fn header_names(key: &str, names: &[String]) -> Result<Vec<HeaderName>, ConfigError> {
@@ -279,6 +320,33 @@ mod tests {
             invalid(behind.clone().write_requires(["bad header"])).as_deref(),
             Some("route[0].write_requires")
         );
+        assert_eq!(
+            invalid(behind.clone()).as_deref(),
+            Some("route[0].write_token"),
+            "an unguarded write-behind route"
+        );
+        let open = behind.clone().write_auth(WriteAuth::Origin);
+        assert_eq!(
+            invalid(open.clone().write_token("t0ken")).as_deref(),
+            Some("route[0].write_auth")
+        );
+        assert_eq!(
+            invalid(
+                RouteConfig::new("/a/*")
+                    .write(WriteMode::Through)
+                    .write_auth(WriteAuth::Origin)
+            )
+            .as_deref(),
+            Some("route[0].write_auth")
+        );
+        assert_eq!(
+            invalid(behind.clone().write_token("t").content_type("a\nb")).as_deref(),
+            Some("route[0].content_type")
+        );
+        assert_eq!(
+            invalid(RouteConfig::new("/a/*").content_type("text/html")).as_deref(),
+            Some("route[0].content_type")
+        );
 
         let config = CacheConfig::builder()
             .route(behind.clone().write_token("t0ken"))
@@ -291,7 +359,8 @@ mod tests {
             .route(
                 RouteConfig::new("/c/*")
                     .ttl(Duration::from_secs(60))
-                    .write(WriteMode::Behind),
+                    .write(WriteMode::Behind)
+                    .write_auth(WriteAuth::Origin),
             )
             .build()
             .unwrap();

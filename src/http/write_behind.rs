@@ -87,14 +87,15 @@ where
 /// it; the origin's own answer after this one expired). If nothing is found, the key is dropped
 /// anyway: other instances may still hold a copy.
 ///
-/// What is stored is compared with what the job wrote, its body and content type, so no
-/// sequence number has to travel with the job. A newer write with the very same body and type
-/// is dropped too, and the next read goes to the origin: a miss, never a refused write served.
+/// What is stored is compared with what the job wrote, its body, so no sequence number has to
+/// travel with the job (the content type is the route's, the same for every write). A newer
+/// write with the very same body is dropped too, and so is an origin's answer with that body:
+/// the next read goes to the origin, a miss, never a refused write served.
 async fn retract(cache: &TieredCache, job: &WriteJob) {
     let replaced = cache
         .find(&job.key)
         .await
-        .is_some_and(|found| !written_by(&found.entry, job));
+        .is_some_and(|found| found.entry.body() != &job.body);
     if replaced {
         return;
     }
@@ -108,18 +109,6 @@ async fn retract(cache: &TieredCache, job: &WriteJob) {
             "write-behind: a write the origin did not take may still be served from the shared tier until it expires"
         ),
     }
-}
-
-/// Whether `entry` is the representation `job`'s write stored: the job's body, with its
-/// content type.
-fn written_by(entry: &CachedEntry, job: &WriteJob) -> bool {
-    let job_type = job
-        .headers
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(CONTENT_TYPE.as_str()))
-        .map(|(_, value)| value.as_slice());
-    let entry_type = entry.headers().get(CONTENT_TYPE).map(HeaderValue::as_bytes);
-    entry.body() == &job.body && entry_type == job_type
 }
 
 fn replay_request(job: WriteJob) -> Result<Request<Full<Bytes>>, String> {
@@ -181,7 +170,7 @@ where
         let ticket = state.cache.ticket();
         state
             .cache
-            .store(&primary, &representation(&parts, body, ttl), ticket)
+            .store(&primary, &representation(rule, body, ttl), ticket)
             .await;
     }
     if let Err(refused) = queue.enqueue(job.clone()).await {
@@ -218,12 +207,16 @@ fn carries_credentials(headers: &HeaderMap, rule: &Rule) -> bool {
             .all(|name| headers.contains_key(name))
 }
 
-/// The request body as the resource's representation, with the request's `Content-Type`.
-fn representation(parts: &Parts, body: Bytes, ttl: Duration) -> CachedEntry {
+/// What a stored write is served as when its route names no `content_type`.
+const DEFAULT_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/octet-stream");
+
+/// The request body as the resource's representation, typed by the route: the writer's
+/// `Content-Type` is not stored, so a write cannot make a resource a page that runs script in
+/// every reader's browser.
+fn representation(rule: &Rule, body: Bytes, ttl: Duration) -> CachedEntry {
+    let content_type = rule.content_type.clone().unwrap_or(DEFAULT_CONTENT_TYPE);
     let mut headers = HeaderMap::new();
-    if let Some(content_type) = parts.headers.get(CONTENT_TYPE) {
-        headers.insert(CONTENT_TYPE, content_type.clone());
-    }
+    headers.insert(CONTENT_TYPE, content_type);
     CachedEntry::new(body, ttl).with_headers(headers)
 }
 
