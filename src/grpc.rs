@@ -3,6 +3,10 @@
 //! exactly. Only `grpc-status: 0` is stored; every other method (streaming ones included) and
 //! every other request passes through untouched.
 //!
+//! Only uncompressed answers (`grpc-encoding` absent or `identity`) are stored: a stored answer
+//! is replayed to every caller of its key, whatever the `grpc-accept-encoding` each sent, and
+//! every client reads identity. A compressed answer reaches its own caller only.
+//!
 //! The rules of the HTTP layer apply to calls:
 //! - A call carrying credentials (`authorization`, `cookie`, or metadata named in
 //!   `grpc.credential_metadata`) bypasses the cache (`Cache-Status: …; fwd=bypass`): its answer
@@ -10,6 +14,9 @@
 //!   instead (hashed with SHA-256, so no value appears in a Redis key name; a guessable secret
 //!   could still be guessed from its hash by whoever can list the keys), and a call whose
 //!   credentials are all keyed is cached per identity. `grpc-timeout` is never keyed.
+//! - The client's `grpc-timeout` bounds the origin call (its answer's headers and whole
+//!   message), capped by `http.origin_timeout`; past it the call is answered
+//!   `DEADLINE_EXCEEDED` and nothing is stored.
 //! - The request message is read up to `grpc.max_request_size` (4 MiB, tonic's default decoding
 //!   limit); a larger one is answered `RESOURCE_EXHAUSTED`, as tonic itself would.
 //! - A request body that fails is answered `CANCELLED` when the client cancelled the call and
@@ -53,7 +60,7 @@ use crate::body::{BoxError, CacheBody};
 use crate::config::CacheConfig;
 use crate::http::buffer::{read_body, Unread};
 use crate::http::cache_status::{Forward, Status};
-use crate::http::policy;
+use crate::http::{deadline, policy};
 use crate::origin::Origin;
 use crate::store::coalesce::Coalescer;
 use crate::store::{CachedEntry, Fill, FillOptions, FillPermit, Kept, TieredCache};
@@ -100,6 +107,8 @@ struct State {
     /// One backend call per key at a time; the others share its answer.
     flights: Arc<Coalescer<CachedEntry>>,
     coalesce_wait: Duration,
+    /// `http.origin_timeout`: the longest any call waits for the origin (`None`: no limit).
+    origin_timeout: Option<Duration>,
 }
 
 impl GrpcCacheLayer {
@@ -120,6 +129,8 @@ impl GrpcCacheLayer {
                 cache_name: config.http.status_header.clone(),
                 flights: Arc::new(Coalescer::new()),
                 coalesce_wait: config.http.coalesce_wait,
+                origin_timeout: Some(config.http.origin_timeout)
+                    .filter(|timeout| !timeout.is_zero()),
             }),
         }
     }
@@ -237,6 +248,18 @@ impl State {
         key
     }
 
+    /// How long the origin may take with this call: the client's `grpc-timeout` (past it the
+    /// client has given up), capped by `http.origin_timeout`.
+    fn call_limit(&self, headers: &HeaderMap) -> Option<Duration> {
+        let client = headers
+            .get("grpc-timeout")
+            .and_then(|value| parse_timeout(value.as_bytes()));
+        match (client, self.origin_timeout) {
+            (Some(client), Some(own)) => Some(client.min(own)),
+            (client, own) => client.or(own),
+        }
+    }
+
     fn status(&self, status: Status, headers: &mut HeaderMap) {
         status.append_to(&self.cache_name, headers);
     }
@@ -283,14 +306,26 @@ where
     };
 
     let body = ReqBody::from_bytes(message);
+    let limit = state.call_limit(&parts.headers);
     // Taken before the origin is asked: an invalidation while it answers outdates the answer.
     let ticket = state.cache.ticket();
-    let (mut response_parts, response_body) = origin
-        .call(Request::from_parts(parts, body))
-        .await?
-        .into_parts();
+    // The whole answer is read before anything is sent, so a call past its deadline can still
+    // be answered with a status of its own.
+    let call = async {
+        let (response_parts, response_body) = origin
+            .call(Request::from_parts(parts, body))
+            .await?
+            .into_parts();
+        let buffered = buffer(response_body, state.max_message_size).await;
+        Ok::<_, S::Error>((response_parts, buffered))
+    };
+    let Ok(answer) = deadline::within(limit, call).await else {
+        let text = "the origin did not answer within the call's deadline (grpc-timeout, capped by http.origin_timeout)";
+        return Ok(state.refuse(tonic::Status::deadline_exceeded(text)));
+    };
+    let (mut response_parts, buffered) = answer?;
     let mut status = Status::forward(Forward::Miss);
-    let (body, entry) = match buffer(response_body, state.max_message_size).await {
+    let (body, entry) = match buffered {
         Buffered::Complete { data, trailers } => {
             let entry = entry_if_ok(&state, &response_parts, &data, &trailers);
             (CacheBody::cached(data, trailers), entry)
@@ -447,7 +482,7 @@ where
     }
 }
 
-/// The entry for a successful answer (`grpc-status: 0`), the only kind stored.
+/// The entry for a successful, uncompressed answer (`grpc-status: 0`), the only kind stored.
 fn entry_if_ok(
     state: &State,
     response: &http::response::Parts,
@@ -458,7 +493,8 @@ fn entry_if_ok(
     let grpc_status = trailers
         .get("grpc-status")
         .or_else(|| response.headers.get("grpc-status"));
-    if !(response.status.is_success() && grpc_status.is_some_and(|value| value == "0")) {
+    let ok = response.status.is_success() && grpc_status.is_some_and(|value| value == "0");
+    if !(ok && uncompressed(&response.headers)) {
         return None;
     }
     let mut headers = response.headers.clone();
@@ -469,6 +505,33 @@ fn entry_if_ok(
             .with_headers(headers)
             .with_trailers(trailers.clone()),
     )
+}
+
+/// Whether an answer's message is sent uncompressed (`grpc-encoding` absent or `identity`),
+/// so that every caller can read it, whatever the `grpc-accept-encoding` it sent.
+fn uncompressed(headers: &HeaderMap) -> bool {
+    headers
+        .get("grpc-encoding")
+        .is_none_or(|coding| coding.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
+/// A `grpc-timeout` value: at most 8 digits and a unit, `H`, `M`, `S`, `m`, `u` or `n` (hours
+/// to nanoseconds). `None` for anything else: the call is then bounded by the cache's own limit.
+fn parse_timeout(value: &[u8]) -> Option<Duration> {
+    let (unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 /// `grpc:{authority}{path}#{sha256 of the message}`.
@@ -559,6 +622,45 @@ mod tests {
         ] {
             assert_ne!(state.key(&other, b"m"), ada);
         }
+    }
+
+    #[test]
+    fn grpc_timeouts_are_read_as_the_spec_writes_them() {
+        for (value, expected) in [
+            ("2H", Some(Duration::from_secs(7200))),
+            ("3M", Some(Duration::from_secs(180))),
+            ("99999999S", Some(Duration::from_secs(99_999_999))),
+            ("250m", Some(Duration::from_millis(250))),
+            ("7u", Some(Duration::from_micros(7))),
+            ("0n", Some(Duration::ZERO)),
+            ("123456789S", None),
+            ("S", None),
+            ("5", None),
+            ("5s", None),
+            ("-5S", None),
+            (" 5S", None),
+        ] {
+            assert_eq!(parse_timeout(value.as_bytes()), expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn the_client_deadline_is_capped_by_the_origin_timeout() {
+        let layer = layer("[http]\norigin_timeout = \"10s\"");
+        let limit = |metadata: &[(&'static str, &'static str)]| layer.state.call_limit(&call(metadata).headers);
+        assert_eq!(limit(&[]), Some(Duration::from_secs(10)));
+        assert_eq!(
+            limit(&[("grpc-timeout", "500m")]),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            limit(&[("grpc-timeout", "1H")]),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            limit(&[("grpc-timeout", "bad")]),
+            Some(Duration::from_secs(10))
+        );
     }
 
     #[test]

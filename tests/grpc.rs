@@ -1,7 +1,8 @@
 //! gRPC caching with a real tonic server and client: an allow-listed unary method is answered
 //! from the cache the second time, with the same message and trailers; errors, and methods not
 //! listed, always reach the backend; calls with credentials are not shared unless keyed per
-//! identity; oversized and failing requests fail the call without reaching the backend.
+//! identity; oversized and failing requests fail the call without reaching the backend;
+//! compressed answers are not shared; `grpc-timeout` bounds the backend call.
 #![cfg(feature = "tonic")]
 
 use std::convert::Infallible;
@@ -370,4 +371,85 @@ async fn a_failing_request_body_fails_the_call_instead_of_calling_the_origin_wit
         0,
         "the origin was never called"
     );
+}
+
+/// A unary call of `/demo.Users/Get` as a client sends it, with `metadata`.
+fn raw_call(metadata: &[(&str, &str)]) -> http::Request<tonic::body::Body> {
+    let mut request = http::Request::post("http://users.local/demo.Users/Get")
+        .header("content-type", "application/grpc");
+    for (name, value) in metadata {
+        request = request.header(*name, *value);
+    }
+    let message = Bytes::from_static(b"\0\0\0\0\x04\x0a\x0242");
+    request.body(tonic::body::Body::new(http_body_util::Full::new(message))).unwrap()
+}
+
+#[tokio::test]
+async fn a_compressed_answer_is_not_replayed_to_a_caller_that_cannot_read_it() {
+    let config = get_cached();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    // A backend that compresses for the callers that accept it, as tonic does.
+    let origin = tower::service_fn(move |request: http::Request<tonic::body::Body>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let gzip = request
+            .headers()
+            .get("grpc-accept-encoding")
+            .is_some_and(|accepted| accepted.to_str().unwrap().contains("gzip"));
+        let mut response = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "0");
+        if gzip {
+            response = response.header("grpc-encoding", "gzip");
+        }
+        let response = response.body(tonic::body::Body::empty()).unwrap();
+        async { Ok::<_, Infallible>(response) }
+    });
+    let service =
+        GrpcCacheLayer::new(TieredCache::new(config.clone()).unwrap(), &config).layer(origin);
+
+    let gzipped = service
+        .clone()
+        .oneshot(raw_call(&[("grpc-accept-encoding", "gzip")]))
+        .await
+        .unwrap();
+    assert_eq!(gzipped.headers()["grpc-encoding"], "gzip");
+    assert_eq!(gzipped.headers()["cache-status"], "tiered-cache; fwd=miss");
+
+    for _ in 0..2 {
+        let plain = service.clone().oneshot(raw_call(&[])).await.unwrap();
+        assert_eq!(plain.headers().get("grpc-encoding"), None);
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the compressed answer was not stored; the uncompressed one was"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_past_the_callers_grpc_timeout_is_answered_deadline_exceeded() {
+    let config = CacheConfig::from_toml_str(
+        "[http]\norigin_timeout = \"10s\"\n[grpc]\nmethods = [\"/demo.Users/Get\"]\n",
+    )
+    .unwrap();
+    let origin = tower::service_fn(|_request: http::Request<tonic::body::Body>| {
+        std::future::pending::<Result<http::Response<tonic::body::Body>, Infallible>>()
+    });
+    let service =
+        GrpcCacheLayer::new(TieredCache::new(config.clone()).unwrap(), &config).layer(origin);
+
+    // The caller's own deadline; and without one, the cache's own limit.
+    for metadata in [&[("grpc-timeout", "50m")][..], &[]] {
+        // Bounded (in paused time) so that a call nothing ends fails instead of hanging.
+        let answer = service.clone().oneshot(raw_call(metadata));
+        let response = tokio::time::timeout(Duration::from_secs(86_400), answer)
+            .await
+            .expect("the call is answered")
+            .unwrap();
+        let headers = response.headers();
+        assert_eq!(response.status(), 200, "a gRPC error travels in a 200");
+        assert_eq!(headers["grpc-status"], "4", "{metadata:?}: {headers:?}");
+        assert_eq!(headers["cache-status"], "tiered-cache; detail=refused");
+    }
 }
