@@ -647,7 +647,9 @@ mod tests {
     #[test]
     fn the_client_deadline_is_capped_by_the_origin_timeout() {
         let layer = layer("[http]\norigin_timeout = \"10s\"");
-        let limit = |metadata: &[(&'static str, &'static str)]| layer.state.call_limit(&call(metadata).headers);
+        let limit = |metadata: &[(&'static str, &'static str)]| {
+            layer.state.call_limit(&call(metadata).headers)
+        };
         assert_eq!(limit(&[]), Some(Duration::from_secs(10)));
         assert_eq!(
             limit(&[("grpc-timeout", "500m")]),

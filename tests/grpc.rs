@@ -381,7 +381,9 @@ fn raw_call(metadata: &[(&str, &str)]) -> http::Request<tonic::body::Body> {
         request = request.header(*name, *value);
     }
     let message = Bytes::from_static(b"\0\0\0\0\x04\x0a\x0242");
-    request.body(tonic::body::Body::new(http_body_util::Full::new(message))).unwrap()
+    request
+        .body(tonic::body::Body::new(http_body_util::Full::new(message)))
+        .unwrap()
 }
 
 #[tokio::test]

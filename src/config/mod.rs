@@ -30,7 +30,7 @@
 //! | `http.stale_while_revalidate` | | `0s` | default `stale-while-revalidate` (RFC 5861) |
 //! | `http.stale_if_error` | | `0s` | default `stale-if-error` (RFC 5861) |
 //! | `http.stale_if_unreachable` | | `10s` | serve a stale entry this long past its freshness when the origin gives no answer (connection refused or closed, `http.origin_timeout`), unless its directives forbid stale (RFC 9111 §4.2.4); `0s` = only with `stale-if-error` |
-//! | `http.origin_timeout` | | `30s` | longest wait for the origin's headers, and for a background revalidation or a body read for the cache (`0s`: no limit) |
+//! | `http.origin_timeout` | | `30s` | longest wait for the origin's headers, and for a background revalidation or a body read for the cache; also caps a gRPC call's `grpc-timeout` (`0s`: no limit) |
 //! | `http.pass_ttl` | | `30s` | how long a key whose response could not be stored (`no-store`, `private`, `Set-Cookie`, …) goes straight to the origin, without lookup or coalescing (hit-for-pass); `0s` = off |
 //! | `http.refresh_ahead` | | `0` (off) | a hit past this fraction of its freshness lifetime (e.g. `0.8`) starts one background revalidation |
 //! | `http.max_background` | | `64` | most tasks the cache runs in the background at once (bodies read for the cache after an early `304`/`412`, background revalidations, refresh-ahead); past it that work is skipped: the client of a matching conditional gets the full response, a stale or aging entry is served without revalidating it |
