@@ -728,20 +728,9 @@ pub(crate) fn update_headers(stored: &mut HeaderMap, not_modified: &HeaderMap) {
 mod tests {
     use std::time::UNIX_EPOCH;
 
-    use http::HeaderValue;
-
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        map
-    }
+    use crate::http::test_headers as headers;
 
     fn settings() -> Settings<'static> {
         Settings {
