@@ -96,16 +96,7 @@ pub(crate) fn fit_to_body(headers: &mut HeaderMap, exact: Option<u64>) {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        map
-    }
+    use crate::http::test_headers as headers;
 
     #[test]
     fn transfer_encoding_wins_over_content_length() {

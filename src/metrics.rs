@@ -13,6 +13,7 @@
 //! | `tiered_cache_early_refreshes_total` | counter | |
 //! | `tiered_cache_not_stored_total` | counter | `reason` (`method`, `status`, `no_store`, `private`, `authorization`, `set_cookie`, `vary_star`, `credentials`, `useless`, `too_large`, `framing`, `incomplete`, `part_mismatch`, `variants`) |
 //! | `tiered_cache_background_skipped_total` | counter | `task` (`drain`, `revalidate`, `refresh_ahead`) |
+//! | `tiered_cache_write_behind_dead_trimmed_total` | counter | |
 //! | `tiered_cache_bytes` | gauge | `tier` (`memory`) |
 //! | `tiered_cache_write_behind_queue` | gauge | |
 //! | `tiered_cache_request_duration_seconds` | histogram | `outcome` (`hit`, `stale`, `miss`, `bypass`) |
@@ -85,6 +86,13 @@ pub(crate) fn memory_bytes(_bytes: u64) {
 pub(crate) fn write_behind_queue(_queued: u64) {
     #[cfg(feature = "metrics")]
     metrics::gauge!("tiered_cache_write_behind_queue").set(_queued as f64);
+}
+
+/// Entries trimmed from a durable write-behind dead stream, past `write_behind.dead_max`.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn write_behind_dead_trimmed(_trimmed: u64) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("tiered_cache_write_behind_dead_trimmed_total").increment(_trimmed);
 }
 
 /// One HTTP request through the layer, by outcome.

@@ -16,10 +16,9 @@ use crate::body::{BoxError, CacheBody};
 use crate::future::ResponseFuture;
 use crate::http::cache_control::CacheControl;
 use crate::http::cache_status::{Forward, Status, CACHE_STATUS};
-use crate::http::policy::{self, Reuse};
 use crate::http::routes::Rule;
 use crate::http::state::State;
-use crate::http::{entries, key, purge, range, read, response, target, write};
+use crate::http::{entries, key, purge, read, response, target, write};
 use crate::origin::Origin;
 use crate::stats::Counter;
 use crate::store::TieredCache;
@@ -185,11 +184,8 @@ fn fresh_in_memory<B>(
 ) -> Option<(Response<CacheBody<B>>, bool)> {
     let now = SystemTime::now();
     let entry = entries::fresh_in_memory(&state.cache, primary, &parts.headers, now)
-        .filter(|entry| !range::is_partial(entry))?;
+        .filter(|entry| entries::answers_fresh(entry, &parts.headers, now))?;
     let age = entry.age_at(now);
-    if policy::reuse(&parts.headers, entry.headers(), age, entry.ttl()) != Reuse::Fresh {
-        return None;
-    }
     state.cache.count(Counter::MemoryHits);
     let response = response::from_entry_with_status(
         &parts.method,

@@ -50,6 +50,54 @@ async fn one_worker_writes_every_job_in_order() {
     assert_eq!((stats.written, stats.queued, stats.dropped), (50, 0, 0));
 }
 
+/// A writer that records the bodies it finished, in order, and holds the write of `held` until
+/// `release` fires.
+fn holding_recorder(held: &'static str) -> (impl Writer, Calls, watch::Sender<bool>) {
+    let (release, released) = watch::channel(false);
+    let calls = Calls::default();
+    let record = Arc::clone(&calls);
+    let writer = move |job: WriteJob| {
+        let mut released = released.clone();
+        let record = Arc::clone(&record);
+        async move {
+            let body = String::from_utf8_lossy(&job.body).into_owned();
+            if body == held {
+                released.wait_for(|released| *released).await.unwrap();
+            }
+            record.lock().unwrap().push(body);
+            Ok(())
+        }
+    };
+    (writer, calls, release)
+}
+
+// Paused time: the clock only moves once every task is idle, so a second worker that could take
+// the later write has certainly run before the first write is released.
+#[tokio::test(start_paused = true)]
+async fn a_later_write_of_a_key_waits_for_the_earlier_one_with_several_workers() {
+    let (writer, calls, release) = holding_recorder("first");
+    let queue = WriteBehind::start(&config(10, 4), None, writer).unwrap();
+    queue
+        .enqueue(WriteJob::new("/notes/1", "first"))
+        .await
+        .unwrap();
+    queue
+        .enqueue(WriteJob::new("/notes/1", "second"))
+        .await
+        .unwrap();
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        calls.lock().unwrap().is_empty(),
+        "the second write overtook the first: {:?}",
+        calls.lock().unwrap()
+    );
+    release.send(true).unwrap();
+
+    assert_eq!(queue.shutdown(DRAIN).await, 0);
+    assert_eq!(*calls.lock().unwrap(), ["first", "second"]);
+}
+
 #[tokio::test]
 async fn the_writer_gets_the_whole_job() {
     let (sent, mut received) = mpsc::unbounded_channel();

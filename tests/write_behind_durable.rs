@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::RedisServer;
 use fred::clients::Client;
-use fred::interfaces::StreamsInterface;
-use fred::types::Value;
+use fred::interfaces::{ClientLike, StreamsInterface};
+use fred::types::{ClusterHash, CustomCommand, Value};
 use tokio::sync::{mpsc, watch};
 use tower_tiered_cache::config::WriteBehindConfig;
 use tower_tiered_cache::{DurableTarget, EnqueueError, WriteBehind, WriteError, WriteJob, Writer};
@@ -317,6 +317,104 @@ async fn dropped_jobs_and_malformed_entries_go_to_the_dead_stream() {
     );
     let stats = queue.stats();
     assert_eq!((stats.dropped, stats.written, stats.retried), (3, 1, 2));
+}
+
+#[tokio::test]
+async fn a_later_write_of_a_key_waits_for_the_earlier_one_with_several_workers() {
+    let redis = RedisServer::start();
+    let (started, mut starts) = mpsc::unbounded_channel();
+    let (release, released) = watch::channel(false);
+    let (finished, mut finishes) = mpsc::unbounded_channel();
+    let queue = WriteBehind::start(
+        &config(10, 4),
+        Some(target(&redis, "order")),
+        move |job: WriteJob| {
+            let (started, finished) = (started.clone(), finished.clone());
+            let mut released = released.clone();
+            async move {
+                let body = String::from_utf8_lossy(&job.body).into_owned();
+                let _ = started.send(body.clone());
+                if body == "first" {
+                    released.wait_for(|released| *released).await.unwrap();
+                }
+                let _ = finished.send(body);
+                Ok(())
+            }
+        },
+    )
+    .unwrap();
+    queue
+        .enqueue(WriteJob::new("/notes/1", "first"))
+        .await
+        .unwrap();
+    queue
+        .enqueue(WriteJob::new("/notes/1", "second"))
+        .await
+        .unwrap();
+
+    assert_eq!(starts.recv().await.unwrap(), "first");
+    // While the first write is held, the second must not start: a worker that took it would do
+    // so within milliseconds, long before this wait ends.
+    let overtaking = tokio::time::timeout(Duration::from_millis(500), starts.recv()).await;
+    assert!(overtaking.is_err(), "started meanwhile: {overtaking:?}");
+    release.send(true).unwrap();
+
+    let order = [
+        finishes.recv().await.unwrap(),
+        finishes.recv().await.unwrap(),
+    ];
+    assert_eq!(order, ["first", "second"]);
+    assert_eq!(queue.shutdown(PATIENCE).await, 0);
+}
+
+#[tokio::test]
+async fn the_dead_stream_is_trimmed_to_dead_max_and_the_trimmed_entries_are_counted() {
+    let redis = RedisServer::start();
+    let client = redis.client().await;
+    // Small stream nodes, so that `MAXLEN ~` trims at a handful of entries rather than 100.
+    let _: Value = client
+        .custom(
+            CustomCommand::new_static("CONFIG", ClusterHash::Random, false),
+            vec!["SET", "stream-node-max-entries", "2"],
+        )
+        .await
+        .unwrap();
+    let mut config = config(100, 1);
+    config.dead_max = 4;
+    let (sent, mut received) = mpsc::unbounded_channel();
+    let queue = WriteBehind::start(
+        &config,
+        Some(target(&redis, "capped")),
+        move |job: WriteJob| {
+            let _ = sent.send(job.key.clone());
+            std::future::ready(match job.key.as_str() {
+                "fine" => Ok(()),
+                _ => Err(WriteError::Permanent("422 Unprocessable".to_owned())),
+            })
+        },
+    )
+    .unwrap();
+    for i in 0..20 {
+        queue
+            .enqueue(WriteJob::new(format!("/rejected/{i}"), "payload"))
+            .await
+            .unwrap();
+    }
+    queue.enqueue(WriteJob::new("fine", "")).await.unwrap();
+
+    // One worker settles in stream order, so once "fine" arrives the others are settled.
+    while received.recv().await.unwrap() != "fine" {}
+    assert_eq!(queue.shutdown(PATIENCE).await, 0);
+
+    let kept = length(&client, "capped:wb:jobs:dead").await;
+    assert!((4..=6).contains(&kept), "{kept} entries kept");
+    let stats = queue.stats();
+    assert_eq!(stats.dropped, 20);
+    assert_eq!(
+        stats.dead_trimmed,
+        20 - kept,
+        "every entry is kept or counted"
+    );
 }
 
 #[tokio::test]

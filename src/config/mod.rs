@@ -43,6 +43,12 @@
 //! | `http.store_set_cookie` | | `false` | store responses that set cookies (RFC-allowed, unsafe for per-user cookies) |
 //! | `http.forwarded_headers` | | `key` | `key`: URL-overriding request headers (`X-Forwarded-Host`, `Forwarded`, ...) are part of the key; `strip`: they are removed before keying and forwarding |
 //! | `http.heuristic_with_credentials` | | `false` | give heuristic freshness and `http.default_ttl` to responses to requests with `Cookie` or `Authorization` |
+//! | `write_behind.capacity` | | `10000` | queued writes at most; full → `503` + `Retry-After` |
+//! | `write_behind.workers` | | `4` | concurrent replays; each key's writes go to one worker, in order |
+//! | `write_behind.durable` | | `false` | queue in a Redis Stream (needs `l2.url`): survives crashes, at least once |
+//! | `write_behind.max_attempts` | | `5` | attempts per write before it is dropped (logged, counted, dead-lettered when durable) |
+//! | `write_behind.backoff` | | `100ms` | delay before the first retry, doubling, at most 30 s |
+//! | `write_behind.dead_max` | | `10000` | durable mode: entries kept, about, in the `{prefix}:wb:{queue}:dead` stream; older ones are trimmed and counted |
 //! | `grpc.methods` | | `[]` | unary gRPC methods cached by `GrpcCacheLayer` (feature `tonic`) |
 //! | `grpc.ttl` | | `60s` | freshness of a cached gRPC response |
 //! | `grpc.max_request_size` | | `4MiB` | largest request message read; larger calls fail with `RESOURCE_EXHAUSTED` |
@@ -352,6 +358,10 @@ pub struct WriteBehindConfig {
     /// Delay before the first retry; doubles each attempt, at most 30 s.
     #[serde(deserialize_with = "de::duration")]
     pub backoff: Duration,
+    /// Durable mode: entries kept in the dead stream, about (`MAXLEN ~`); older ones are trimmed
+    /// and counted in `WriteBehindStats::dead_trimmed`, so given-up writes cannot fill Redis.
+    #[serde(deserialize_with = "de::count")]
+    pub dead_max: usize,
 }
 
 impl WriteBehindConfig {
@@ -380,6 +390,12 @@ impl WriteBehindConfig {
                 "must be at least 1",
             ));
         }
+        if self.dead_max == 0 {
+            return Err(ConfigError::invalid(
+                "write_behind.dead_max",
+                "must be at least 1: given-up writes are kept for inspection",
+            ));
+        }
         Ok(())
     }
 }
@@ -392,6 +408,7 @@ impl Default for WriteBehindConfig {
             durable: false,
             max_attempts: 5,
             backoff: Duration::from_millis(100),
+            dead_max: 10_000,
         }
     }
 }

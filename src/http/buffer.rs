@@ -35,7 +35,8 @@ pub(crate) async fn read_body<B: Body>(body: B, limit: u64) -> Result<Bytes, Unr
 
 #[cfg(test)]
 mod tests {
-    use http_body_util::Full;
+    use http_body::Frame;
+    use http_body_util::{Full, StreamBody};
 
     use super::*;
 
@@ -44,5 +45,17 @@ mod tests {
         let body = || Full::new(Bytes::from_static(b"abcd"));
         assert_eq!(read_body(body(), 4).await.unwrap(), "abcd");
         assert!(matches!(read_body(body(), 3).await, Err(Unread::TooLarge)));
+    }
+
+    #[tokio::test]
+    async fn a_failing_body_gives_its_own_error_back() {
+        let failing = StreamBody::new(futures_util::stream::iter([
+            Ok(Frame::data(Bytes::from_static(b"ab"))),
+            Err("connection reset"),
+        ]));
+        assert!(matches!(
+            read_body(failing, 10).await,
+            Err(Unread::Failed("connection reset"))
+        ));
     }
 }

@@ -7,6 +7,8 @@ use std::time::SystemTime;
 use http::HeaderMap;
 
 use super::admit::NotStored;
+use super::policy::{self, Reuse};
+use super::range;
 use super::variants::{self, Found, Placed, Placement, Resolved, Stored, Variants, VARIANTS};
 use crate::store::codec::Reading;
 use crate::store::{CachedEntry, FillPermit, Source, Ticket, TieredCache};
@@ -43,6 +45,26 @@ pub(crate) fn fresh_in_memory(
     }
     let key = Variants::of(&entry)?.key_for(primary, request_headers);
     cache.fresh_in_memory(&key, now)
+}
+
+/// What `entry` can do at `now` for a request with `request_headers` (RFC 9111 §4).
+pub(crate) fn reuse_at(entry: &CachedEntry, request_headers: &HeaderMap, now: SystemTime) -> Reuse {
+    policy::reuse(
+        request_headers,
+        entry.headers(),
+        entry.age_at(now),
+        entry.ttl(),
+    )
+}
+
+/// Whether `entry` answers a request with `request_headers` as it is, at `now`: a complete
+/// response (not a stored part of one) that is fresh for that request.
+pub(crate) fn answers_fresh(
+    entry: &CachedEntry,
+    request_headers: &HeaderMap,
+    now: SystemTime,
+) -> bool {
+    !range::is_partial(entry) && reuse_at(entry, request_headers, now) == Reuse::Fresh
 }
 
 /// What is stored for a request; the caller counts the lookup (once per request).

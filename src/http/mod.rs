@@ -25,3 +25,16 @@ pub(crate) mod write;
 pub(crate) mod write_behind;
 
 pub(crate) use routes::Routes;
+
+/// A header map from `(name, value)` pairs, in order: the fixture the unit tests share.
+#[cfg(test)]
+pub(crate) fn test_headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    map
+}

@@ -233,10 +233,7 @@ fn refusal(
     if cc.private.is_all() {
         return Some(NotStored::Private);
     }
-    // §3.5: responses to authorized requests only with explicit permission.
-    if request.contains_key(AUTHORIZATION)
-        && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate)
-    {
+    if authorization_unshared(request, cc) {
         return Some(NotStored::Authorization);
     }
     // Not an RFC rule: a cookie set for one client must never reach another.
@@ -468,9 +465,7 @@ pub(crate) fn reuse(
     ttl: Duration,
 ) -> Reuse {
     let stored_cc = stored_directives(stored);
-    if request.contains_key(AUTHORIZATION)
-        && !(stored_cc.public || stored_cc.s_maxage.is_some() || stored_cc.must_revalidate)
-    {
+    if authorization_unshared(request, &stored_cc) {
         return Reuse::Unusable;
     }
     let request_cc = CacheControl::from_headers(request);
@@ -502,8 +497,7 @@ pub(crate) fn reuse(
     }
     // §4.2.4: stale responses only where the request allows and the response does not forbid.
     let stale_for = age - ttl;
-    let forbids_stale =
-        stored_cc.must_revalidate || stored_cc.proxy_revalidate || stored_cc.s_maxage.is_some();
+    let forbids_stale = forbids_stale_by(&stored_cc);
     let allowed = match request_cc.max_stale {
         Some(MaxStale::Any) => true,
         Some(MaxStale::Seconds(limit)) => stale_for.as_secs() <= limit,
@@ -514,6 +508,13 @@ pub(crate) fn reuse(
     } else {
         Reuse::ValidateStale
     }
+}
+
+/// §3.5: whether a request with `Authorization` must not share a response with directives
+/// `cc`: only `public`, `s-maxage` or `must-revalidate` allow it, for storing and for reuse.
+fn authorization_unshared(request: &HeaderMap, cc: &CacheControl) -> bool {
+    request.contains_key(AUTHORIZATION)
+        && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate)
 }
 
 /// Conditional headers to validate a stored response (§4.3.1).
@@ -727,20 +728,9 @@ pub(crate) fn update_headers(stored: &mut HeaderMap, not_modified: &HeaderMap) {
 mod tests {
     use std::time::UNIX_EPOCH;
 
-    use http::HeaderValue;
-
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        map
-    }
+    use crate::http::test_headers as headers;
 
     fn settings() -> Settings<'static> {
         Settings {

@@ -286,15 +286,10 @@ fn reading_for(parts: &Parts) -> Reading {
 /// What the entry found may do for the request (RFC 9111 §4).
 fn reuse_of(parts: &Parts, resolved: &Resolved) -> Option<Reuse> {
     let now = SystemTime::now();
-    resolved.found.as_ref().map(|found| {
-        let entry = &found.lookup.entry;
-        policy::reuse(
-            &parts.headers,
-            entry.headers(),
-            entry.age_at(now),
-            entry.ttl(),
-        )
-    })
+    resolved
+        .found
+        .as_ref()
+        .map(|found| entries::reuse_at(&found.lookup.entry, &parts.headers, now))
 }
 
 fn from_entry<B>(
@@ -553,12 +548,9 @@ where
 async fn stored_meanwhile(state: &State, primary: &str, headers: &HeaderMap) -> Option<Fetched> {
     let resolved = entries::resolve(&state.cache, primary, headers).await;
     let now = SystemTime::now();
-    let found = resolved.found.filter(|found| {
-        let entry = &found.lookup.entry;
-        !range::is_partial(entry)
-            && policy::reuse(headers, entry.headers(), entry.age_at(now), entry.ttl())
-                == Reuse::Fresh
-    })?;
+    let found = resolved
+        .found
+        .filter(|found| entries::answers_fresh(&found.lookup.entry, headers, now))?;
     Some(Fetched {
         source: found.lookup.source,
         entry: found.lookup.entry,

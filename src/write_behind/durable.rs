@@ -2,17 +2,19 @@
 //!
 //! Layout: `{prefix}:wb:{queue}` holds the entries not yet acknowledged, each with the fields
 //! `meta` (key, method, URI and headers, encoded by `store/codec.rs`) and `body` (the raw body);
-//! `{prefix}:wb:{queue}:dead` records what was given up, with `reason` and the original `id`.
+//! `{prefix}:wb:{queue}:dead` records what was given up, with `reason` and the original `id`,
+//! trimmed to about `dead_max` entries as each one is added.
 //! Appending (with the capacity check) and acknowledging (XACK + XDEL) are each one Lua script on
 //! the stream's key, so they are atomic and fine on Redis Cluster.
 //!
 //! One reader task per instance reads the group as the consumer named after its own connection
-//! (`CLIENT SETNAME`), no more entries than the workers have room for, and hands them to the
-//! workers. About once a second it sweeps the group: entries of consumers that are gone are
+//! (`CLIENT SETNAME`), no more entries than the workers have room for, and hands each to the
+//! worker its key hashes to, which replays a key's entries in stream order. About once a second it sweeps the group: entries of consumers that are gone are
 //! claimed and replayed (see the module docs of `write_behind` for how "gone" is decided), and
 //! entries of its own that it lost track of are replayed too.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -29,7 +31,7 @@ use fred::types::{ClusterHash, CustomCommand, FromValue, Value};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::worker::{self, Delivery, Outcome, Retry, Settle};
+use super::worker::{self, Delivery, Lanes, Outcome, Retry, Settle};
 use super::{Counters, EnqueueError, WriteJob, Writer};
 use crate::config::{ConfigError, WriteBehindConfig};
 use crate::Error;
@@ -49,6 +51,8 @@ const LEASE_MS: u64 = 30_000;
 /// never arrived) and are replayed.
 const LOST_IDLE_MS: u64 = 5_000;
 const CLAIM_PAGE: u64 = 100;
+/// Entries read ahead of the workers, shared out among them.
+const READ_AHEAD: usize = 16;
 const ERROR_PAUSE: Duration = Duration::from_millis(500);
 const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Reading the own pending list after this ID returns nothing, and still counts as activity.
@@ -65,6 +69,13 @@ const ACK: &str = "\
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 return redis.call('XLEN', KEYS[1])";
+
+/// Appends the fields ARGV[2..] to the dead stream, trimming it to about ARGV[1] entries;
+/// returns how many entries the trim removed.
+const BURY: &str = "\
+local before = redis.call('XLEN', KEYS[1])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
+return before + 1 - redis.call('XLEN', KEYS[1])";
 
 /// Deletes consumer ARGV[2] of group ARGV[1] if it holds no entries (deleting one that holds
 /// entries would orphan them).
@@ -89,6 +100,7 @@ pub(super) struct DurableQueue {
     consumer: String,
     stream: String,
     dead: String,
+    dead_max: usize,
     capacity: usize,
     options: Options,
     read_options: Options,
@@ -123,6 +135,7 @@ pub(super) fn start(
     let queue = Arc::new(DurableQueue {
         consumer: reader.id().to_owned(),
         dead: format!("{stream}:dead"),
+        dead_max: config.dead_max,
         stream,
         commands,
         reader,
@@ -145,11 +158,12 @@ pub(super) fn start(
         counters: Arc::clone(&counters),
         warned_at: Mutex::new(None),
     });
-    let (deliveries, received) = mpsc::channel(config.workers.max(16));
     let (close, closed) = watch::channel(false);
-    let mut tasks = worker::spawn(
+    // About 16 entries read ahead in all, at least one per worker.
+    let lane_capacity = READ_AHEAD.div_ceil(config.workers.max(1));
+    let (deliveries, mut tasks) = worker::spawn(
         config.workers,
-        received,
+        lane_capacity,
         Arc::clone(&queue),
         writer,
         counters,
@@ -208,7 +222,7 @@ impl DurableHandle {
 /// then, and drains the stream once the queue is closed.
 async fn read(
     queue: Arc<DurableQueue>,
-    deliveries: mpsc::Sender<Delivery<String>>,
+    deliveries: Lanes<String>,
     mut close: watch::Receiver<bool>,
 ) {
     let mut group_ready = false;
@@ -325,10 +339,20 @@ impl DurableQueue {
         script: &'static str,
         args: Vec<Value>,
     ) -> Result<R, RedisError> {
+        self.eval_on(&self.stream, script, args).await
+    }
+
+    /// Runs a script on one key (the only one it touches, as Redis Cluster requires).
+    async fn eval_on<R: FromValue>(
+        &self,
+        key: &str,
+        script: &'static str,
+        args: Vec<Value>,
+    ) -> Result<R, RedisError> {
         let mut all = Vec::with_capacity(args.len() + 3);
         all.push(Value::from(script));
         all.push(Value::from(1_i64));
-        all.push(Value::from(self.stream.as_str()));
+        all.push(Value::from(key));
         all.extend(args);
         // The key, at offset 2, decides the cluster node.
         let command = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
@@ -426,7 +450,7 @@ impl DurableQueue {
     /// `suspect_after_ms`), and own entries no worker holds. False when the workers are gone.
     async fn sweep(
         &self,
-        deliveries: &mpsc::Sender<Delivery<String>>,
+        deliveries: &Lanes<String>,
         suspect_after_ms: u64,
     ) -> Result<bool, RedisError> {
         let mut connected: Option<Option<HashSet<String>>> = None;
@@ -520,15 +544,11 @@ impl DurableQueue {
 
     /// Hands decoded entries to the workers; buries the ones that do not decode. False when the
     /// workers are gone.
-    async fn dispatch(
-        &self,
-        entries: Vec<Entry>,
-        deliveries: &mpsc::Sender<Delivery<String>>,
-    ) -> bool {
+    async fn dispatch(&self, entries: Vec<Entry>, deliveries: &Lanes<String>) -> bool {
         for (id, fields) in entries {
             match decode(&fields) {
                 Ok(job) => {
-                    let Some(slot) = self.reserve(deliveries).await else {
+                    let Some(slot) = self.reserve(deliveries, &job.key).await else {
                         return false;
                     };
                     lock(&self.in_flight).insert(id.clone());
@@ -548,24 +568,37 @@ impl DurableQueue {
         true
     }
 
-    /// Waits for room in the workers' channel, telling Redis this consumer is alive meanwhile.
-    /// `None` when the workers are gone.
+    /// Waits for room in the channel of the worker that replays `key`, telling Redis this
+    /// consumer is alive meanwhile. `None` when the workers are gone.
     async fn reserve<'a>(
         &self,
-        deliveries: &'a mpsc::Sender<Delivery<String>>,
+        deliveries: &'a Lanes<String>,
+        key: &str,
     ) -> Option<mpsc::Permit<'a, Delivery<String>>> {
+        self.alive_while(deliveries.for_key(key).reserve())
+            .await
+            .ok()
+    }
+
+    /// How many entries the workers can take now, after waiting for room in at least one
+    /// worker's channel.
+    async fn room(&self, deliveries: &Lanes<String>) -> Option<u64> {
+        if !self.alive_while(deliveries.any_room()).await {
+            return None;
+        }
+        Some(deliveries.room() as u64)
+    }
+
+    /// Awaits `wait`, touching the group every `READ_BLOCK` meanwhile, so a busy instance is not
+    /// taken for a dead one.
+    async fn alive_while<F: Future>(&self, wait: F) -> F::Output {
+        tokio::pin!(wait);
         loop {
             tokio::select! {
-                slot = deliveries.reserve() => return slot.ok(),
+                done = &mut wait => return done,
                 () = tokio::time::sleep(READ_BLOCK) => self.heartbeat().await,
             }
         }
-    }
-
-    /// How many entries the workers can take now, after waiting for at least one.
-    async fn room(&self, deliveries: &mpsc::Sender<Delivery<String>>) -> Option<u64> {
-        drop(self.reserve(deliveries).await?);
-        Some(deliveries.capacity() as u64)
     }
 
     /// A read that returns nothing but refreshes this consumer's activity in the group, so a
@@ -591,7 +624,7 @@ impl DurableQueue {
 
     /// After close: replays what is left for this instance (new entries and own lost ones), then
     /// returns, which closes the workers' channel.
-    async fn drain(&self, deliveries: &mpsc::Sender<Delivery<String>>) {
+    async fn drain(&self, deliveries: &Lanes<String>) {
         loop {
             let Some(room) = self.room(deliveries).await else {
                 return;
@@ -638,15 +671,34 @@ impl DurableQueue {
         fields: Vec<(String, Bytes)>,
         reason: &str,
     ) -> Result<(), RedisError> {
-        let mut record: Vec<(String, Value)> = Vec::with_capacity(fields.len() + 2);
-        record.push(("reason".to_owned(), reason.into()));
-        record.push(("id".to_owned(), id.into()));
-        record.extend(fields.into_iter().map(|(name, value)| (name, value.into())));
-        self.commands
-            .with_options(&self.options)
-            .xadd::<Value, _, _, _, _>(self.dead.as_str(), false, None::<()>, "*", record)
-            .await?;
+        let dead_max = i64::try_from(self.dead_max).unwrap_or(i64::MAX);
+        let mut args: Vec<Value> = Vec::with_capacity(2 * fields.len() + 5);
+        args.extend([
+            dead_max.into(),
+            "reason".into(),
+            reason.into(),
+            "id".into(),
+            id.into(),
+        ]);
+        for (name, value) in fields {
+            args.extend([name.into(), value.into()]);
+        }
+        let trimmed: i64 = self.eval_on(&self.dead, BURY, args).await?;
+        self.count_trimmed(trimmed);
         self.ack(id).await
+    }
+
+    fn count_trimmed(&self, trimmed: i64) {
+        let Ok(trimmed) = u64::try_from(trimmed) else {
+            return;
+        };
+        if trimmed > 0 {
+            self.counters
+                .dead_trimmed
+                .fetch_add(trimmed, Ordering::Relaxed);
+            crate::metrics::write_behind_dead_trimmed(trimmed);
+            tracing::debug!(stream = %self.dead, trimmed, "write-behind: dead stream trimmed");
+        }
     }
 
     /// Logs a failed command: a warning every 10 s at most, the rest at debug.

@@ -1,38 +1,35 @@
-//! The in-process queue: a channel to the workers, bounded by a semaphore whose permits travel
-//! with the jobs, so a job holds its slot until it was written or dropped.
+//! The in-process queue: the workers' channels, bounded by a semaphore whose permits travel with
+//! the jobs, so a job holds its slot until it was written or dropped.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::worker::{Delivery, Outcome, Settle};
+use super::worker::{Delivery, Lanes, Outcome, Settle};
 use super::{EnqueueError, WriteJob};
 
-type Sender = mpsc::Sender<Delivery<OwnedSemaphorePermit>>;
-
 pub(super) struct MemoryQueue {
-    /// `None` once closed: the workers finish what the channel holds, then stop.
-    sender: Mutex<Option<Sender>>,
+    /// `None` once closed: the workers finish what their channels hold, then stop.
+    lanes: Mutex<Option<Lanes<OwnedSemaphorePermit>>>,
     slots: Arc<Semaphore>,
     capacity: usize,
 }
 
 impl MemoryQueue {
-    pub(super) fn new(capacity: usize) -> (Self, mpsc::Receiver<Delivery<OwnedSemaphorePermit>>) {
-        // As large as the semaphore: a job that got a slot always finds room in the channel.
-        let (sender, receiver) = mpsc::channel(capacity);
-        let queue = Self {
-            sender: Mutex::new(Some(sender)),
+    /// `lanes` must each hold `capacity` jobs: a job that got a slot then always finds room in
+    /// its worker's channel, however many jobs share that worker.
+    pub(super) fn new(capacity: usize, lanes: Lanes<OwnedSemaphorePermit>) -> Self {
+        Self {
+            lanes: Mutex::new(Some(lanes)),
             slots: Arc::new(Semaphore::new(capacity)),
             capacity,
-        };
-        (queue, receiver)
+        }
     }
 
     pub(super) fn enqueue(&self, job: WriteJob) -> Result<(), EnqueueError> {
-        let sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(sender) = sender.as_ref() else {
+        let lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(lanes) = lanes.as_ref() else {
             return Err(EnqueueError::Closed);
         };
         let full = || EnqueueError::Full {
@@ -41,13 +38,14 @@ impl MemoryQueue {
         let slot = Arc::clone(&self.slots)
             .try_acquire_owned()
             .map_err(|_| full())?;
-        sender
+        lanes
+            .for_key(&job.key)
             .try_send(Delivery { job, ticket: slot })
             .map_err(|_| full())
     }
 
     pub(super) fn close(&self) {
-        self.sender
+        self.lanes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();

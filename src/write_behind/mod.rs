@@ -1,7 +1,7 @@
 //! Write-behind: writes accepted at once and replayed to their destination in the background.
 //!
-//! [`WriteBehind::start`] starts `workers` tasks that take [`WriteJob`]s from a bounded queue and
-//! hand each one to a [`Writer`] (for the HTTP layer: the wrapped service), retrying with
+//! [`WriteBehind::start`] starts `workers` tasks that take [`WriteJob`]s from a bounded queue (each
+//! job going to the worker its key hashes to) and hand each one to a [`Writer`] (for the HTTP layer: the wrapped service), retrying with
 //! exponential backoff. [`enqueue`](WriteBehind::enqueue) never waits for room: a full queue
 //! refuses the job with [`EnqueueError::Full`], and the caller answers `503` with `Retry-After`.
 //!
@@ -36,9 +36,13 @@
 //!   drops its job the same way.
 //! - `capacity` bounds the jobs accepted and not yet written or dropped, including those being
 //!   written at the moment.
-//! - With one worker, jobs reach the writer in the order they were enqueued (in durable mode,
-//!   replays of a crashed instance's jobs come in between). With several, jobs are started in
-//!   order but may finish (and be retried) out of order.
+//! - Jobs of one key reach the writer one at a time, in the order they were enqueued: each key
+//!   hashes to one worker, which replays its jobs in turn, so a later write of a key never
+//!   overtakes an earlier one still being written or retried. Jobs of different keys may finish
+//!   out of order (with one worker, every job is in order). Durable mode keeps this order within
+//!   one instance; with several instances on one queue, two writes of a key may be read by
+//!   different instances and replayed at once, and replays of a crashed instance's jobs come in
+//!   between.
 //! - **Memory mode** (`durable = false`) keeps the queue in the process: jobs still queued when
 //!   the process crashes, or when [`shutdown`](WriteBehind::shutdown) gives up at its deadline,
 //!   are lost.
@@ -46,8 +50,9 @@
 //!   queue in the Redis Stream `{prefix}:wb:{queue}`, read through the consumer group
 //!   `write-behind`: delivery is at least once. An entry is acknowledged and deleted only after
 //!   the writer returned `Ok`, or after it was given up and copied, with the reason, to
-//!   `{prefix}:wb:{queue}:dead` (entries that do not decode go there too; nothing trims that
-//!   stream). Entries delivered to a process that died are replayed by the other instances or by
+//!   `{prefix}:wb:{queue}:dead` (entries that do not decode go there too). That stream keeps
+//!   about `dead_max` entries (`XADD MAXLEN ~`): older ones are trimmed and counted in
+//!   [`WriteBehindStats::dead_trimmed`]. Entries delivered to a process that died are replayed by the other instances or by
 //!   the next start (see below), so a crash loses nothing but may replay a write twice. When
 //!   Redis cannot take the job, `enqueue` refuses it with [`EnqueueError::Unavailable`].
 //! - Dropping every handle without `shutdown` closes the queue and lets the workers finish it in
@@ -239,6 +244,9 @@ pub struct WriteBehindStats {
     pub dropped: u64,
     /// Jobs refused by [`WriteBehind::enqueue`].
     pub refused: u64,
+    /// Durable mode: entries of the dead stream trimmed by this instance to keep it near
+    /// `write_behind.dead_max` (each was counted in `dropped` and logged when given up).
+    pub dead_trimmed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -250,6 +258,8 @@ struct Counters {
     retried: AtomicU64,
     dropped: AtomicU64,
     refused: AtomicU64,
+    #[cfg(feature = "redis")]
+    dead_trimmed: AtomicU64,
 }
 
 impl Counters {
@@ -313,16 +323,18 @@ impl WriteBehind {
             })?;
             start_durable(config, target, writer, Arc::clone(&counters), retry)?
         } else {
-            let (queue, deliveries) = MemoryQueue::new(config.capacity);
-            let tasks = worker::spawn(
+            let (lanes, tasks) = worker::spawn(
                 config.workers,
-                deliveries,
+                config.capacity,
                 Arc::new(memory::ReleaseSlot),
                 writer,
                 Arc::clone(&counters),
                 retry,
             );
-            (Backend::Memory(queue), tasks)
+            (
+                Backend::Memory(MemoryQueue::new(config.capacity, lanes)),
+                tasks,
+            )
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -401,6 +413,10 @@ impl WriteBehind {
             retried: counters.retried.load(Ordering::Relaxed),
             dropped: counters.dropped.load(Ordering::Relaxed),
             refused: counters.refused.load(Ordering::Relaxed),
+            #[cfg(feature = "redis")]
+            dead_trimmed: counters.dead_trimmed.load(Ordering::Relaxed),
+            #[cfg(not(feature = "redis"))]
+            dead_trimmed: 0,
         }
     }
 }

@@ -2,12 +2,13 @@
 //! backoff, then let the queue settle it (free its slot, or acknowledge its stream entry).
 
 use std::future::Future;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{Counters, WriteError, WriteJob, Writer};
@@ -55,39 +56,79 @@ impl Retry {
     }
 }
 
-/// Spawns `workers` tasks sharing `deliveries`; each ends when the channel is closed and empty.
+/// The workers' channels, one per worker. Every job of a key goes to the same worker, so a later
+/// write of a key is never replayed before an earlier one has finished (with one shared channel,
+/// an idle worker could take the later write while another was still retrying the earlier one).
+pub(super) struct Lanes<T> {
+    senders: Vec<mpsc::Sender<Delivery<T>>>,
+}
+
+impl<T> Lanes<T> {
+    /// The channel of the worker that replays `key`'s jobs.
+    pub(super) fn for_key(&self, key: &str) -> &mpsc::Sender<Delivery<T>> {
+        // `DefaultHasher::new` has fixed keys: a key maps to the same worker for the whole run.
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        let index = hasher.finish() % self.senders.len() as u64;
+        &self.senders[index as usize]
+    }
+
+    /// Waits until some worker can take a job; false when the workers are gone.
+    pub(super) async fn any_room(&self) -> bool {
+        let reservations = self.senders.iter().map(|sender| Box::pin(sender.reserve()));
+        let (reserved, _, _) = futures_util::future::select_all(reservations).await;
+        reserved.is_ok()
+    }
+
+    /// How many jobs the workers can take now, summed over every worker.
+    pub(super) fn room(&self) -> usize {
+        self.senders.iter().map(mpsc::Sender::capacity).sum()
+    }
+}
+
+/// Spawns `workers` tasks, each with a channel of `lane_capacity` jobs; a task ends when its
+/// channel is closed (the returned lanes dropped) and empty.
 pub(super) fn spawn<S: Settle>(
     workers: usize,
-    deliveries: mpsc::Receiver<Delivery<S::Ticket>>,
+    lane_capacity: usize,
     settle: Arc<S>,
     writer: Arc<dyn Writer>,
     counters: Arc<Counters>,
     retry: Retry,
-) -> Vec<JoinHandle<()>> {
-    let deliveries = Arc::new(Mutex::new(deliveries));
-    (0..workers)
+) -> (Lanes<S::Ticket>, Vec<JoinHandle<()>>) {
+    let (senders, tasks): (Vec<_>, Vec<_>) = (0..workers.max(1))
         .map(|_| {
-            let deliveries = Arc::clone(&deliveries);
-            let settle = Arc::clone(&settle);
-            let writer = Arc::clone(&writer);
-            let counters = Arc::clone(&counters);
-            tokio::spawn(async move {
-                loop {
-                    let next = deliveries.lock().await.recv().await;
-                    let Some(Delivery { job, ticket }) = next else {
-                        return;
-                    };
-                    let outcome = replay(&*writer, &job, retry, &counters).await;
-                    if matches!(outcome, Outcome::Dropped(_)) {
-                        // Before settling: a durable job is then given up again if this
-                        // instance dies in between.
-                        give_up(&*writer, &job).await;
-                    }
-                    settle.settle(ticket, job, outcome).await;
-                }
-            })
+            let (sender, deliveries) = mpsc::channel(lane_capacity.max(1));
+            let task = tokio::spawn(work(
+                deliveries,
+                Arc::clone(&settle),
+                Arc::clone(&writer),
+                Arc::clone(&counters),
+                retry,
+            ));
+            (sender, task)
         })
-        .collect()
+        .unzip();
+    (Lanes { senders }, tasks)
+}
+
+/// One worker: replays its channel's jobs one after the other.
+async fn work<S: Settle>(
+    mut deliveries: mpsc::Receiver<Delivery<S::Ticket>>,
+    settle: Arc<S>,
+    writer: Arc<dyn Writer>,
+    counters: Arc<Counters>,
+    retry: Retry,
+) {
+    while let Some(Delivery { job, ticket }) = deliveries.recv().await {
+        let outcome = replay(&*writer, &job, retry, &counters).await;
+        if matches!(outcome, Outcome::Dropped(_)) {
+            // Before settling: a durable job is then given up again if this instance dies in
+            // between.
+            give_up(&*writer, &job).await;
+        }
+        settle.settle(ticket, job, outcome).await;
+    }
 }
 
 /// Hands `job` to the writer until it is written or given up, counting both and the retries.
