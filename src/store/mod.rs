@@ -35,6 +35,7 @@ pub use entry::CachedEntry;
 pub use events::Invalidation;
 pub(crate) use fill::{Fill, FillOptions, FillPermit};
 use shared::SharedTier;
+#[cfg(feature = "tonic")] // what gRPC stores is judged by it; HTTP by `store_in_memory_now`
 pub(crate) use tiered::Kept;
 pub use tiered::{Lookup, Purged, Source, TieredCache};
 pub use typed::{ValueError, ValueOptions};

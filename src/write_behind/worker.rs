@@ -74,6 +74,7 @@ impl<T> Lanes<T> {
     }
 
     /// Waits until some worker can take a job; false when the workers are gone.
+    #[cfg(feature = "redis")] // the durable queue's reader
     pub(super) async fn any_room(&self) -> bool {
         let reservations = self.senders.iter().map(|sender| Box::pin(sender.reserve()));
         let (reserved, _, _) = futures_util::future::select_all(reservations).await;
@@ -81,6 +82,7 @@ impl<T> Lanes<T> {
     }
 
     /// How many jobs the workers can take now, summed over every worker.
+    #[cfg(feature = "redis")] // the durable queue's reader
     pub(super) fn room(&self) -> usize {
         self.senders.iter().map(mpsc::Sender::capacity).sum()
     }
