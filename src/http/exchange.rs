@@ -428,7 +428,7 @@ impl Exchange<'_> {
             }
             Err(reason) => {
                 return self
-                    .not_stored(reason, parts, body, client_headers, fill.permit)
+                    .not_stored(reason, parts, body, client_headers, fill)
                     .await
             }
         };
@@ -462,16 +462,17 @@ impl Exchange<'_> {
         parts: http::response::Parts,
         body: B,
         client_headers: &HeaderMap,
-        permit: Option<Permit>,
+        fill: Fill,
     ) -> Response<CacheBody<B>>
     where
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let (status, ticket) = (parts.status, fill.ticket);
         self.state
             .passes
-            .refused(self.primary, reason, parts.status, client_headers);
-        unshared(permit);
+            .refused(self.primary, reason, status, client_headers, ticket);
+        unshared(fill.permit);
         if !parts.status.is_server_error() && !parts.status.is_informational() {
             self.forget_stale(client_headers).await;
         }

@@ -10,7 +10,9 @@
 //! depend on the request (credentials, the method) or on one exchange (a body cut off, a wrong
 //! length) mark nothing, and neither does any answer to a request with `Authorization` or
 //! `Cookie`: the origin may have answered that client alone (a personal page is `private`), and
-//! a client must not be able to switch the cache off for everyone else.
+//! a client must not be able to switch the cache off for everyone else. A mark is one more
+//! thing filled under a ticket: an invalidation of the key after it (a write, a `PURGE`) lifts
+//! it, by the same check that decides whether an entry is current.
 
 use std::time::Duration;
 
@@ -19,13 +21,15 @@ use mini_moka::sync::Cache;
 
 use super::admit::NotStored;
 use super::policy;
+use crate::store::{Ticket, TieredCache};
 
 /// Most keys remembered; the least recently used are forgotten first.
 const MAX_KEYS: u64 = 100_000;
 
 pub(crate) struct Passes {
-    /// `None` when `http.pass_ttl` is zero (off).
-    keys: Option<Cache<String, ()>>,
+    /// Key → the ticket of the fill whose response marked it; `None` when `http.pass_ttl` is
+    /// zero (off).
+    keys: Option<Cache<String, Ticket>>,
 }
 
 impl Passes {
@@ -39,12 +43,23 @@ impl Passes {
         Self { keys }
     }
 
-    /// Whether `key` was marked within `http.pass_ttl`.
+    /// Whether `key` was marked within `http.pass_ttl`, by a fill that no invalidation of the
+    /// key has overtaken since (a write or a purge may have made it cacheable: the next request
+    /// takes the cached path again). Judged by `cache`'s one record of invalidations, so a
+    /// mark also lapses once its ticket is past that record's horizon.
     #[allow(clippy::ptr_arg)] // the map is keyed by `String`
-    pub(crate) fn is_marked(&self, key: &String) -> bool {
-        self.keys
-            .as_ref()
-            .is_some_and(|keys| keys.contains_key(key))
+    pub(crate) fn is_marked(&self, key: &String, cache: &TieredCache) -> bool {
+        let Some(keys) = &self.keys else {
+            return false;
+        };
+        let Some(ticket) = keys.get(key) else {
+            return false;
+        };
+        if cache.still_current(ticket, key) {
+            return true;
+        }
+        keys.invalidate(key);
+        false
     }
 
     /// Records why `key`'s response, of `status`, to a request with `request` header fields was
@@ -58,6 +73,7 @@ impl Passes {
         reason: NotStored,
         status: StatusCode,
         request: &HeaderMap,
+        ticket: Ticket,
     ) {
         let lasting = !status.is_server_error() && !status.is_informational();
         let marking = lasting && marks(reason) && !policy::has_credentials(request);
@@ -68,7 +84,7 @@ impl Passes {
         // hit-for-pass answer refused again only costs this lookup), and once `http.pass_ttl`
         // is over, one request looks the key up again and marks it anew.
         if !keys.contains_key(key) {
-            keys.insert(key.clone(), ());
+            keys.insert(key.clone(), ticket);
         }
     }
 
@@ -110,6 +126,8 @@ mod tests {
 
     #[test]
     fn only_what_the_response_says_marks_a_key() {
+        let cache = TieredCache::new(crate::CacheConfig::default()).unwrap();
+        let ticket = cache.ticket();
         let passes = Passes::new(Duration::from_secs(60));
         let key = "k".to_owned();
         let ok = StatusCode::OK;
@@ -120,25 +138,49 @@ mod tests {
             NotStored::Policy(policy::NotStored::Credentials),
             ok,
             &plain,
+            ticket,
         );
-        assert!(!passes.is_marked(&key));
+        assert!(!passes.is_marked(&key, &cache));
         for transient in [StatusCode::BAD_GATEWAY, StatusCode::EARLY_HINTS] {
             let status = NotStored::Policy(policy::NotStored::Status);
-            passes.refused(&key, status, transient, &plain);
-            assert!(!passes.is_marked(&key), "{transient}");
+            passes.refused(&key, status, transient, &plain, ticket);
+            assert!(!passes.is_marked(&key, &cache), "{transient}");
         }
         for credential in [http::header::AUTHORIZATION, http::header::COOKIE] {
             let mut request = HeaderMap::new();
             request.insert(credential.clone(), http::HeaderValue::from_static("x"));
-            passes.refused(&key, no_store, ok, &request);
-            assert!(!passes.is_marked(&key), "{credential}");
+            passes.refused(&key, no_store, ok, &request, ticket);
+            assert!(!passes.is_marked(&key, &cache), "{credential}");
         }
-        passes.refused(&key, no_store, ok, &plain);
-        assert!(passes.is_marked(&key));
+        passes.refused(&key, no_store, ok, &plain, ticket);
+        assert!(passes.is_marked(&key, &cache));
         passes.admitted(&key);
-        assert!(!passes.is_marked(&key));
+        assert!(!passes.is_marked(&key, &cache));
         let off = Passes::new(Duration::ZERO);
-        off.refused(&key, NotStored::TooLarge, ok, &plain);
-        assert!(!off.is_marked(&key));
+        off.refused(&key, NotStored::TooLarge, ok, &plain, ticket);
+        assert!(!off.is_marked(&key, &cache));
+    }
+
+    #[tokio::test]
+    async fn an_invalidation_of_the_key_after_its_mark_lifts_it() {
+        let cache = TieredCache::new(crate::CacheConfig::default()).unwrap();
+        let passes = Passes::new(Duration::from_secs(60));
+        let (key, other) = ("k".to_owned(), "other".to_owned());
+        let no_store = NotStored::Policy(policy::NotStored::NoStore);
+        for marked in [&key, &other] {
+            passes.refused(
+                marked,
+                no_store,
+                StatusCode::OK,
+                &HeaderMap::new(),
+                cache.ticket(),
+            );
+        }
+        cache.invalidate("k").await.unwrap();
+        assert!(
+            !passes.is_marked(&key, &cache),
+            "the write may have made it cacheable"
+        );
+        assert!(passes.is_marked(&other, &cache));
     }
 }

@@ -108,7 +108,7 @@ where
 pub(crate) fn is_pass(state: &State, parts: &Parts, primary: &String) -> bool {
     parts.method == Method::GET
         && !parts.headers.contains_key(RANGE)
-        && state.passes.is_marked(primary)
+        && state.passes.is_marked(primary, &state.cache)
 }
 
 /// Step 0, hit-for-pass ([`is_pass`]): straight to the origin, no lookup, no waiting. Its own

@@ -737,6 +737,12 @@ impl TieredCache {
         self.inner.versions.ticket()
     }
 
+    /// Whether nothing that applies to `key` was invalidated since `ticket` (for what is not
+    /// an entry but was decided under a ticket, like a hit-for-pass mark).
+    pub(crate) fn still_current(&self, ticket: Ticket, key: &str) -> bool {
+        self.inner.versions.is_current(ticket, key, &[])
+    }
+
     /// The entry in memory under `key` if it is fresh and current, read without waiting.
     #[allow(clippy::ptr_arg)] // the memory map is keyed by `String`
     pub(crate) fn fresh_in_memory(&self, key: &String, now: SystemTime) -> Option<CachedEntry> {
